@@ -1,0 +1,214 @@
+"""The ``valet`` command: run the proxy, manage valet keys, read the audit log.
+
+Built on click (well-kept, composable subcommands, env-var defaults). Every
+command takes ``--data-dir`` (env ``VALET_DATA_DIR``, default ``./.valet``):
+the proxy and the CLI agree on state only through that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import audit
+from .config import ConfigError, load_config
+from .identity import KeyStore
+from .server import DEFAULT_CONFIG, Settings, mitm_confdir, run
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="VALET_DATA_DIR",
+    default=".valet",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keys, audit log and CA live here (env VALET_DATA_DIR).",
+)
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter("expected HOST:PORT, e.g. 127.0.0.1:8787")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.group()
+@click.version_option(package_name="mcp-valet")
+def main() -> None:
+    """Valet: the proxy that holds the keys so that AI agents don't."""
+
+
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
+              show_default=True, help="Valet's YAML configuration.")
+@data_dir_option
+@click.option("--listen", default="127.0.0.1:8787", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--mode", type=click.Choice(["reverse", "forward"]), default="reverse", show_default=True,
+              help="reverse: agents call http://LISTEN/<server>; forward: agents set HTTPS_PROXY to Valet.")
+def run_command(config_path: Path, data_dir: Path, listen: str, mode: str) -> None:
+    """Run the proxy until SIGINT/SIGTERM."""
+    host, port = _listen(listen)
+    sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode)))
+
+
+@main.group()
+def key() -> None:
+    """Valet keys: what agents present instead of real credentials."""
+
+
+@key.command("create")
+@click.option("--user", required=True, help="Whose secrets the key's agent may use.")
+@click.option("--agent", required=True, help="A name for the agent holding the key.")
+@data_dir_option
+def key_create(user: str, agent: str, data_dir: Path) -> None:
+    """Print a new key once; only its hash is stored."""
+    plaintext, record = KeyStore(data_dir / "keys.db").create(user, agent)
+    click.echo(f"created key {record.id} for user {user!r}, agent {agent!r}; it is shown only once:", err=True)
+    click.echo(plaintext)
+
+
+@key.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def key_list(data_dir: Path, as_json: bool) -> None:
+    """Show id, user, agent, created, last used, revoked: never the key."""
+    records = KeyStore(data_dir / "keys.db").all()
+    last_used = _last_used(data_dir / "audit.db")
+    rows = [
+        {"id": r.id, "user": r.user, "agent": r.agent, "created": r.created_at,
+         "last_used": last_used.get(r.id), "revoked": r.revoked_at}
+        for r in records
+    ]
+    _print_rows(rows, as_json, ["id", "user", "agent", "created", "last_used", "revoked"])
+
+
+@key.command("revoke")
+@click.argument("key_id")
+@data_dir_option
+def key_revoke(key_id: str, data_dir: Path) -> None:
+    """Revoke a key; a running proxy refuses it from its next request on."""
+    if not KeyStore(data_dir / "keys.db").revoke(key_id):
+        raise click.ClickException(f"no active key with id {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+def _last_used(path: Path) -> dict[str, str]:
+    """Last use comes from the audit log: the proxy never writes to the key store."""
+    try:
+        conn = audit.open_readonly(path)
+    except FileNotFoundError:
+        return {}
+    with conn:
+        rows = conn.execute(
+            "SELECT key_id, max(ts) FROM exchanges WHERE key_id IS NOT NULL GROUP BY key_id"
+        ).fetchall()
+    conn.close()
+    return {k: ts for k, ts in rows}
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Read the audit log (also plain SQLite: sqlite3 DATA_DIR/audit.db)."""
+
+
+@audit_group.command("query")
+@click.argument("sql")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit_query(sql: str, data_dir: Path, as_json: bool) -> None:
+    """Run one read-only SQL statement against the audit log."""
+    try:
+        conn = audit.open_readonly(data_dir / "audit.db")
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor]
+    except (sqlite3.Error, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_rows(rows, as_json, columns)
+
+
+@audit_group.command("tail")
+@data_dir_option
+@click.option("-n", "--lines", default=20, show_default=True, help="How many recent rows to show first.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep printing new rows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit_tail(data_dir: Path, lines: int, follow: bool, as_json: bool) -> None:
+    """Show the latest exchanges, then follow new ones (Ctrl-C to stop)."""
+    path = data_dir / "audit.db"
+    while not path.exists():
+        if not follow:
+            raise click.ClickException(f"no audit log at {path}")
+        time.sleep(0.5)
+    conn = audit.open_readonly(path)
+    (max_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM exchanges").fetchone()
+    last = max(0, max_id - lines)
+    try:
+        while True:
+            for row in audit.rows_after(conn, last):
+                last = row["id"]
+                click.echo(json.dumps(dict(row)) if as_json else _tail_line(dict(row)))
+            if not follow:
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def _tail_line(row: dict[str, Any]) -> str:
+    parts = [
+        row["ts"], row["decision"], str(row["http_status"]), row["user"] or "-", row["agent"] or "-",
+        row["server"] or "-", row["http_method"], row["rpc_method"] or "-", row["tool"] or "-",
+        row["reason"] or "", f"{row['duration_ms']}ms" if row["duration_ms"] is not None else "",
+    ]
+    return _safe(" ".join(p for p in parts if p))
+
+
+def _safe(text: str) -> str:
+    """Audit values come from agents: never let them drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        return
+    table = [[_safe("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@main.command("ca")
+@data_dir_option
+def ca(data_dir: Path) -> None:
+    """Print the path of the CA certificate agents must trust in forward mode (created if needed)."""
+    from mitmproxy.certs import CertStore
+
+    confdir = mitm_confdir(data_dir)
+    confdir.mkdir(parents=True, exist_ok=True)
+    CertStore.from_store(str(confdir), "mitmproxy", 2048)
+    click.echo(str((confdir / "mitmproxy-ca-cert.pem").resolve()))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check configuration files."""
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
+def config_check(path: Path) -> None:
+    """Validate a config file; exit non-zero with file:line messages on error."""
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: ok ({len(loaded.config.servers)} servers)")

@@ -1,0 +1,155 @@
+"""Load and validate Valet's YAML configuration.
+
+Errors must be actionable by an ops engineer editing the file at 3 a.m., so each
+one names the file, the line and the field. We validate with pydantic (strict
+models, unknown keys forbidden) and map each error's location back to the YAML
+node it came from. YAML itself is read strictly too: a key given twice in one
+mapping is an error, not "last one wins".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message is meant for humans."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServerConfig(_Strict):
+    url: str = Field(description="The upstream MCP endpoint, http:// or https://")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; declare them as secrets instead")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        parts.port  # raises ValueError on a bad port
+        return value
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
+
+
+class ValetConfig(_Strict):
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    passthrough: list[str] = Field(
+        default_factory=list,
+        description="forward mode only: host or host:port that agents may reach without a server entry",
+    )
+    upstream_ca_file: str | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("servers")
+    @classmethod
+    def _check_names(cls, value: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+        for name in value:
+            if not SERVER_NAME.match(name):
+                raise ValueError(f"server name {name!r} must match {SERVER_NAME.pattern}")
+        return value
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    path: Path
+    config: ValetConfig
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, parse and validate one config file, or raise ConfigError naming file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.__class__.__name__}: {exc}") from None
+    return LoadedConfig(path=path, config=parse_config(text, str(path)))
+
+
+def parse_config(text: str, source: str = "<config>") -> ValetConfig:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: {_yaml_problem(exc)}") from None
+    if root is None:
+        data: Any = {}
+    else:
+        _reject_duplicate_keys(root, source)
+        data = yaml.SafeLoader(text).get_single_data()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:{_line(root)}: the top level must be a mapping")
+    try:
+        return ValetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(err, root, source) for err in exc.errors())) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    return f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}"
+
+
+def _line(node: yaml.Node | None) -> int:
+    return node.start_mark.line + 1 if node is not None else 1
+
+
+def _reject_duplicate_keys(node: yaml.Node, source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise ConfigError(f"{source}:{_line(key)}: key {key.value!r} appears twice")
+                seen.add(key.value)
+            _reject_duplicate_keys(value, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _reject_duplicate_keys(item, source)
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location (unknown keys point at the key)."""
+    node = root
+    for index, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    node = key if index == len(loc) - 1 else value
+                    break
+            else:
+                return node
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _describe(err: dict[str, Any], root: yaml.Node | None, source: str) -> str:
+    loc = tuple(err.get("loc", ()))
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    message = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        message = "unknown key (check its spelling and indentation)"
+    return f"{source}:{_line(_node_at(root, loc))}: {field}: {message}"

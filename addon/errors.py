@@ -1,0 +1,64 @@
+"""Every way Valet refuses a request, with a stable JSON-RPC code and HTTP status.
+
+The codes are part of Valet's interface: agents and ops match on them, so a code
+never changes meaning once released. They live in the JSON-RPC "server error"
+range reserved for implementations (-32000 to -32099), except the standard
+parse/invalid-request codes and -32020, the code the MCP SDK itself uses when
+2026-07-28 routing headers disagree with the body.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Cause(Enum):
+    """(reason, JSON-RPC code, HTTP status) for each kind of refusal."""
+
+    PARSE_ERROR = ("parse_error", -32700, 400)
+    INVALID_REQUEST = ("invalid_request", -32600, 400)
+    MISSING_KEY = ("missing_key", -32001, 401)
+    UNKNOWN_KEY = ("unknown_key", -32001, 401)
+    REVOKED_KEY = ("revoked_key", -32001, 401)
+    PROXY_AUTH_REQUIRED = ("proxy_auth_required", -32001, 407)
+    UNKNOWN_SERVER = ("unknown_server", -32002, 404)
+    NOT_ALLOWED_DESTINATION = ("destination_not_allowed", -32003, 403)
+    BAD_PATH = ("bad_path", -32004, 400)
+    BODY_TOO_LARGE = ("body_too_large", -32005, 413)
+    UNSUPPORTED_MEDIA = ("unsupported_media_type", -32006, 415)
+    HEADER_MISMATCH = ("header_mismatch", -32020, 400)
+    AUDIT_UNAVAILABLE = ("audit_unavailable", -32010, 503)
+    UPSTREAM_ERROR = ("upstream_error", -32011, 502)
+
+    @property
+    def reason(self) -> str:
+        return self.value[0]
+
+    @property
+    def code(self) -> int:
+        return self.value[1]
+
+    @property
+    def status(self) -> int:
+        return self.value[2]
+
+
+@dataclass
+class Refusal(Exception):
+    """A decision not to forward; `message` is shown to the agent, so it never holds a secret."""
+
+    cause: Cause
+    message: str
+    rpc_id: Any = None
+
+    def body(self) -> bytes:
+        """The JSON-RPC error object the agent receives (also readable as plain JSON)."""
+        error = {
+            "code": self.cause.code,
+            "message": self.message,
+            "data": {"reason": self.cause.reason},
+        }
+        return json.dumps({"jsonrpc": "2.0", "id": self.rpc_id, "error": error}).encode()

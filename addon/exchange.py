@@ -1,0 +1,45 @@
+"""The record of one exchange as it moves through the addons, ending as an audit row."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Exchange:
+    mode: str
+    http_method: str
+    http_path: str
+    ts: str = field(default_factory=_utc_now)
+    started: float = field(default_factory=time.monotonic)
+    key_id: str | None = None
+    user: str | None = None
+    agent: str | None = None
+    server: str | None = None
+    rpc_method: str | None = None
+    rpc_id: str | None = None
+    tool: str | None = None
+    arguments: str | None = None
+    decision: str = "allow"
+    reason: str | None = None
+    error_code: int | None = None
+    session_id: str | None = None
+    http_status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_ms: float | None = None
+    recorded: bool = False
+
+    def finish(self, status: int | None) -> dict[str, Any]:
+        """Close the exchange and return its audit row."""
+        self.recorded = True
+        self.http_status = status
+        self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
+        return asdict(self)

@@ -1,0 +1,104 @@
+"""Who is calling: the valet key, checked on every request, stripped before upstream.
+
+Reverse mode: ``Authorization: Bearer <key>``. Forward mode: ``Proxy-Authorization``
+(Basic with the key as password, so ``http://agent:<key>@valet:8787`` proxy URLs
+work, or Bearer). For HTTPS the key arrives once, on CONNECT; it is remembered
+for that client connection and re-verified on every request in the tunnel, so a
+revocation cuts a live tunnel on its next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+from mitmproxy import connection, http
+
+from ..errors import Cause, Refusal
+from ..identity import KeyRecord
+from .state import ValetState, exchange_of, refuse
+
+
+def _key_from_bearer(value: str) -> str | None:
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _key_from_proxy_auth(value: str) -> str | None:
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip() or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
+
+
+class Authenticator:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+        self._tunnel_keys: dict[str, str] = {}
+
+    async def _verify(self, key: str | None, missing: Cause) -> KeyRecord:
+        keyring = self.state.keyring
+        if keyring is None:
+            raise Refusal(Cause.AUDIT_UNAVAILABLE, "Valet is not configured with a data dir")
+        if key is None:
+            raise Refusal(missing, "a valet key is required")
+        if keyring.stale():
+            await asyncio.to_thread(keyring.reload)
+        record = keyring.verify(key)
+        if record is None:
+            raise Refusal(Cause.UNKNOWN_KEY, "unknown valet key")
+        if record.revoked:
+            raise Refusal(Cause.REVOKED_KEY, "this valet key has been revoked")
+        return record
+
+    def _identify(self, flow: http.HTTPFlow, record: KeyRecord) -> None:
+        exchange = exchange_of(flow)
+        if exchange is not None:
+            exchange.key_id, exchange.user, exchange.agent = record.id, record.user, record.agent
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        key = _key_from_proxy_auth(flow.request.headers.get("proxy-authorization", ""))
+        try:
+            record = await self._verify(key, Cause.PROXY_AUTH_REQUIRED)
+        except Refusal as refusal:
+            if refusal.cause.status == 401:
+                refusal = Refusal(Cause.PROXY_AUTH_REQUIRED, refusal.message)
+            refuse(flow, refusal)
+            self.state.record_refused_connect(flow)
+            return
+        self._identify(flow, record)
+        self._tunnel_keys[flow.client_conn.id] = key  # type: ignore[assignment]
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        headers = flow.request.headers
+        if self.state.mode == "reverse":
+            key = _key_from_bearer(headers.get("authorization", ""))
+            headers.pop("authorization", None)
+            missing = Cause.MISSING_KEY
+        else:
+            proxy_auth = headers.get("proxy-authorization")
+            key = _key_from_proxy_auth(proxy_auth) if proxy_auth else self._tunnel_keys.get(flow.client_conn.id)
+            missing = Cause.PROXY_AUTH_REQUIRED
+        headers.pop("proxy-authorization", None)
+        try:
+            record = await self._verify(key, missing)
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        self._identify(flow, record)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnel_keys.pop(client.id, None)

@@ -1,0 +1,86 @@
+"""Parse JSON-RPC request bodies once, strictly, and forward exactly what was parsed."""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http
+
+from ..errors import Cause, Refusal
+from ..jsonrpc import Body, check_headers, parse_body
+from .state import ValetState, exchange_of, refuse
+
+MAX_AUDIT_ARGUMENTS = 64 * 1024
+
+
+class RpcInspector:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse what cannot be inspected before its body is even read."""
+        if flow.response or flow.error or not flow.live:
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.server is None:
+            return  # passthrough: not an MCP endpoint of ours
+        request = flow.request
+        exchange.session_id = request.headers.get("mcp-session-id")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
+            return
+        length = request.headers.get("content-length")
+        limit = self.state.config.limits.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.server is None:
+            return
+        request = flow.request
+        raw = request.raw_content or b""
+        exchange.bytes_in = len(raw)
+        if request.method != "POST":
+            if raw:
+                refuse(flow, Refusal(Cause.INVALID_REQUEST, f"{request.method} requests carry no body"))
+            return
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "JSON-RPC requests must be application/json"))
+            return
+        try:
+            body = parse_body(raw, self.state.config.limits.max_body_bytes)
+            _describe(exchange, body)
+            headers = request.headers
+            check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        request.content = body.serialize()
+
+
+def _describe(exchange, body: Body) -> None:  # type: ignore[no-untyped-def]
+    """Fill the audit fields from the parsed body."""
+    if body.is_batch:
+        exchange.rpc_method = "batch"
+        summary = [
+            {"method": m.method, "id": m.id, **({"tool": m.tool, "arguments": m.arguments} if m.tool else {})}
+            for m in body.messages
+        ]
+        exchange.arguments = _bounded_json(summary)
+        return
+    message = body.messages[0]
+    exchange.rpc_method = message.method
+    exchange.rpc_id = json.dumps(message.id) if message.has_id else None
+    exchange.tool = message.tool
+    if message.arguments is not None:
+        exchange.arguments = _bounded_json(message.arguments)
+
+
+def _bounded_json(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= MAX_AUDIT_ARGUMENTS else text[:MAX_AUDIT_ARGUMENTS] + "…(truncated)"

@@ -1,0 +1,58 @@
+"""Opens an Exchange for every flow and writes its audit row when the flow ends."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from ..errors import Cause, Refusal
+from ..exchange import Exchange
+from .state import METADATA_KEY, ValetState, exchange_of, refuse
+
+MAX_PATH_CHARS = 2048
+
+
+class Recorder:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+
+    def _open(self, flow: http.HTTPFlow) -> Exchange:
+        request = flow.request
+        path = request.path if request.method != "CONNECT" else f"{request.host}:{request.port}"
+        exchange = Exchange(mode=self.state.mode, http_method=request.method[:16], http_path=path[:MAX_PATH_CHARS])
+        flow.metadata[METADATA_KEY] = exchange
+        return exchange
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._open(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        self._open(flow)
+        if self.state.audit is None or not self.state.audit.healthy:
+            refuse(flow, Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written; refusing to forward"), "error")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.recorded or flow.response is None:
+            return
+        if not exchange.bytes_out:
+            exchange.bytes_out = len(flow.response.raw_content or b"")
+        if exchange.session_id is None:
+            exchange.session_id = flow.response.headers.get("mcp-session-id")
+        if flow.response.status_code >= 500 and exchange.decision == "allow" and exchange.reason is None:
+            exchange.reason = "upstream_status"
+        self.state.record(exchange, flow.response.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.recorded:
+            return
+        exchange.decision = "error"
+        message = (flow.error.msg if flow.error else "").lower()
+        if "client" in message and "disconnect" in message:
+            exchange.reason = "client_disconnected"
+        else:
+            exchange.reason = Cause.UPSTREAM_ERROR.reason
+        status = flow.response.status_code if flow.response else 502
+        self.state.record(exchange, status)

@@ -1,0 +1,58 @@
+"""Where a request goes: a configured server (reverse path or forward URL), or nowhere.
+
+Routing happens in ``requestheaders``, so that with mitmproxy's lazy connection
+strategy no upstream connection is opened before the decision. What goes
+upstream is the normalized path from :mod:`addon.routing`, never the raw one.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import connection, http
+
+from ..errors import Cause, Refusal
+from .state import ValetState, exchange_of, refuse
+
+
+class Router:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+        self._tunnels: dict[str, tuple[str, int]] = {}
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        host, port = flow.request.host.lower(), flow.request.port
+        if not self.state.routes.allows_host(host, port):
+            refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, f"CONNECT to {host}:{port} is not allowed"))
+            self.state.record_refused_connect(flow)
+            return
+        self._tunnels[flow.client_conn.id] = (host, port)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        request = flow.request
+        exchange = exchange_of(flow)
+        try:
+            if self.state.mode == "reverse":
+                route = self.state.routes.reverse(request.path)
+            else:
+                tunnel = self._tunnels.get(flow.client_conn.id)
+                if tunnel is not None and tunnel != (request.host.lower(), request.port):
+                    raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request host differs from the CONNECT target")
+                route = self.state.routes.forward(request.scheme, request.host, request.port, request.path)
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        if route is None:  # allowed passthrough: forwarded as is, still authenticated and audited
+            return
+        if exchange is not None:
+            exchange.server = route.server
+        request.scheme, request.host, request.port = route.scheme, route.host, route.port
+        request.path = route.path
+        # Bodies coming back must be readable (to stream SSE event by event, to redact):
+        # ask for no content coding rather than decode what we did not ask for.
+        request.headers["accept-encoding"] = "identity"
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)

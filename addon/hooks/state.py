@@ -1,0 +1,98 @@
+"""Valet's options, configuration, key ring and audit writer, shared by the other addons."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from ..audit import AuditWriter
+from ..config import ConfigError, ValetConfig, load_config
+from ..errors import Cause, Refusal
+from ..exchange import Exchange
+from ..identity import KeyRing, KeyStore
+from ..routing import RouteTable
+
+log = logging.getLogger("valet")
+METADATA_KEY = "valet"
+
+
+class ValetState:
+    """Loads what the other addons decide with; reloads nothing behind their back."""
+
+    def __init__(self) -> None:
+        self.config = ValetConfig()
+        self.routes = RouteTable(self.config)
+        self.keyring: KeyRing | None = None
+        self.audit: AuditWriter | None = None
+        self.mode = "reverse"
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("valet_config", str, "", "Path of Valet's YAML configuration.")
+        loader.add_option("valet_data_dir", str, ".valet", "Directory for keys, audit log and CA.")
+        loader.add_option("valet_mode", str, "reverse", "reverse | forward")
+
+    def configure(self, updated: set[str]) -> None:
+        if "valet_config" in updated and ctx.options.valet_config:
+            try:
+                loaded = load_config(Path(ctx.options.valet_config))
+            except ConfigError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+            self.config = loaded.config
+            self.routes = RouteTable(self.config)
+            if self.config.upstream_ca_file:
+                ctx.options.update(ssl_verify_upstream_trusted_ca=self.config.upstream_ca_file)
+        if "valet_mode" in updated:
+            if ctx.options.valet_mode not in ("reverse", "forward"):
+                raise exceptions.OptionsError("valet_mode must be 'reverse' or 'forward'")
+            self.mode = ctx.options.valet_mode
+        if "valet_data_dir" in updated:
+            data_dir = Path(ctx.options.valet_data_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.keyring = KeyRing(KeyStore(data_dir / "keys.db"))
+            self.keyring.reload()
+            if self.audit is not None:
+                self.audit.close()
+            self.audit = AuditWriter(data_dir / "audit.db")
+
+    def done(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+
+    def record(self, exchange: Exchange, status: int | None) -> None:
+        if not exchange.recorded and self.audit is not None:
+            self.audit.submit(exchange.finish(status))
+
+
+    def record_refused_connect(self, flow: http.HTTPFlow) -> None:
+        """A refused CONNECT gets its own row; allowed ones do not (the tunnel's requests do)."""
+        exchange = exchange_of(flow)
+        if exchange is not None and flow.response is not None:
+            exchange.bytes_out = len(flow.response.raw_content or b"")
+            self.record(exchange, flow.response.status_code)
+
+
+def exchange_of(flow: http.HTTPFlow) -> Exchange | None:
+    return flow.metadata.get(METADATA_KEY)
+
+
+def refuse(flow: http.HTTPFlow, refusal: Refusal, decision: str = "deny") -> None:
+    """Answer the flow ourselves: nothing goes upstream, the audit row says why."""
+    exchange = exchange_of(flow)
+    if exchange is not None:
+        exchange.decision = decision
+        exchange.reason = refusal.cause.reason
+        exchange.error_code = refusal.cause.code
+    headers = {"content-type": "application/json"}
+    if refusal.cause is Cause.PROXY_AUTH_REQUIRED:
+        headers["proxy-authenticate"] = 'Basic realm="valet"'
+    elif refusal.cause.status == 401:
+        headers["www-authenticate"] = 'Bearer realm="valet"'
+    flow.response = http.Response.make(refusal.cause.status, refusal.body(), headers)
+
+
+def answered(flow: http.HTTPFlow) -> bool:
+    """True when this flow needs nothing more from a request-side hook."""
+    return flow.response is not None or flow.error is not None or not flow.live

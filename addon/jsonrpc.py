@@ -1,0 +1,165 @@
+"""Strict, single parse of JSON-RPC request bodies.
+
+Valet decides on what it parsed and forwards what it re-serialized from that
+parse, so this parser must be at least as strict as any upstream's: it refuses
+invalid UTF-8, a byte-order mark, duplicate object keys, NaN/Infinity, members
+JSON-RPC does not define, and bodies over the size limit. Anything an upstream
+might read differently from us is refused here rather than forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.shared.inbound import PROTOCOL_VERSION_META_KEY, decode_header_value
+
+from .errors import Cause, Refusal
+
+_REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+_RESPONSE_KEYS = frozenset({"jsonrpc", "result", "error", "id"})
+_NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One JSON-RPC message as parsed; `raw` is the object that will be re-serialized."""
+
+    raw: dict[str, Any]
+    method: str | None  # None for a response to a server-initiated request
+    has_id: bool
+
+    @property
+    def id(self) -> Any:
+        return self.raw.get("id")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self.raw.get("params")
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def name(self) -> str | None:
+        """The tool/prompt name or resource URI the message targets, as Mcp-Name carries it."""
+        key = _NAMED_PARAM.get(self.method or "")
+        value = self.params.get(key) if key else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def tool(self) -> str | None:
+        return self.name if self.method == "tools/call" else None
+
+    @property
+    def arguments(self) -> dict[str, Any] | None:
+        if self.method != "tools/call":
+            return None
+        args = self.params.get("arguments")
+        return args if isinstance(args, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    messages: tuple[Message, ...]
+    is_batch: bool
+
+    def serialize(self) -> bytes:
+        """The bytes to forward: exactly what was parsed, in canonical compact form."""
+        obj: Any = [m.raw for m in self.messages] if self.is_batch else self.messages[0].raw
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise Refusal(Cause.PARSE_ERROR, f"duplicate key {key[:64]!r} in JSON object")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise Refusal(Cause.PARSE_ERROR, f"{name} is not valid JSON")
+
+
+def parse_body(data: bytes, max_bytes: int) -> Body:
+    """Parse a request body into JSON-RPC messages, or raise a Refusal saying why not."""
+    if len(data) > max_bytes:
+        raise Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {max_bytes} bytes")
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise Refusal(Cause.PARSE_ERROR, "body starts with a byte-order mark")
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise Refusal(Cause.PARSE_ERROR, "body is not valid UTF-8") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise Refusal(Cause.PARSE_ERROR, "body is not valid JSON") from None
+    if isinstance(doc, list):
+        if not doc:
+            raise Refusal(Cause.INVALID_REQUEST, "empty batch")
+        return Body(tuple(_message(item) for item in doc), is_batch=True)
+    return Body((_message(doc),), is_batch=False)
+
+
+def _message(obj: Any) -> Message:
+    if not isinstance(obj, dict):
+        raise Refusal(Cause.INVALID_REQUEST, "a JSON-RPC message must be an object")
+    rpc_id = obj.get("id")
+    if obj.get("jsonrpc") != "2.0":
+        raise Refusal(Cause.INVALID_REQUEST, 'missing or wrong "jsonrpc" member', _safe_id(rpc_id))
+    if "id" in obj and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int))):
+        raise Refusal(Cause.INVALID_REQUEST, '"id" must be a string or an integer')
+    if "method" in obj:
+        extra = obj.keys() - _REQUEST_KEYS
+        method = obj["method"]
+        if not isinstance(method, str) or not method:
+            raise Refusal(Cause.INVALID_REQUEST, '"method" must be a non-empty string', rpc_id)
+        if "params" in obj and not isinstance(obj["params"], (dict, list)):
+            raise Refusal(Cause.INVALID_REQUEST, '"params" must be an object or an array', rpc_id)
+        if method == "tools/call":
+            _check_tool_call(obj.get("params"), rpc_id)
+    else:
+        extra = obj.keys() - _RESPONSE_KEYS
+        method = None
+        if ("result" in obj) == ("error" in obj) or "id" not in obj:
+            raise Refusal(Cause.INVALID_REQUEST, "a message needs a method, or an id and one of result/error")
+    if extra:
+        raise Refusal(Cause.INVALID_REQUEST, f"unknown member {sorted(extra)[0][:64]!r}", rpc_id)
+    return Message(obj, method, "id" in obj)
+
+
+def _check_tool_call(params: Any, rpc_id: Any) -> None:
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        raise Refusal(Cause.INVALID_REQUEST, 'tools/call needs params.name as a string', rpc_id)
+    if "arguments" in params and not isinstance(params["arguments"], dict):
+        raise Refusal(Cause.INVALID_REQUEST, 'tools/call params.arguments must be an object', rpc_id)
+
+
+def _safe_id(value: Any) -> Any:
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def check_headers(body: Body, version: str | None, method: str | None, name: str | None) -> None:
+    """Refuse a request whose 2026-07-28 routing headers disagree with its body.
+
+    The upstream routes on the headers and Valet decides on the body; if they
+    could differ, the policy and the upstream would see different calls. A body
+    that carries the modern per-request envelope must carry all the headers the
+    SDK's servers check; headers on a legacy body must still agree with it.
+    """
+    first = body.messages[0]
+    meta = first.params.get("_meta")
+    envelope = meta.get(PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    if envelope is None and version is None and method is None and name is None:
+        return
+    if body.is_batch:
+        raise Refusal(Cause.HEADER_MISMATCH, "2026-07-28 requests cannot be batched")
+    if envelope is not None and version != envelope:
+        raise Refusal(Cause.HEADER_MISMATCH, "MCP-Protocol-Version header does not match the body", first.id)
+    if (method is not None or envelope is not None) and method != first.method:
+        raise Refusal(Cause.HEADER_MISMATCH, "Mcp-Method header does not match the body's method", first.id)
+    expected = first.name
+    if (name is not None or (envelope is not None and expected is not None)) and decode_header_value(name) != expected:
+        raise Refusal(Cause.HEADER_MISMATCH, "Mcp-Name header does not match the body", first.id)

@@ -1,0 +1,94 @@
+"""Start mitmproxy in-process with the Valet addons (what ``run_proxy.py`` and ``valet run`` do)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+
+from .config import ConfigError, load_config
+from .hooks import valet_addons
+
+# A placeholder upstream for mitmproxy's reverse mode: the Router rewrites every
+# routed request before any connection is made (lazy connection strategy).
+_REVERSE_PLACEHOLDER = "reverse:http://127.0.0.1:9"
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "policies" / "valet.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: Path
+    data_dir: Path
+    host: str
+    port: int
+    mode: str  # reverse | forward
+
+
+def mitm_confdir(data_dir: Path) -> Path:
+    """mitmproxy's CA and state live in the data dir, never in ~/.mitmproxy."""
+    return data_dir / "mitmproxy"
+
+
+def build_master(settings: Settings) -> DumpMaster:
+    mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
+    confdir = mitm_confdir(settings.data_dir)
+    confdir.mkdir(parents=True, exist_ok=True)
+    opts = options.Options(
+        mode=[mode], listen_host=settings.host, listen_port=settings.port, confdir=str(confdir)
+    )
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    # Options owned by built-in addons exist only once the master is built.
+    opts.update(connection_strategy="lazy")
+    master.addons.add(*valet_addons())
+    opts.update(
+        valet_mode=settings.mode,
+        valet_data_dir=str(settings.data_dir),
+        valet_config=str(settings.config),
+    )
+    return master
+
+
+class _Announce:
+    """Prints the one startup line once the listener is really up (tests wait for it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def running(self) -> None:
+        s = self.settings
+        print(
+            f"valet: listening on http://{s.host}:{s.port} ({s.mode} mode), "
+            f"config {s.config}, data dir {s.data_dir}",
+            flush=True,
+        )
+
+
+async def serve(settings: Settings) -> None:
+    master = build_master(settings)
+    master.addons.add(_Announce(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    await master.run()
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        load_config(settings.config)  # fail before binding anything, with the file:line message
+    except ConfigError as exc:
+        print(f"valet: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"valet: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,57 @@
+"""Incremental framing of text/event-stream bodies.
+
+mitmproxy hands a streaming response to us in whatever network chunks arrived.
+To inspect or rewrite events (redaction, tools/list filtering) we need whole
+events, so the framer holds back a partial event and releases each complete one
+as soon as its terminating blank line arrives: nothing is delayed longer than
+the event itself takes to arrive. Line ends may be CRLF, LF or CR (the SDK
+uses CRLF) and may be split across chunks; a lone CR at the end of a chunk is
+held until the next byte tells whether it is half of a CRLF.
+"""
+
+from __future__ import annotations
+
+import re
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """An event grew past the limit without ending: the stream is refused, not buffered forever."""
+
+
+class SSEFramer:
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._pending = bytearray()
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add bytes; return the complete events (each with its blank-line terminator)."""
+        if not chunk:
+            return []
+        self._pending += chunk
+        events: list[bytes] = []
+        start = 0
+        prev_end = -1
+        size = len(self._pending)
+        for match in _EOL.finditer(self._pending):
+            if match.group() == b"\r" and match.end() == size:
+                break  # may be the first half of a CRLF: wait for the next chunk
+            if match.start() == prev_end:  # an empty line: the event ends here
+                events.append(bytes(self._pending[start : match.end()]))
+                start = match.end()
+                prev_end = -1
+            else:
+                prev_end = match.end()
+        if start:
+            del self._pending[:start]
+        if len(self._pending) > self._max:
+            raise EventTooLarge(f"an SSE event exceeded {self._max} bytes")
+        return events
+
+    def flush(self) -> bytes:
+        """At the end of the stream: whatever was left (an unterminated event), as is."""
+        rest = bytes(self._pending)
+        self._pending.clear()
+        return rest
