@@ -17,9 +17,11 @@ from typing import Any
 import click
 
 from . import audit
-from .config import ConfigError, load_config
 from .identity import KeyStore
-from .server import DEFAULT_CONFIG, Settings, mitm_confdir, run
+
+# mitmproxy and pydantic are imported only by the commands that need them, so
+# that key and audit commands start in a fraction of a second.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "policies" / "valet.yaml"
 
 data_dir_option = click.option(
     "--data-dir",
@@ -53,6 +55,8 @@ def main() -> None:
               help="reverse: agents call http://LISTEN/<server>; forward: agents set HTTPS_PROXY to Valet.")
 def run_command(config_path: Path, data_dir: Path, listen: str, mode: str) -> None:
     """Run the proxy until SIGINT/SIGTERM."""
+    from .server import Settings, run
+
     host, port = _listen(listen)
     sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode)))
 
@@ -192,6 +196,8 @@ def ca(data_dir: Path) -> None:
     """Print the path of the CA certificate agents must trust in forward mode (created if needed)."""
     from mitmproxy.certs import CertStore
 
+    from .server import mitm_confdir
+
     confdir = mitm_confdir(data_dir)
     confdir.mkdir(parents=True, exist_ok=True)
     CertStore.from_store(str(confdir), "mitmproxy", 2048)
@@ -207,8 +213,14 @@ def config_group() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
 def config_check(path: Path) -> None:
     """Validate a config file; exit non-zero with file:line messages on error."""
+    from .config import ConfigError, load_config
+
     try:
         loaded = load_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{path}: ok ({len(loaded.config.servers)} servers)")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,6 @@ from .hooks import valet_addons
 # routed request before any connection is made (lazy connection strategy).
 _REVERSE_PLACEHOLDER = "reverse:http://127.0.0.1:9"
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "policies" / "valet.yaml"
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ class Authenticator:
         self.state = state
         self._tunnel_keys: dict[str, str] = {}
 
-    async def _verify(self, key: str | None, missing: Cause) -> KeyRecord:
+    async def _verify(self, flow: http.HTTPFlow, key: str | None, missing: Cause) -> KeyRecord:
+        """The caller's key record, or a Refusal; a revoked key's owner is still named in the audit row."""
         keyring = self.state.keyring
         if keyring is None:
             raise Refusal(Cause.AUDIT_UNAVAILABLE, "Valet is not configured with a data dir")
@@ -56,6 +57,7 @@ class Authenticator:
         record = keyring.verify(key)
         if record is None:
             raise Refusal(Cause.UNKNOWN_KEY, "unknown valet key")
+        self._identify(flow, record)
         if record.revoked:
             raise Refusal(Cause.REVOKED_KEY, "this valet key has been revoked")
         return record
@@ -70,14 +72,13 @@ class Authenticator:
             return
         key = _key_from_proxy_auth(flow.request.headers.get("proxy-authorization", ""))
         try:
-            record = await self._verify(key, Cause.PROXY_AUTH_REQUIRED)
+            await self._verify(flow, key, Cause.PROXY_AUTH_REQUIRED)
         except Refusal as refusal:
             if refusal.cause.status == 401:
                 refusal = Refusal(Cause.PROXY_AUTH_REQUIRED, refusal.message)
             refuse(flow, refusal)
             self.state.record_refused_connect(flow)
             return
-        self._identify(flow, record)
         self._tunnel_keys[flow.client_conn.id] = key  # type: ignore[assignment]
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -94,11 +95,9 @@ class Authenticator:
             missing = Cause.PROXY_AUTH_REQUIRED
         headers.pop("proxy-authorization", None)
         try:
-            record = await self._verify(key, missing)
+            await self._verify(flow, key, missing)
         except Refusal as refusal:
             refuse(flow, refusal)
-            return
-        self._identify(flow, record)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnel_keys.pop(client.id, None)

@@ -8,6 +8,13 @@ it would in production. Tools:
 - ``progress``: emits a progress notification every ``interval`` seconds, each
   stamped with the wall-clock time it was sent, so tests can measure how late
   Valet delivers streamed events.
+- ``die_midstream``: sends one progress event, then kills the whole process,
+  so tests can see what Valet does when an upstream dies mid-stream.
+
+``GET /_requests`` answers how many requests reached the MCP endpoint, so tests
+can prove that a refused request never reached the upstream, and
+``<path>/_echo_headers`` returns the request's path, query and headers as the
+upstream received them.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import ssl
+import os
 import time
 
 import uvicorn
@@ -45,6 +52,40 @@ async def progress(steps: int, interval: float, ctx: Context) -> str:
     return "done"
 
 
+@server.tool()
+async def die_midstream(ctx: Context) -> str:
+    """Start a stream, then die without finishing it."""
+    await ctx.report_progress(1, 2, message="about to die")
+    await asyncio.sleep(0.2)
+    os._exit(3)
+
+
+class CountRequests:
+    """ASGI wrapper: counts requests to the MCP endpoint, serves the count at /_requests."""
+
+    def __init__(self, app, mcp_path: str) -> None:
+        self.app, self.mcp_path, self.count = app, mcp_path, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/_requests":
+            body = json.dumps({"count": self.count}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http" and scope["path"] == self.mcp_path + "/_echo_headers":
+            headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+            body = json.dumps({"path": scope["path"], "query": scope["query_string"].decode(),
+                               "headers": headers}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http" and scope["path"].startswith(self.mcp_path):
+            self.count += 1
+        await self.app(scope, receive, send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -52,7 +93,7 @@ def main() -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     args = parser.parse_args()
-    app = server.streamable_http_app(streamable_http_path=args.path)
+    app = CountRequests(server.streamable_http_app(streamable_http_path=args.path), args.path)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

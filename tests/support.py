@@ -1,0 +1,193 @@
+"""Helpers for the end-to-end tests: real processes on real loopback sockets.
+
+Valet is started exactly as a user starts it (``run_proxy.py`` in a subprocess,
+with a config file and a data dir); keys are made with the real ``valet`` CLI;
+the upstream is a real MCP server (``tests/upstream/mcp_server.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+VALET_CLI = str(Path(sys.executable).parent / "valet")  # the console script users run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Upstream:
+    port: int
+    process: subprocess.Popen[bytes]
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}/mcp"
+
+    def requests_seen(self) -> int:
+        verify: Any = False if self.scheme == "https" else True
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        r = httpx.get(f"{self.scheme}://{host}:{self.port}/_requests", verify=verify, timeout=5)
+        return r.json()["count"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_upstream(certfile: Path | None = None, keyfile: Path | None = None) -> Upstream:
+    port = free_port()
+    cmd = [PYTHON, str(ROOT / "tests/upstream/mcp_server.py"), "--port", str(port)]
+    if certfile and keyfile:
+        cmd += ["--certfile", str(certfile), "--keyfile", str(keyfile)]
+    process = subprocess.Popen(cmd, cwd=ROOT)
+    wait_for_port(port)
+    return Upstream(port, process, "https" if certfile else "http")
+
+
+@dataclass
+class Valet:
+    """A running Valet proxy and the CLI bound to its data dir."""
+
+    port: int
+    data_dir: Path
+    config: Path
+    mode: str
+    process: subprocess.Popen[str]
+    banner: str = ""
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VALET_DATA_DIR": str(self.data_dir)}
+        return subprocess.run(
+            [VALET_CLI, *args], cwd=ROOT, env=env, input=stdin,
+            capture_output=True, text=True, check=check, timeout=60,
+        )
+
+    def new_key(self, user: str = "alice", agent: str = "test-agent") -> tuple[str, str]:
+        """(key, key id), made with the real CLI."""
+        key = self.cli("key", "create", "--user", user, "--agent", agent).stdout.strip()
+        return key, key.split("_")[1]
+
+    def rows(self, where: str = "1=1", params: tuple[Any, ...] = (), expect: int = 1,
+             timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Audit rows matching ``where``; waits until at least ``expect`` exist (the writer is async)."""
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            try:
+                conn = sqlite3.connect(f"file:{self.data_dir / 'audit.db'}?mode=ro", uri=True)
+                conn.row_factory = sqlite3.Row
+                rows = [dict(r) for r in conn.execute(f"SELECT * FROM exchanges WHERE {where} ORDER BY id", params)]
+                conn.close()
+            except sqlite3.OperationalError:
+                rows = []
+            if len(rows) >= expect:
+                return rows
+            time.sleep(0.05)
+        raise AssertionError(f"expected {expect} audit rows where {where} {params}, found {len(rows)}: {rows}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return -9
+        return self.process.returncode
+
+
+def write_config(path: Path, servers: dict[str, str], extra: str = "") -> Path:
+    lines = ["servers:"] + [f"  {name}:\n    url: {url}" for name, url in servers.items()]
+    if not servers:
+        lines = ["servers: {}"]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def start_valet(tmp: Path, servers: dict[str, str], mode: str = "reverse", extra: str = "") -> Valet:
+    config = write_config(tmp / "valet.yaml", servers, extra)
+    data_dir = tmp / "data"
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, str(ROOT / "run_proxy.py"), "--config", str(config), "--data-dir", str(data_dir),
+         "--listen", f"127.0.0.1:{port}", "--mode", mode],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    if "listening on" not in banner:
+        process.kill()
+        raise RuntimeError(f"valet did not start: {banner}{process.stdout.read()}")
+    return Valet(port, data_dir, config, mode, process, banner)
+
+
+def jsonrpc(method: str, params: dict[str, Any] | None = None, rpc_id: int | None = 1) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    if rpc_id is not None:
+        msg["id"] = rpc_id
+    return msg
+
+
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def post(url: str, body: bytes | dict[str, Any] | list[Any], key: str | None = None,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    h = dict(MCP_HEADERS)
+    if key is not None:
+        h["authorization"] = f"Bearer {key}"
+    h.update(headers or {})
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(url, content=content, headers=h, timeout=15)
+
+
+@contextmanager
+def running_valet(tmp: Path, servers: dict[str, str], **kw: Any) -> Iterator[Valet]:
+    valet = start_valet(tmp, servers, **kw)
+    try:
+        yield valet
+    finally:
+        valet.stop()
