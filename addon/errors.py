@@ -53,6 +53,11 @@ class Refusal(Exception):
     cause: Cause
     message: str
     rpc_id: Any = None
+    status: int | None = None  # overrides cause.status, e.g. 407 for key failures on proxy credentials
+
+    @property
+    def http_status(self) -> int:
+        return self.status or self.cause.status
 
     def body(self) -> bytes:
         """The JSON-RPC error object the agent receives (also readable as plain JSON)."""

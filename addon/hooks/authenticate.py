@@ -75,7 +75,7 @@ class Authenticator:
             await self._verify(flow, key, Cause.PROXY_AUTH_REQUIRED)
         except Refusal as refusal:
             if refusal.cause.status == 401:
-                refusal = Refusal(Cause.PROXY_AUTH_REQUIRED, refusal.message)
+                refusal.status = 407  # HTTP's answer to refused proxy credentials
             refuse(flow, refusal)
             self.state.record_refused_connect(flow)
             return
@@ -85,6 +85,7 @@ class Authenticator:
         if flow.response or flow.error or not flow.live:
             return
         headers = flow.request.headers
+        proxy_auth: str | None = None
         if self.state.mode == "reverse":
             key = _key_from_bearer(headers.get("authorization", ""))
             headers.pop("authorization", None)
@@ -97,6 +98,8 @@ class Authenticator:
         try:
             await self._verify(flow, key, missing)
         except Refusal as refusal:
+            if proxy_auth and refusal.cause.status == 401:
+                refusal.status = 407  # credentials given to the proxy itself were refused
             refuse(flow, refusal)
 
     def client_disconnected(self, client: connection.Client) -> None:

@@ -10,7 +10,7 @@ from mitmproxy.addonmanager import Loader
 
 from ..audit import AuditWriter
 from ..config import ConfigError, ValetConfig, load_config
-from ..errors import Cause, Refusal
+from ..errors import Refusal
 from ..exchange import Exchange
 from ..identity import KeyRing, KeyStore
 from ..routing import RouteTable
@@ -86,11 +86,12 @@ def refuse(flow: http.HTTPFlow, refusal: Refusal, decision: str = "deny") -> Non
         exchange.reason = refusal.cause.reason
         exchange.error_code = refusal.cause.code
     headers = {"content-type": "application/json"}
-    if refusal.cause is Cause.PROXY_AUTH_REQUIRED:
+    status = refusal.http_status
+    if status == 407:
         headers["proxy-authenticate"] = 'Basic realm="valet"'
-    elif refusal.cause.status == 401:
+    elif status == 401:
         headers["www-authenticate"] = 'Bearer realm="valet"'
-    flow.response = http.Response.make(refusal.cause.status, refusal.body(), headers)
+    flow.response = http.Response.make(status, refusal.body(), headers)
 
 
 def answered(flow: http.HTTPFlow) -> bool:
