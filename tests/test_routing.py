@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from addon.config import parse_config
+from addon.errors import Cause, Refusal
+from addon.routing import RouteTable, normalize_path
+
+CONFIG = parse_config("""
+servers:
+  notes: {url: "http://127.0.0.1:9001/mcp"}
+  root: {url: "https://API.example.com"}
+passthrough: ["pypi.org", "files.example.com:8443"]
+""")
+
+
+def test_reverse_routes_suffix_and_query() -> None:
+    routes = RouteTable(CONFIG)
+    r = routes.reverse("/notes")
+    assert (r.server, r.scheme, r.host, r.port, r.path) == ("notes", "http", "127.0.0.1", 9001, "/mcp")
+    assert routes.reverse("/notes/sub/x?a=1&b=%2F").path == "/mcp/sub/x?a=1&b=%2F"
+    assert routes.reverse("/notes?x=1").path == "/mcp?x=1"
+    assert routes.reverse("/root/v1/items").path == "/v1/items"
+    assert routes.reverse("/root").path == "/"
+
+
+@pytest.mark.parametrize("path", ["/nope", "/notesX", "/NOTES", "/%6eotes", "/", "/notes%2f"])
+def test_reverse_unknown(path: str) -> None:
+    with pytest.raises(Refusal) as info:
+        RouteTable(CONFIG).reverse(path)
+    assert info.value.cause is Cause.UNKNOWN_SERVER
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [("/a//b", "/a/b"), ("/a/b/", "/a/b/"), ("/%61%20b", "/a%20b"), ("/caf%C3%A9", "/caf%C3%A9"), ("/", "")],
+)
+def test_normalize(raw: str, normalized: str) -> None:
+    assert normalize_path(raw) == normalized
+
+
+@pytest.mark.parametrize(
+    "raw", ["/..", "/a/../b", "/%2e%2e", "/%2E%2e/x", "/.%2e", "/.", "/a%2fb", "/a%5cb", "/a\\b", "/%00", "/%ff"]
+)
+def test_normalize_refuses_escapes(raw: str) -> None:
+    with pytest.raises(Refusal) as info:
+        normalize_path(raw)
+    assert info.value.cause is Cause.BAD_PATH
+
+
+def test_forward_matches_scheme_host_port_and_path_prefix() -> None:
+    routes = RouteTable(CONFIG)
+    assert routes.forward("http", "127.0.0.1", 9001, "/mcp").server == "notes"
+    assert routes.forward("http", "127.0.0.1", 9001, "/mcp/x").path == "/mcp/x"
+    assert routes.forward("https", "api.EXAMPLE.com", 443, "/v1").server == "root"
+    assert routes.forward("https", "pypi.org", 443, "/simple") is None
+    assert routes.forward("https", "files.example.com", 8443, "/") is None
+    for args in [("http", "127.0.0.1", 9001, "/mcpx"), ("https", "127.0.0.1", 9001, "/mcp"),
+                 ("http", "127.0.0.1", 9002, "/mcp"), ("https", "files.example.com", 443, "/")]:
+        with pytest.raises(Refusal) as info:
+            routes.forward(*args)
+        assert info.value.cause is Cause.NOT_ALLOWED_DESTINATION
+    with pytest.raises(Refusal):
+        routes.forward("http", "127.0.0.1", 9001, "/mcp/../admin")
+
+
+def test_connect_targets() -> None:
+    routes = RouteTable(CONFIG)
+    assert routes.allows_host("api.example.com", 443)
+    assert routes.allows_host("pypi.org", 443)
+    assert not routes.allows_host("api.example.com", 8443)
+    assert not routes.allows_host("evil.example.com", 443)
