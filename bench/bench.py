@@ -1,0 +1,157 @@
+"""Valet's benchmark: the same MCP workload direct, through a bare mitmproxy, and through Valet.
+
+    make bench            # or: .venv/bin/python bench/bench.py [--calls N] [--clients C] [--per-client M]
+
+For each target it measures, with the official SDK client (legacy mode, one
+kept session per client) calling the cheapest tool (`add`):
+
+- sequential `tools/call` latency, p50 and p99;
+- throughput with C concurrent clients;
+- CPU time (user+system) of the proxy process per call, over both phases:
+  far steadier than wall time on a shared 2-core machine;
+- the proxy process's RSS at the end.
+
+The last line is `valet_cpu_per_call_vs_bare_mitmproxy=<ratio>`.
+Everything runs on loopback; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import psutil
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import free_port, start_upstream, start_valet  # noqa: E402
+
+
+@dataclass
+class Result:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+    cpu_per_call_ms: float | None
+    rss_mib: float | None
+
+
+def _client(url: str, key: str | None) -> Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=60)
+    return Client(streamable_http_client(url, http_client=http), mode="legacy")
+
+
+async def _sequential(url: str, key: str | None, calls: int, warmup: int) -> list[float]:
+    latencies: list[float] = []
+    async with _client(url, key) as c:
+        for i in range(warmup + calls):
+            start = time.perf_counter()
+            result = await c.call_tool("add", {"a": i, "b": 1})
+            elapsed = time.perf_counter() - start
+            assert result.content[0].text == str(i + 1), result
+            if i >= warmup:
+                latencies.append(elapsed)
+    return latencies
+
+
+async def _concurrent(url: str, key: str | None, clients: int, per_client: int) -> float:
+    async def one(n: int) -> None:
+        async with _client(url, key) as c:
+            for i in range(per_client):
+                result = await c.call_tool("add", {"a": n, "b": i})
+                assert result.content[0].text == str(n + i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(clients)))
+    return clients * per_client / (time.perf_counter() - start)
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def measure(name: str, url: str, pid: int | None, key: str | None, args: argparse.Namespace) -> Result:
+    proc = psutil.Process(pid) if pid else None
+    asyncio.run(_sequential(url, key, 0, args.warmup))
+    cpu0 = _cpu(proc)
+    latencies = asyncio.run(_sequential(url, key, args.calls, 0))
+    throughput = asyncio.run(_concurrent(url, key, args.clients, args.per_client))
+    cpu = _cpu(proc) - cpu0
+    total_calls = args.calls + args.clients * args.per_client
+    latencies.sort()
+    return Result(
+        name=name,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        throughput=throughput,
+        cpu_per_call_ms=cpu / total_calls * 1000 if proc else None,
+        rss_mib=proc.memory_info().rss / 2**20 if proc else None,
+    )
+
+
+def _start_bare(upstream_port: int) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench/bare_mitmproxy.py"), "--upstream", f"http://127.0.0.1:{upstream_port}",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None and "listening" in process.stdout.readline()
+    return process, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per target")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--per-client", type=int, default=60, help="calls per concurrent client")
+    parser.add_argument("--warmup", type=int, default=50)
+    args = parser.parse_args()
+
+    upstream = start_upstream()
+    bare, bare_port = _start_bare(upstream.port)
+    with tempfile.TemporaryDirectory() as tmp:
+        valet = start_valet(Path(tmp), {"bench": upstream.url})
+        key, _ = valet.new_key("bench", "bench")
+        try:
+            results = [
+                measure("direct", upstream.url, None, None, args),
+                measure("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None, args),
+                measure("valet", f"{valet.base}/bench", valet.process.pid, key, args),
+            ]
+        finally:
+            valet.stop()
+            bare.terminate()
+            bare.wait(10)
+            upstream.stop()
+
+    print(f"\n{os.cpu_count()} cores; {args.calls} sequential calls, {args.clients} clients x {args.per_client} calls")
+    print(f"{'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'proxy CPU ms/call':>19}{'proxy RSS MiB':>15}")
+    for r in results:
+        cpu = f"{r.cpu_per_call_ms:.3f}" if r.cpu_per_call_ms is not None else "-"
+        rss = f"{r.rss_mib:.1f}" if r.rss_mib is not None else "-"
+        print(f"{r.name:<16}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.throughput:>10.1f}{cpu:>19}{rss:>15}")
+    bare_cpu, valet_cpu = results[1].cpu_per_call_ms, results[2].cpu_per_call_ms
+    assert bare_cpu and valet_cpu
+    print(f"valet_cpu_per_call_vs_bare_mitmproxy={valet_cpu / bare_cpu:.2f}")
+
+
+if __name__ == "__main__":
+    main()
