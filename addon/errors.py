@@ -25,6 +25,7 @@ class Cause(Enum):
     REVOKED_KEY = ("revoked_key", -32001, 401)
     PROXY_AUTH_REQUIRED = ("proxy_auth_required", -32001, 407)
     UNKNOWN_SERVER = ("unknown_server", -32002, 404)
+    UNKNOWN_SESSION = ("unknown_session", -32007, 404)
     NOT_ALLOWED_DESTINATION = ("destination_not_allowed", -32003, 403)
     BAD_PATH = ("bad_path", -32004, 400)
     BODY_TOO_LARGE = ("body_too_large", -32005, 413)

@@ -12,6 +12,7 @@ from pathlib import Path
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
+from . import mitm_errors
 from .config import ConfigError, load_config
 from .hooks import valet_addons
 
@@ -36,6 +37,7 @@ def mitm_confdir(data_dir: Path) -> Path:
 
 
 def build_master(settings: Settings) -> DumpMaster:
+    mitm_errors.install()
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
     confdir = mitm_confdir(settings.data_dir)
     confdir.mkdir(parents=True, exist_ok=True)

@@ -156,3 +156,51 @@ def test_audit_query_and_tail_cli(valet: Valet, key) -> None:
     assert refused.returncode != 0 and "readonly" in refused.stderr.replace(" ", "").lower()
     tail = valet.cli("audit", "tail", "--no-follow", "-n", "5").stdout
     assert len(tail.splitlines()) == 5
+
+
+def test_unreachable_upstream_is_a_json_rpc_error(tmp_path, key) -> None:
+    from .support import free_port, running_valet
+
+    with running_valet(tmp_path, {"down": f"http://127.0.0.1:{free_port()}/mcp"}) as proxy:
+        k, key_id = proxy.new_key()
+        r = post(proxy.base + "/down", INIT, k)
+        assert r.status_code == 502
+        err = error_of(r)
+        assert err["code"] == -32011 and err["data"]["reason"] == "upstream_error"
+        row = proxy.rows("key_id = ?", (key_id,))[0]
+        assert row["decision"] == "error" and row["reason"] == "upstream_error" and row["http_status"] == 502
+
+
+def test_sessions_are_bound_to_the_key_that_opened_them(valet: Valet, upstream: Upstream) -> None:
+    owner, owner_id = valet.new_key("alice", "owner")
+    thief, thief_id = valet.new_key("mallory", "thief")
+    r = post(valet.base + "/notes", INIT, owner)
+    session = r.headers["mcp-session-id"]
+    headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    listing = jsonrpc("tools/list", rpc_id=2)
+    assert post(valet.base + "/notes", jsonrpc("notifications/initialized", rpc_id=None), owner,
+                headers=headers).status_code == 202
+
+    stolen = refused_without_upstream(upstream, lambda: post(valet.base + "/notes", listing, thief, headers=headers))
+    forged = refused_without_upstream(upstream, lambda: post(
+        valet.base + "/notes", listing, owner, headers={**headers, "mcp-session-id": "0" * 32}))
+    for r in (stolen, forged):
+        assert r.status_code == 404 and error_of(r)["data"]["reason"] == "unknown_session"
+    assert error_of(stolen)["message"] == error_of(forged)["message"], "must not reveal that the session exists"
+    row = valet.rows("key_id = ? AND reason = 'unknown_session'", (thief_id,))[0]
+    assert row["session_id"] == session and row["user"] == "mallory"
+
+    assert post(valet.base + "/notes", listing, owner, headers=headers).status_code == 200
+    deleted = httpx.delete(valet.base + "/notes", headers={**headers, "authorization": f"Bearer {owner}"}, timeout=10)
+    assert deleted.status_code in (200, 204)
+    assert post(valet.base + "/notes", listing, owner, headers=headers).status_code == 404
+
+
+def test_batches_are_parsed_and_audited_as_one_exchange(valet: Valet, key) -> None:
+    batch = [jsonrpc("ping", rpc_id=1), jsonrpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}}, 2)]
+    post(valet.base + "/notes?batch", batch, key[0])
+    row = valet.rows("key_id = ? AND rpc_method = 'batch'", (key[1],))[0]
+    assert json.loads(row["arguments"]) == [
+        {"method": "ping", "id": 1},
+        {"method": "tools/call", "id": 2, "tool": "add", "arguments": {"a": 1, "b": 2}},
+    ]

@@ -1,7 +1,7 @@
 """The mitmproxy addons: thin shells over the pure core, sharing one Exchange per flow.
 
 Order matters and is fixed by :func:`valet_addons`: record, authenticate, route,
-inspect, relay. Each hook returns at once when an earlier addon already answered
+check the session, inspect, relay. Each hook returns at once when an earlier addon already answered
 the flow (``flow.response`` set) or the flow is dead.
 """
 
@@ -12,12 +12,14 @@ from .inspect import RpcInspector
 from .recorder import Recorder
 from .relay import StreamRelay
 from .router import Router
+from .sessions import SessionGuard
 from .state import ValetState
 
 
 def valet_addons() -> list[object]:
     state = ValetState()
-    return [state, Recorder(state), Authenticator(state), Router(state), RpcInspector(state), StreamRelay(state)]
+    return [state, Recorder(state), Authenticator(state), Router(state), SessionGuard(state),
+            RpcInspector(state), StreamRelay(state)]
 
 
 __all__ = ["valet_addons", "ValetState"]

@@ -25,7 +25,6 @@ class RpcInspector:
         if exchange is None or exchange.server is None:
             return  # passthrough: not an MCP endpoint of ours
         request = flow.request
-        exchange.session_id = request.headers.get("mcp-session-id")
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))

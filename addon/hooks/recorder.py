@@ -18,7 +18,8 @@ class Recorder:
     def _open(self, flow: http.HTTPFlow) -> Exchange:
         request = flow.request
         path = request.path if request.method != "CONNECT" else f"{request.host}:{request.port}"
-        exchange = Exchange(mode=self.state.mode, http_method=request.method[:16], http_path=path[:MAX_PATH_CHARS])
+        exchange = Exchange(mode=self.state.mode, http_method=request.method[:16], http_path=path[:MAX_PATH_CHARS],
+                            session_id=request.headers.get("mcp-session-id"))
         flow.metadata[METADATA_KEY] = exchange
         return exchange
 

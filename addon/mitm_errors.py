@@ -1,0 +1,34 @@
+"""Make mitmproxy's own error responses JSON-RPC error objects.
+
+When mitmproxy itself fails a request (upstream unreachable, upstream died
+before answering, malformed HTTP), its HTTP/1 layer answers with an HTML page
+built by ``_http1.make_error_response``; no addon hook can replace that
+response. Agents need the same machine-readable shape as every other Valet
+refusal, so we swap that one function for one that builds a JSON-RPC error with
+a stable code. mitmproxy is pinned below 13; the test suite checks the result
+end to end (``test_unreachable_upstream_is_a_json_rpc_error``), so a change in
+mitmproxy's internals fails loudly rather than silently.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+from .errors import Cause, Refusal
+
+_CAUSE_BY_STATUS = {400: Cause.INVALID_REQUEST, 413: Cause.BODY_TOO_LARGE}
+
+
+def _json_error_response(status_code: int, message: str = "") -> bytes:
+    cause = _CAUSE_BY_STATUS.get(status_code, Cause.UPSTREAM_ERROR)
+    body = Refusal(cause, message[:500] or "the request failed").body()
+    response = http.Response.make(
+        status_code, body, http.Headers(content_type="application/json", connection="close")
+    )
+    return http1.assemble_response(response)
+
+
+def install() -> None:
+    _http1.make_error_response = _json_error_response
