@@ -41,6 +41,8 @@ COLUMNS: tuple[str, ...] = (
     "session_id",
     "bytes_in",
     "bytes_out",
+    "injected",
+    "overridden",
 )
 
 SCHEMA = """
@@ -65,7 +67,9 @@ CREATE TABLE IF NOT EXISTS exchanges (
     error_code  INTEGER,           -- JSON-RPC error code Valet answered with, if any
     session_id  TEXT,              -- Mcp-Session-Id
     bytes_in    INTEGER,           -- request body bytes from the agent
-    bytes_out   INTEGER            -- response body bytes to the agent
+    bytes_out   INTEGER,           -- response body bytes to the agent
+    injected    TEXT,              -- JSON list of secret names Valet injected
+    overridden  TEXT               -- JSON list of injected arguments the agent had set itself
 );
 CREATE INDEX IF NOT EXISTS exchanges_ts ON exchanges (ts);
 CREATE INDEX IF NOT EXISTS exchanges_key ON exchanges (key_id, id);
@@ -81,7 +85,16 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    _add_missing_columns(conn)
     return conn
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Logs written by an older Valet gain the newer columns (NULL in old rows)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(exchanges)")}
+    for column in COLUMNS:
+        if column not in present:
+            conn.execute(f"ALTER TABLE exchanges ADD COLUMN {column} TEXT")
 
 
 class AuditWriter:

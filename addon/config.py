@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import templates
 
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -30,8 +32,89 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# Headers Valet owns or that carry MCP routing: injecting them would break framing or routing.
+_RESERVED_HEADERS = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+    "proxy-authorization", "content-type", "content-encoding", "accept-encoding",
+})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _check_template(value: str) -> str:
+    templates.check(value)
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str
+
+    @field_validator("username", "password")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        return _check_template(value)
+
+
+class InjectRule(_Strict):
+    tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
+                             description="globs on tool names (fnmatch, case-sensitive)")
+    arguments: dict[str, str] = Field(min_length=1, description="argument name -> template")
+
+    @field_validator("arguments")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for template in value.values():
+            _check_template(template)
+        return value
+
+
 class ServerConfig(_Strict):
     url: str = Field(description="The upstream MCP endpoint, http:// or https://")
+    headers: dict[str, str] = Field(default_factory=dict, description="upstream headers, with ${secret:NAME}")
+    basic_auth: BasicAuth | None = None
+    query: dict[str, str] = Field(default_factory=dict, description="upstream query parameters to set")
+    inject: list[InjectRule] = Field(default_factory=list, description="tools/call arguments to inject")
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, template in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            lowered = name.lower()
+            if lowered in _RESERVED_HEADERS or lowered.startswith("mcp-"):
+                raise ValueError(f"header {name!r} cannot be injected")
+            _check_template(template)
+        if len({n.lower() for n in value}) != len(value):
+            raise ValueError("a header is given twice (names are case-insensitive)")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, value: dict[str, str]) -> dict[str, str]:
+        for template in value.values():
+            _check_template(template)
+        return value
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> ServerConfig:
+        if self.basic_auth is not None and any(n.lower() == "authorization" for n in self.headers):
+            raise ValueError("basic_auth and an Authorization header cannot both be set")
+        return self
+
+    def secret_names(self) -> set[str]:
+        """Every secret this server's injections reference."""
+        found: set[str] = set()
+        values = [*self.headers.values(), *self.query.values()]
+        if self.basic_auth:
+            values += [self.basic_auth.username, self.basic_auth.password]
+        for rule in self.inject:
+            values += rule.arguments.values()
+        for value in values:
+            found.update(templates.names(value))
+        return found
 
     @field_validator("url")
     @classmethod

@@ -26,6 +26,8 @@ class Cause(Enum):
     PROXY_AUTH_REQUIRED = ("proxy_auth_required", -32001, 407)
     UNKNOWN_SERVER = ("unknown_server", -32002, 404)
     UNKNOWN_SESSION = ("unknown_session", -32007, 404)
+    MISSING_SECRET = ("missing_secret", -32008, 424)
+    VAULT_ERROR = ("vault_error", -32009, 500)
     NOT_ALLOWED_DESTINATION = ("destination_not_allowed", -32003, 403)
     BAD_PATH = ("bad_path", -32004, 400)
     BODY_TOO_LARGE = ("body_too_large", -32005, 413)

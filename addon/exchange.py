@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from .audit import COLUMNS
 
 
 def _utc_now() -> str:
@@ -35,11 +37,16 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     duration_ms: float | None = None
+    injected: str | None = None  # JSON list of the secret names injected
+    overridden: str | None = None  # JSON list of injected arguments the agent had set itself
     recorded: bool = False
+    # Not audited: what later addons need from earlier ones.
+    body: Any = None  # the parsed JSON-RPC body (addon.jsonrpc.Body), forwarded after injection
+    outbound: Any = None  # the response transformation (addon.outbound.Outbound), if any
 
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""
         self.recorded = True
         self.http_status = status
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
-        return asdict(self)
+        return {column: getattr(self, column) for column in COLUMNS}

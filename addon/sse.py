@@ -55,3 +55,26 @@ class SSEFramer:
         rest = bytes(self._pending)
         self._pending.clear()
         return rest
+
+
+def split_event(event: bytes) -> tuple[list[bytes], bytes | None, bytes]:
+    """(non-data lines, the data payload or None, the line terminator) of one complete event."""
+    match = _EOL.search(event)
+    eol = match.group() if match else b"\n"
+    others: list[bytes] = []
+    data: list[bytes] = []
+    for line in _EOL.split(event):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        elif line:
+            others.append(line)
+    return others, (b"\n".join(data) if data else None), eol
+
+
+def join_event(others: list[bytes], data: bytes | None, eol: bytes) -> bytes:
+    """An event from its parts; the data goes out as one line per line of payload."""
+    lines = list(others)
+    if data is not None:
+        lines += [b"data: " + part for part in data.split(b"\n")]
+    return eol.join(lines) + eol + eol

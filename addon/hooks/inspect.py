@@ -1,12 +1,15 @@
-"""Parse JSON-RPC request bodies once, strictly, and forward exactly what was parsed."""
+"""Parse JSON-RPC request bodies once, strictly; the Injector forwards exactly what was parsed."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 
 from ..errors import Cause, Refusal
+from ..exchange import Exchange
 from ..jsonrpc import Body, check_headers, parse_body
 from .state import ValetState, exchange_of, refuse
 
@@ -53,31 +56,31 @@ class RpcInspector:
             return
         try:
             body = parse_body(raw, self.state.config.limits.max_body_bytes)
-            _describe(exchange, body)
+            describe(exchange, body)
             headers = request.headers
             check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))
         except Refusal as refusal:
             refuse(flow, refusal)
             return
-        request.content = body.serialize()
+        exchange.body = body
 
 
-def _describe(exchange, body: Body) -> None:  # type: ignore[no-untyped-def]
-    """Fill the audit fields from the parsed body."""
+def describe(exchange: Exchange, body: Body, redact: Callable[[Any], Any] = lambda v: v) -> None:
+    """Fill the audit fields from the body (again after injection, with secrets redacted)."""
     if body.is_batch:
         exchange.rpc_method = "batch"
         summary = [
             {"method": m.method, "id": m.id, **({"tool": m.tool, "arguments": m.arguments} if m.tool else {})}
             for m in body.messages
         ]
-        exchange.arguments = _bounded_json(summary)
+        exchange.arguments = _bounded_json(redact(summary))
         return
     message = body.messages[0]
     exchange.rpc_method = message.method
     exchange.rpc_id = json.dumps(message.id) if message.has_id else None
     exchange.tool = message.tool
     if message.arguments is not None:
-        exchange.arguments = _bounded_json(message.arguments)
+        exchange.arguments = _bounded_json(redact(message.arguments))
 
 
 def _bounded_json(value: object) -> str:

@@ -1,4 +1,4 @@
-"""Opens an Exchange for every flow and writes its audit row when the flow ends."""
+"""Opens an Exchange for every flow (first addon) and writes its audit row when the flow ends (last addon)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .state import METADATA_KEY, ValetState, exchange_of, refuse
 MAX_PATH_CHARS = 2048
 
 
-class Recorder:
+class ExchangeOpener:
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
@@ -33,11 +33,18 @@ class Recorder:
         if self.state.audit is None or not self.state.audit.healthy:
             refuse(flow, Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written; refusing to forward"), "error")
 
+
+class ExchangeRecorder:
+    """Runs after every other addon's response hook, so the row sees what the agent received."""
+
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         if exchange is None or exchange.recorded or flow.response is None:
             return
-        if not exchange.bytes_out:
+        if flow.response.stream is False or flow.response.stream is None:
             exchange.bytes_out = len(flow.response.raw_content or b"")
         if exchange.session_id is None:
             exchange.session_id = flow.response.headers.get("mcp-session-id")

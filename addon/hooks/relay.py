@@ -1,10 +1,12 @@
-"""Stream SSE responses back event by event, counting what reaches the agent.
+"""Send responses back scrubbed: headers, bodies and SSE streams, event by event.
 
 Without ``flow.response.stream`` mitmproxy buffers the whole body, so progress
 notifications would arrive all at once at the end and GET streams would hang.
-The relay returns a list of complete events per chunk; a partial event is held
-back with ``[]`` (never ``b""``, which on HTTP/1.1 chunked encoding would be the
-terminating chunk and silently end the agent's stream).
+The stream callable returns a list of complete, transformed events per chunk;
+a partial event is held back with ``[]`` (never ``b""``, which on HTTP/1.1
+chunked encoding would be the terminating chunk and silently end the agent's
+stream). A secret split across network chunks is therefore always seen whole.
+Other bodies are buffered (bounded by mitmproxy) and transformed at once.
 """
 
 from __future__ import annotations
@@ -14,40 +16,73 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from ..exchange import Exchange
+from ..outbound import Outbound
 from ..sse import EventTooLarge, SSEFramer
 from .state import ValetState, exchange_of
 
+REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'
 
-class StreamRelay:
+
+class ResponseFilter:
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
-        if exchange is None or exchange.server is None or flow.response is None:
+        response = flow.response
+        if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
             return
-        media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media == "text/event-stream":
-            flow.response.stream = _event_relay(exchange)
+        outbound: Outbound | None = exchange.outbound
+        if outbound is not None and outbound.redactor:
+            for name in set(response.headers):
+                values = response.headers.get_all(name)
+                cleaned = [outbound.header(v) for v in values]
+                if cleaned != values:
+                    response.headers.set_all(name, cleaned)
+            response.reason = outbound.header(response.reason)
+        media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
+        if media == "text/event-stream" and not (encoded and outbound is not None and outbound.active):
+            # (an encoded stream we must scrub is buffered and decoded instead: safe, if not live)
+            response.stream = _event_relay(exchange, outbound if outbound is not None and outbound.active else None)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        response = flow.response
+        if exchange is None or response is None or response.stream or exchange.decision != "allow":
+            return
+        outbound: Outbound | None = exchange.outbound
+        if outbound is None or not outbound.active or not response.raw_content:
+            return
+        if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+            # We asked for identity; an upstream that compresses anyway is not passed through unread.
+            response.decode(strict=False)
+        response.content = outbound.body(response.content or b"")
+        if response.trailers:
+            for name in set(response.trailers):
+                response.trailers.set_all(name, [outbound.header(v) for v in response.trailers.get_all(name)])
 
 
-def _event_relay(exchange: Exchange) -> Callable[[bytes], list[bytes]]:
+def _event_relay(exchange: Exchange, outbound: Outbound | None) -> Callable[[bytes], list[bytes]]:
     framer: SSEFramer | None = SSEFramer()
 
     def relay(chunk: bytes) -> list[bytes]:
         nonlocal framer
-        if framer is None:  # an event outgrew the framer: pass bytes through unframed
-            exchange.bytes_out += len(chunk)
-            return [chunk] if chunk else []
-        if not chunk:  # end of stream
+        if framer is None:
+            return []  # the stream was refused: swallow the rest
+        if not chunk:  # end of stream: an unterminated last event still goes through the filter
             rest = framer.flush()
-            exchange.bytes_out += len(rest)
-            return [rest] if rest else []
-        try:
-            events = framer.feed(chunk)
-        except EventTooLarge:
-            events, framer = [framer.flush()], None
-            exchange.reason = "sse_event_too_large"
+            events = [rest] if rest else []
+        else:
+            try:
+                events = framer.feed(chunk)
+            except EventTooLarge:
+                framer = None  # never pass an event we could not inspect
+                exchange.decision, exchange.reason = "error", "sse_event_too_large"
+                exchange.bytes_out += len(REFUSED_STREAM)
+                return [REFUSED_STREAM]
+        if outbound is not None:
+            events = [outbound.event(e) for e in events]
         exchange.bytes_out += sum(map(len, events))
         return events
 

@@ -14,6 +14,7 @@ from ..errors import Refusal
 from ..exchange import Exchange
 from ..identity import KeyRing, KeyStore
 from ..routing import RouteTable
+from ..vault import SecretCache, VaultError
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
@@ -27,6 +28,7 @@ class ValetState:
         self.routes = RouteTable(self.config)
         self.keyring: KeyRing | None = None
         self.audit: AuditWriter | None = None
+        self.secrets: SecretCache | None = None
         self.mode = "reverse"
 
     def load(self, loader: Loader) -> None:
@@ -53,6 +55,12 @@ class ValetState:
             data_dir.mkdir(parents=True, exist_ok=True)
             self.keyring = KeyRing(KeyStore(data_dir / "keys.db"))
             self.keyring.reload()
+            secrets = SecretCache(data_dir)
+            try:
+                secrets.reload()  # creates the key file on first run; a wrong key stops the start here
+            except VaultError as exc:
+                raise exceptions.OptionsError(f"vault: {exc}") from None
+            self.secrets = secrets
             if self.audit is not None:
                 self.audit.close()
             self.audit = AuditWriter(data_dir / "audit.db")

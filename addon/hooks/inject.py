@@ -1,0 +1,170 @@
+"""Put the user's real credentials into what goes upstream; prepare what must come back scrubbed.
+
+``requestheaders``: configured headers and query parameters (every request to
+the server, GET streams and DELETEs included), and the exchange's
+:class:`~addon.outbound.Outbound` (redaction of every secret the server's
+injections reference for this user, plus tools/list rewriting).
+``request``: injected ``tools/call`` arguments, ``Mcp-Param-*`` headers
+mirrored from the final arguments, the audit description with secrets
+redacted, and the one serialization of the body that is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from typing import Any
+
+from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
+from mitmproxy import http
+
+from ..config import ServerConfig
+from ..errors import Cause, Refusal
+from ..exchange import Exchange
+from ..inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
+from ..outbound import Outbound
+from ..redact import Redactor
+from ..vault import VaultError
+from .inspect import describe
+from .state import ValetState, exchange_of, refuse
+
+log = logging.getLogger("valet.inject")
+MAX_REMEMBERED_SCHEMAS = 10_000
+
+
+class Injector:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+        self._redactors: dict[tuple[str, str, int], Redactor] = {}
+        self.schemas: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _resolution(self, server_name: str, user: str) -> Resolution:
+        secrets = self.state.secrets
+        return Resolution(lambda name: secrets.lookup(server_name, user, name) if secrets else None)
+
+    def _redactor(self, server_name: str, server: ServerConfig, user: str) -> Redactor:
+        """Every secret the server's config references, resolved for this user: cached per vault generation."""
+        generation = self.state.secrets.generation if self.state.secrets else 0
+        key = (server_name, user, generation)
+        redactor = self._redactors.get(key)
+        if redactor is None:
+            if len(self._redactors) > 10_000:
+                self._redactors.clear()
+            resolution = self._resolution(server_name, user)
+            for name in server.secret_names():
+                resolution(name)
+            redactor = self._redactors[key] = Redactor(resolution.used)
+        return redactor
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.server is None or exchange.user is None:
+            return
+        server = self.state.config.servers[exchange.server]
+        try:
+            if server.secret_names():
+                await self._fresh_secrets()
+            redactor = self._redactor(exchange.server, server, exchange.user)
+            resolution = self._resolution(exchange.server, exchange.user)
+            headers = upstream_headers(server, resolution)
+            query = upstream_query(server, resolution)
+            resolution.check()
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        except VaultError as exc:
+            log.error("vault error for server %s: %s", exchange.server, exc)
+            refuse(flow, Refusal(Cause.VAULT_ERROR, "a secret this request needs cannot be decrypted"), "error")
+            return
+        for name, value in headers.items():
+            flow.request.headers[name] = value
+        for name, value in query.items():
+            flow.request.query[name] = value
+        exchange.injected = json.dumps(sorted(resolution.used)) if resolution.used else None
+        exchange.outbound = self._outbound(exchange, server, redactor)
+
+    def _outbound(self, exchange: Exchange, server: ServerConfig, redactor: Redactor) -> Outbound:
+        """tools/list ids are added in ``request``, once the body is parsed."""
+        hide = (lambda tool: hide_injected(server, tool)) if server.inject else None
+        return Outbound(redactor, hide=hide, remember=self._remember(exchange))
+
+    def _remember(self, exchange: Exchange):  # type: ignore[no-untyped-def]
+        server = exchange.server
+
+        def remember(tool: dict[str, Any]) -> None:
+            name, schema = tool.get("name"), tool.get("inputSchema")
+            if isinstance(name, str) and isinstance(schema, dict) and server is not None:
+                if len(self.schemas) >= MAX_REMEMBERED_SCHEMAS:
+                    self.schemas.clear()
+                self.schemas[(server, name)] = copy.deepcopy(schema)
+
+        return remember
+
+    async def _fresh_secrets(self) -> None:
+        secrets = self.state.secrets
+        if secrets is not None and secrets.stale():
+            await asyncio.to_thread(secrets.reload)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.body is None or exchange.server is None or exchange.user is None:
+            return
+        body = exchange.body
+        server = self.state.config.servers[exchange.server]
+        outbound: Outbound | None = exchange.outbound
+        if outbound is not None:
+            outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
+        if server.inject:
+            try:
+                self._inject(flow, exchange, server, body)
+            except Refusal as refusal:
+                refuse(flow, refusal)
+                return
+            except VaultError as exc:
+                log.error("vault error for server %s: %s", exchange.server, exc)
+                refuse(flow, Refusal(Cause.VAULT_ERROR, "a secret this request needs cannot be decrypted"), "error")
+                return
+        redactor = outbound.redactor if outbound is not None else None
+        if redactor:
+            describe(exchange, body, redactor.value)
+        flow.request.content = body.serialize()
+
+    def _inject(self, flow: http.HTTPFlow, exchange: Exchange, server: ServerConfig, body: Any) -> None:
+        resolution = self._resolution(exchange.server or "", exchange.user or "")
+        overridden: list[str] = []
+        for message in body.messages:
+            tool = message.tool
+            if tool is None:
+                continue
+            arguments, agent_set = inject_arguments(server, tool, message.arguments, resolution)
+            if arguments is message.arguments:
+                continue
+            message.raw["params"]["arguments"] = arguments
+            overridden += agent_set
+            if not body.is_batch:
+                self._mirror_param_headers(flow, exchange.server or "", tool, arguments or {})
+        resolution.check(body.messages[0].id if not body.is_batch else None)
+        if resolution.used:
+            names = set(json.loads(exchange.injected)) if exchange.injected else set()
+            exchange.injected = json.dumps(sorted(names | set(resolution.used)))
+        if overridden:
+            exchange.overridden = json.dumps(sorted(set(overridden)))
+
+    def _mirror_param_headers(self, flow: http.HTTPFlow, server: str, tool: str, arguments: dict[str, Any]) -> None:
+        """2026-07-28 servers check Mcp-Param-* against the body: rebuild them from what is forwarded."""
+        schema = self.schemas.get((server, tool))
+        if schema is None:
+            return
+        header_map = x_mcp_header_map(schema)
+        if not header_map:
+            return
+        for name in [n for n in flow.request.headers if n.lower().startswith("mcp-param-")]:
+            del flow.request.headers[name]
+        for name, value in mcp_param_headers(header_map, arguments).items():
+            flow.request.headers[name] = value

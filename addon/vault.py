@@ -1,0 +1,460 @@
+"""The encrypted secret store: real credentials, per user or shared per server.
+
+Each secret is one row of ``<data-dir>/vault.db``, encrypted with AES-256-GCM
+under a master key, with a fresh random 96-bit nonce per write and associated
+data binding the ciphertext to its place: scope, user, server, name and key
+version. A ciphertext copied to another row (another user, server or name)
+fails to decrypt instead of handing one user's credential to another.
+
+Master keys are versioned. They come from ``VALET_MASTER_KEY`` (one or more
+``VERSION:BASE64`` separated by commas, or a bare base64 key meaning version 1)
+or from ``<data-dir>/master.key``, created on first use with mode 0600; a key
+file readable by anyone but its owner is refused. The newest version encrypts;
+older ones still decrypt, so a rotation can re-encrypt row by row inside one
+transaction while a running proxy keeps reading. Each version stores a check
+value, so a wrong key is reported when the vault opens, not mid-request.
+
+The master key is never logged, never in an exception message, never in argv,
+and removed from the process environment once read, so no child inherits it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ENV_VAR = "VALET_MASTER_KEY"
+KEY_FILE = "master.key"
+VAULT_FILE = "vault.db"
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MIN_SECRET_CHARS = 8
+_CHECK_PLAINTEXT = b"valet vault check value"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS secrets (
+    server      TEXT NOT NULL,
+    user        TEXT NOT NULL,          -- '' for a shared (team) secret
+    name        TEXT NOT NULL,
+    key_version INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (server, user, name)
+);
+CREATE TABLE IF NOT EXISTS key_checks (
+    key_version INTEGER PRIMARY KEY,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL
+);
+"""
+
+
+class VaultError(Exception):
+    """The vault cannot be used as configured. Messages name files and versions, never key material."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRow:
+    server: str
+    user: str  # '' = shared
+    name: str
+    key_version: int
+    nonce: bytes
+    ciphertext: bytes
+    fingerprint: str
+    created_at: str
+    updated_at: str
+
+    @property
+    def scope(self) -> str:
+        return "user" if self.user else "shared"
+
+
+def _aad(server: str, user: str, name: str, version: int) -> bytes:
+    # JSON of a list: unambiguous, whatever the fields contain.
+    return json.dumps(["valet-secret/1", "user" if user else "shared", user, server, name, version]).encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_name(name: str) -> None:
+    if not SECRET_NAME.match(name):
+        raise VaultError(f"secret names must match {SECRET_NAME.pattern}")
+
+
+# ---------------------------------------------------------------- master keys
+
+
+class MasterKeys:
+    """The versions of the master key this process can use; the newest encrypts."""
+
+    def __init__(self, keys: dict[int, bytes], source: str) -> None:
+        if not keys:
+            raise VaultError(f"{source} holds no master key")
+        for version, key in keys.items():
+            if len(key) != 32:
+                raise VaultError(f"{source}: master key version {version} is not 32 bytes (AES-256)")
+        self._keys = dict(keys)
+        self.source = source
+
+    @property
+    def current(self) -> int:
+        return max(self._keys)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._keys)
+
+    def aead(self, version: int) -> AESGCM:
+        try:
+            return AESGCM(self._keys[version])
+        except KeyError:
+            raise VaultError(f"no master key version {version} in {self.source}") from None
+
+    def fingerprint(self, value: bytes) -> str:
+        """A short keyed fingerprint: lets ops tell values apart without a brute-forceable plain hash."""
+        subkey = hmac.new(self._keys[self.current], b"valet fingerprint key", hashlib.sha256).digest()
+        return hmac.new(subkey, value, hashlib.sha256).hexdigest()[:12]
+
+    def with_new_version(self) -> MasterKeys:
+        return MasterKeys({**self._keys, self.current + 1: secrets.token_bytes(32)}, self.source)
+
+    def without(self, versions: set[int]) -> MasterKeys:
+        return MasterKeys({v: k for v, k in self._keys.items() if v not in versions}, self.source)
+
+    def dump(self) -> bytes:
+        """The key file's content (JSON, base64 keys)."""
+        keys = {str(v): base64.b64encode(k).decode() for v, k in sorted(self._keys.items())}
+        return (json.dumps({"format": "valet-master-key/1", "keys": keys}, indent=2) + "\n").encode()
+
+    def __repr__(self) -> str:  # never show key bytes, even in a debugger or traceback
+        return f"MasterKeys(versions={self.versions}, source={self.source!r})"
+
+
+def _decode_key(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise VaultError(f"{where}: a master key is not valid base64") from None
+
+
+def parse_env_keys(value: str) -> dict[int, bytes]:
+    keys: dict[int, bytes] = {}
+    for i, part in enumerate(p for p in value.split(",") if p.strip()):
+        version_text, sep, key_text = part.strip().rpartition(":")
+        if not sep:
+            version_text, key_text = "1", part
+        if not version_text.isdigit() or int(version_text) < 1:
+            raise VaultError(f"{ENV_VAR}: entry {i + 1} must be VERSION:BASE64 with VERSION >= 1")
+        if int(version_text) in keys:
+            raise VaultError(f"{ENV_VAR}: version {version_text} is given twice")
+        keys[int(version_text)] = _decode_key(key_text, ENV_VAR)
+    return keys
+
+
+def _check_key_file_mode(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise VaultError(
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
+        )
+
+
+def read_key_file(path: Path) -> MasterKeys:
+    _check_key_file_mode(path)
+    try:
+        doc = json.loads(path.read_text())
+        keys = {int(v): _decode_key(k, str(path)) for v, k in doc["keys"].items()}
+    except VaultError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise VaultError(f"{path} is not a valet master key file") from None
+    return MasterKeys(keys, str(path))
+
+
+def write_key_file(path: Path, keys: MasterKeys) -> None:
+    """Atomically replace the key file; it is never readable by anyone but its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(keys.dump())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_master_keys(data_dir: Path, create: bool = True) -> MasterKeys:
+    """From VALET_MASTER_KEY (removed from the environment once read) or the key file."""
+    env_value = os.environ.pop(ENV_VAR, None)
+    if env_value is not None:
+        keys = MasterKeys(parse_env_keys(env_value), ENV_VAR)
+        _ENV_CACHE[str(data_dir)] = keys
+        return keys
+    if str(data_dir) in _ENV_CACHE:
+        return _ENV_CACHE[str(data_dir)]
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        if not create:
+            raise VaultError(f"no master key: set {ENV_VAR} or create {path} (any vault command does)")
+        write_key_file(path, MasterKeys({1: secrets.token_bytes(32)}, str(path)))
+    return read_key_file(path)
+
+
+# Keys read from the environment are kept for this process only (the variable itself is gone).
+_ENV_CACHE: dict[str, MasterKeys] = {}
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Vault:
+    """``vault.db``: what the CLI writes; the proxy reads it through :class:`SecretCache`."""
+
+    def __init__(self, data_dir: Path, keys: MasterKeys) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / VAULT_FILE
+        self.keys = keys
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _encrypt(self, server: str, user: str, name: str, value: bytes, version: int) -> tuple[bytes, bytes]:
+        nonce = secrets.token_bytes(12)
+        return nonce, self.keys.aead(version).encrypt(nonce, value, _aad(server, user, name, version))
+
+    def _ensure_check(self, conn: sqlite3.Connection, version: int) -> None:
+        if conn.execute("SELECT 1 FROM key_checks WHERE key_version = ?", (version,)).fetchone() is None:
+            nonce = secrets.token_bytes(12)
+            ct = self.keys.aead(version).encrypt(nonce, _CHECK_PLAINTEXT, _check_aad(version))
+            conn.execute("INSERT INTO key_checks VALUES (?, ?, ?)", (version, nonce, ct))
+
+    def verify_keys(self) -> None:
+        """Fail now, with a clear message, if a version the vault uses is missing or wrong."""
+        if not self.path.exists():
+            return
+        with self._connect() as conn:
+            checks = conn.execute("SELECT key_version, nonce, ciphertext FROM key_checks").fetchall()
+            used = {v for (v,) in conn.execute("SELECT DISTINCT key_version FROM secrets")}
+        by_version = {v: (n, c) for v, n, c in checks}
+        for version in sorted(used | set(by_version)):
+            if version not in self.keys.versions:
+                if version in used:
+                    raise VaultError(f"secrets are encrypted with master key version {version}, "
+                                     f"which {self.keys.source} does not have")
+                continue
+            if version in by_version:
+                nonce, ct = by_version[version]
+                try:
+                    self.keys.aead(version).decrypt(nonce, ct, _check_aad(version))
+                except InvalidTag:
+                    raise VaultError(f"master key version {version} from {self.keys.source} does not open "
+                                     f"{self.path}: wrong key") from None
+
+    def set(self, server: str, user: str | None, name: str, value: str) -> SecretRow:
+        check_name(name)
+        if len(value) < MIN_SECRET_CHARS:
+            raise VaultError(f"secret values must be at least {MIN_SECRET_CHARS} characters "
+                             "(shorter ones cannot be redacted reliably)")
+        raw = value.encode("utf-8")
+        owner = user or ""
+        version = self.keys.current
+        nonce, ct = self._encrypt(server, owner, name, raw, version)
+        now = _now()
+        with self._connect() as conn:
+            self._ensure_check(conn, version)
+            created = conn.execute(
+                "SELECT created_at FROM secrets WHERE server = ? AND user = ? AND name = ?", (server, owner, name)
+            ).fetchone()
+            row = SecretRow(server, owner, name, version, nonce, ct, self.keys.fingerprint(raw),
+                            created[0] if created else now, now)
+            conn.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (row.server, row.user, row.name, row.key_version, row.nonce, row.ciphertext,
+                          row.fingerprint, row.created_at, row.updated_at))
+        return row
+
+    def delete(self, server: str, user: str | None, name: str) -> bool:
+        with self._connect() as conn:
+            cur = conn.execute("DELETE FROM secrets WHERE server = ? AND user = ? AND name = ?",
+                               (server, user or "", name))
+            return cur.rowcount == 1
+
+    def rows(self, server: str | None = None, user: str | None = None) -> list[SecretRow]:
+        return read_rows(self.path, server, user)
+
+    def decrypt(self, row: SecretRow) -> str:
+        try:
+            plain = self.keys.aead(row.key_version).decrypt(
+                row.nonce, row.ciphertext, _aad(row.server, row.user, row.name, row.key_version)
+            )
+        except InvalidTag:
+            raise VaultError(f"secret {row.name!r} ({row.scope}, server {row.server!r}) does not decrypt: "
+                             "it was tampered with or moved from another row") from None
+        return plain.decode("utf-8")
+
+    def reencrypt(self, prune: bool = False) -> tuple[int, MasterKeys]:
+        """Re-encrypt every secret under the newest key version, in one transaction.
+
+        Readers see either all old rows or all new rows. Returns the count and the
+        keys still needed (without unused old versions when ``prune``).
+        """
+        version = self.keys.current
+        with self._connect() as conn:
+            self._ensure_check(conn, version)
+            rows = [SecretRow(*r) for r in conn.execute("SELECT * FROM secrets")]
+            for row in rows:
+                value = self.decrypt(row).encode("utf-8")
+                nonce, ct = self._encrypt(row.server, row.user, row.name, value, version)
+                conn.execute(
+                    "UPDATE secrets SET key_version = ?, nonce = ?, ciphertext = ?, fingerprint = ? "
+                    "WHERE server = ? AND user = ? AND name = ?",
+                    (version, nonce, ct, self.keys.fingerprint(value), row.server, row.user, row.name),
+                )
+            if prune:
+                conn.execute("DELETE FROM key_checks WHERE key_version != ?", (version,))
+        keys = self.keys.without({v for v in self.keys.versions if v != version}) if prune else self.keys
+        return len(rows), keys
+
+
+def read_rows(path: Path, server: str | None = None, user: str | None = None) -> list[SecretRow]:
+    """Ciphertext rows; needs no key (listing never decrypts)."""
+    if not path.exists():
+        return []
+    query, params = "SELECT * FROM secrets WHERE 1=1", []
+    if server is not None:
+        query += " AND server = ?"
+        params.append(server)
+    if user is not None:
+        query += " AND user = ?"
+        params.append(user)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [SecretRow(*r) for r in conn.execute(query + " ORDER BY server, user, name", params)]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def _check_aad(version: int) -> bytes:
+    return json.dumps(["valet-key-check/1", version]).encode()
+
+
+def rotate(data_dir: Path, prune: bool = False) -> tuple[int, int]:
+    """Make a new master key version and re-encrypt every secret under it. Returns (version, count).
+
+    Order matters for a running proxy: the key file gains the new version
+    before any row uses it, and loses old versions only after no row does.
+    """
+    keys = load_master_keys(data_dir)
+    if keys.source == ENV_VAR:
+        raise VaultError(
+            f"the master key comes from {ENV_VAR}: put a new key first, as "
+            f"'{keys.current + 1}:NEWKEY,{keys.current}:OLDKEY', then run 'valet vault reencrypt'"
+        )
+    path = data_dir / KEY_FILE
+    new_keys = keys.with_new_version()
+    write_key_file(path, new_keys)
+    vault = Vault(data_dir, new_keys)
+    vault.verify_keys()
+    count, kept = vault.reencrypt(prune=prune)
+    if prune:
+        write_key_file(path, kept)
+    return new_keys.current, count
+
+
+# ---------------------------------------------------------------- the proxy's view
+
+
+class SecretCache:
+    """The proxy's in-memory copy of the vault, reloaded when ``vault.db`` or the key file changes.
+
+    Rows are loaded in a worker thread; decryption happens on first use and is
+    cached. Lookups never touch the disk.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._rows: dict[tuple[str, str, str], SecretRow] = {}
+        self._plain: dict[tuple[str, str, str], str] = {}
+        self._vault: Vault | None = None
+        self._signature: tuple[int, ...] | None = None
+        self.generation = 0
+
+    def signature(self) -> tuple[int, ...]:
+        sig: list[int] = []
+        for name in (VAULT_FILE, f"{VAULT_FILE}-wal", KEY_FILE):
+            try:
+                st = os.stat(self.data_dir / name)
+            except FileNotFoundError:
+                sig.extend((0, 0, 0))
+            else:
+                sig.extend((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(sig)
+
+    def stale(self) -> bool:
+        return self.signature() != self._signature
+
+    def reload(self) -> None:
+        """Blocking. Rows first, then keys: a key version a row uses is always in the key file by then."""
+        signature = self.signature()
+        rows = {(r.server, r.user, r.name): r for r in read_rows(self.data_dir / VAULT_FILE)}
+        keys = load_master_keys(self.data_dir)
+        vault = Vault(self.data_dir, keys)
+        vault.verify_keys()
+        self._vault, self._rows, self._plain = vault, rows, {}
+        self._signature = signature
+        self.generation += 1
+
+    def lookup(self, server: str, user: str, name: str) -> str | None:
+        """The user's own secret, else the shared one, else None. Raises VaultError if it does not decrypt."""
+        for owner in (user, ""):
+            key = (server, owner, name)
+            if key in self._plain:
+                return self._plain[key]
+            row = self._rows.get(key)
+            if row is not None:
+                assert self._vault is not None
+                value = self._vault.decrypt(row)
+                self._plain[key] = value
+                return value
+        return None
