@@ -190,6 +190,130 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+@main.group()
+def secret() -> None:
+    """Secrets in the encrypted vault. There is deliberately no command that prints a value."""
+
+
+def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
+    from .vault import Vault, VaultError, load_master_keys
+
+    try:
+        vault = Vault(data_dir, load_master_keys(data_dir))
+        vault.verify_keys()
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    return vault
+
+
+def _read_secret_value() -> str:
+    """From stdin when piped, else a no-echo prompt: never from argv, where ps and shell history see it."""
+    stdin = click.get_text_stream("stdin")
+    if not stdin.isatty():
+        value = stdin.read()
+        return value[:-1] if value.endswith("\n") else value
+    return click.prompt("value", hide_input=True, confirmation_prompt=True, err=True)
+
+
+@secret.command("set")
+@click.argument("name")
+@click.option("--server", required=True, help="The configured server the secret is for.")
+@click.option("--user", default=None, help="Whose secret; without it, a shared secret every user falls back to.")
+@data_dir_option
+def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None:
+    """Store a secret; the value is read from stdin or a no-echo prompt."""
+    from .vault import VaultError
+
+    vault = _vault(data_dir)
+    value = _read_secret_value()
+    try:
+        row = vault.set(server, user, name, value)
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"stored {name} for server {server} ({'user ' + user if user else 'shared'}), "
+               f"fingerprint {row.fingerprint}")
+
+
+@secret.command("list")
+@click.option("--server", default=None)
+@click.option("--user", default=None, help="Only this user's own secrets ('' for shared ones).")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def secret_list(server: str | None, user: str | None, data_dir: Path, as_json: bool) -> None:
+    """Names, scopes, fingerprints and dates: never values."""
+    from .vault import VAULT_FILE, read_rows
+
+    rows = [
+        {"server": r.server, "name": r.name, "scope": r.scope, "user": r.user or None,
+         "fingerprint": r.fingerprint, "key_version": r.key_version, "created": r.created_at,
+         "updated": r.updated_at}
+        for r in read_rows(data_dir / VAULT_FILE, server, user)
+    ]
+    _print_rows(rows, as_json, ["server", "name", "scope", "user", "fingerprint", "key_version", "created", "updated"])
+
+
+@secret.command("delete")
+@click.argument("name")
+@click.option("--server", required=True)
+@click.option("--user", default=None, help="Delete this user's secret; without it, the shared one.")
+@data_dir_option
+def secret_delete(name: str, server: str, user: str | None, data_dir: Path) -> None:
+    """Delete one secret."""
+    if not _vault(data_dir).delete(server, user, name):
+        raise click.ClickException(f"no {'secret of user ' + repr(user) if user else 'shared secret'} "
+                                   f"{name!r} for server {server!r}")
+    click.echo(f"deleted {name}")
+
+
+@main.group()
+def vault() -> None:
+    """The vault's master keys."""
+
+
+@vault.command("rotate")
+@click.option("--prune", is_flag=True, help="Then drop the old key versions from the key file.")
+@data_dir_option
+def vault_rotate(prune: bool, data_dir: Path) -> None:
+    """Make a new master key version and re-encrypt every secret under it, atomically.
+
+    A running proxy picks the change up on its next request.
+    """
+    from .vault import VaultError, rotate
+
+    _vault(data_dir)  # refuse to rotate a vault the current keys cannot open
+    try:
+        version, count = rotate(data_dir, prune=prune)
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"master key version {version}: re-encrypted {count} secrets")
+
+
+@vault.command("reencrypt")
+@data_dir_option
+def vault_reencrypt(data_dir: Path) -> None:
+    """Re-encrypt every secret under the newest key version (after adding one to VALET_MASTER_KEY)."""
+    from .vault import VaultError
+
+    v = _vault(data_dir)
+    try:
+        count, _ = v.reencrypt()
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"master key version {v.keys.current}: re-encrypted {count} secrets")
+
+
+@vault.command("status")
+@data_dir_option
+def vault_status(data_dir: Path) -> None:
+    """Where the master key comes from, its versions, and whether it opens the vault."""
+    from .vault import VAULT_FILE, read_rows
+
+    v = _vault(data_dir)
+    used = sorted({r.key_version for r in read_rows(data_dir / VAULT_FILE)})
+    click.echo(f"master key: {v.keys.source}; versions {v.keys.versions}, current {v.keys.current}; "
+               f"versions in use {used}; the vault opens")
+
+
 @main.command("ca")
 @data_dir_option
 def ca(data_dir: Path) -> None:

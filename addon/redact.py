@@ -46,6 +46,8 @@ def forms_of(value: str) -> set[str]:
     raw = value.encode("utf-8")
     forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], raw.hex(), raw.hex().upper()}
     forms |= {f.replace("/", "\\/") for f in list(forms)}
+    forms.add("".join(f"\\u{ord(c):04x}" for c in value))  # literal \u escapes, as in JSON-in-a-string
+    forms.add("".join(f"\\u{ord(c):04X}" for c in value))
     for encoded in (quote(value, safe=""), quote_plus(value, safe=""), quote(value)):
         forms.add(encoded)
         forms.add(_PERCENT.sub(lambda m: m.group().lower(), encoded))

@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at  TEXT NOT NULL,
     PRIMARY KEY (server, user, name)
 );
+CREATE TABLE IF NOT EXISTS fingerprint_key (   -- one row: the HMAC key for fingerprints, itself encrypted
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    key_version INTEGER NOT NULL,
+    nonce       BLOB NOT NULL,
+    ciphertext  BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS key_checks (
     key_version INTEGER PRIMARY KEY,
     nonce       BLOB NOT NULL,
@@ -130,11 +136,6 @@ class MasterKeys:
             return AESGCM(self._keys[version])
         except KeyError:
             raise VaultError(f"no master key version {version} in {self.source}") from None
-
-    def fingerprint(self, value: bytes) -> str:
-        """A short keyed fingerprint: lets ops tell values apart without a brute-forceable plain hash."""
-        subkey = hmac.new(self._keys[self.current], b"valet fingerprint key", hashlib.sha256).digest()
-        return hmac.new(subkey, value, hashlib.sha256).hexdigest()[:12]
 
     def with_new_version(self) -> MasterKeys:
         return MasterKeys({**self._keys, self.current + 1: secrets.token_bytes(32)}, self.source)
@@ -266,13 +267,35 @@ class Vault:
             ct = self.keys.aead(version).encrypt(nonce, _CHECK_PLAINTEXT, _check_aad(version))
             conn.execute("INSERT INTO key_checks VALUES (?, ?, ?)", (version, nonce, ct))
 
+    def _fingerprint(self, conn: sqlite3.Connection, value: bytes) -> str:
+        """A short keyed fingerprint: tells values apart, stays the same across key rotations, and
+        cannot be brute-forced from a stolen vault.db alone (its key is encrypted under the master key)."""
+        row = conn.execute("SELECT key_version, nonce, ciphertext FROM fingerprint_key").fetchone()
+        if row is None:
+            key = secrets.token_bytes(32)
+            self._store_fingerprint_key(conn, key)
+        else:
+            version, nonce, ct = row
+            try:
+                key = self.keys.aead(version).decrypt(nonce, ct, _fingerprint_aad(version))
+            except InvalidTag:
+                raise VaultError("the fingerprint key does not decrypt: wrong master key or tampered vault") from None
+        return hmac.new(key, value, hashlib.sha256).hexdigest()[:12]
+
+    def _store_fingerprint_key(self, conn: sqlite3.Connection, key: bytes) -> None:
+        version = self.keys.current
+        nonce = secrets.token_bytes(12)
+        ct = self.keys.aead(version).encrypt(nonce, key, _fingerprint_aad(version))
+        conn.execute("INSERT OR REPLACE INTO fingerprint_key VALUES (1, ?, ?, ?)", (version, nonce, ct))
+
     def verify_keys(self) -> None:
         """Fail now, with a clear message, if a version the vault uses is missing or wrong."""
         if not self.path.exists():
             return
         with self._connect() as conn:
             checks = conn.execute("SELECT key_version, nonce, ciphertext FROM key_checks").fetchall()
-            used = {v for (v,) in conn.execute("SELECT DISTINCT key_version FROM secrets")}
+            used = {v for (v,) in conn.execute(
+                "SELECT key_version FROM secrets UNION SELECT key_version FROM fingerprint_key")}
         by_version = {v: (n, c) for v, n, c in checks}
         for version in sorted(used | set(by_version)):
             if version not in self.keys.versions:
@@ -303,7 +326,7 @@ class Vault:
             created = conn.execute(
                 "SELECT created_at FROM secrets WHERE server = ? AND user = ? AND name = ?", (server, owner, name)
             ).fetchone()
-            row = SecretRow(server, owner, name, version, nonce, ct, self.keys.fingerprint(raw),
+            row = SecretRow(server, owner, name, version, nonce, ct, self._fingerprint(conn, raw),
                             created[0] if created else now, now)
             conn.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (row.server, row.user, row.name, row.key_version, row.nonce, row.ciphertext,
@@ -339,13 +362,21 @@ class Vault:
         with self._connect() as conn:
             self._ensure_check(conn, version)
             rows = [SecretRow(*r) for r in conn.execute("SELECT * FROM secrets")]
+            fp = conn.execute("SELECT key_version, nonce, ciphertext FROM fingerprint_key").fetchone()
+            if fp is not None:
+                fp_version, fp_nonce, fp_ct = fp
+                try:
+                    fp_key = self.keys.aead(fp_version).decrypt(fp_nonce, fp_ct, _fingerprint_aad(fp_version))
+                except InvalidTag:
+                    raise VaultError("the fingerprint key does not decrypt: wrong master key or tampered vault") from None
+                self._store_fingerprint_key(conn, fp_key)
             for row in rows:
                 value = self.decrypt(row).encode("utf-8")
                 nonce, ct = self._encrypt(row.server, row.user, row.name, value, version)
                 conn.execute(
-                    "UPDATE secrets SET key_version = ?, nonce = ?, ciphertext = ?, fingerprint = ? "
+                    "UPDATE secrets SET key_version = ?, nonce = ?, ciphertext = ? "
                     "WHERE server = ? AND user = ? AND name = ?",
-                    (version, nonce, ct, self.keys.fingerprint(value), row.server, row.user, row.name),
+                    (version, nonce, ct, row.server, row.user, row.name),
                 )
             if prune:
                 conn.execute("DELETE FROM key_checks WHERE key_version != ?", (version,))
@@ -373,6 +404,10 @@ def read_rows(path: Path, server: str | None = None, user: str | None = None) ->
         raise
     finally:
         conn.close()
+
+
+def _fingerprint_aad(version: int) -> bytes:
+    return json.dumps(["valet-fingerprint-key/1", version]).encode()
 
 
 def _check_aad(version: int) -> bytes:

@@ -88,9 +88,9 @@ class Valet:
     data_dir: Path
     config: Path
     mode: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
+    log: Path
     banner: str = ""
-    output: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -145,21 +145,34 @@ def write_config(path: Path, servers: dict[str, str], extra: str = "") -> Path:
     return path
 
 
-def start_valet(tmp: Path, servers: dict[str, str], mode: str = "reverse", extra: str = "") -> Valet:
-    config = write_config(tmp / "valet.yaml", servers, extra)
+def start_valet(tmp: Path, servers: dict[str, str] | None, mode: str = "reverse", extra: str = "",
+                config_text: str | None = None, env: dict[str, str] | None = None) -> Valet:
+    """Start run_proxy.py; its whole output goes to ``<tmp>/valet.log`` (tests search it for leaks)."""
+    config = tmp / "valet.yaml"
+    if config_text is not None:
+        config.write_text(config_text)
+    else:
+        write_config(config, servers or {}, extra)
     data_dir = tmp / "data"
     port = free_port()
-    process = subprocess.Popen(
-        [PYTHON, str(ROOT / "run_proxy.py"), "--config", str(config), "--data-dir", str(data_dir),
-         "--listen", f"127.0.0.1:{port}", "--mode", mode],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert process.stdout is not None
-    banner = process.stdout.readline()
-    if "listening on" not in banner:
-        process.kill()
-        raise RuntimeError(f"valet did not start: {banner}{process.stdout.read()}")
-    return Valet(port, data_dir, config, mode, process, banner)
+    log = tmp / "valet.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [PYTHON, str(ROOT / "run_proxy.py"), "--config", str(config), "--data-dir", str(data_dir),
+             "--listen", f"127.0.0.1:{port}", "--mode", mode],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "listening on" in text:
+            banner = next(line for line in text.splitlines() if "listening on" in line)
+            return Valet(port, data_dir, config, mode, process, log, banner)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"valet did not start: {log.read_text(errors='replace')}")
 
 
 def jsonrpc(method: str, params: dict[str, Any] | None = None, rpc_id: int | None = 1) -> dict[str, Any]:
