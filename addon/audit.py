@@ -113,7 +113,7 @@ class AuditWriter:
 
     @property
     def healthy(self) -> bool:
-        return self._healthy and self._queue.qsize() < self.max_queue
+        return self._healthy and self._thread.is_alive() and self._queue.qsize() < self.max_queue
 
     @property
     def written(self) -> int:
@@ -141,21 +141,36 @@ class AuditWriter:
             if _STOP in batch:
                 stopping = True
                 batch = [row for row in batch if row is not _STOP]
+            sanitized = False
             while batch:
                 try:
                     with conn:
                         conn.executemany(_INSERT, batch)
-                except sqlite3.Error as exc:
+                except sqlite3.Error as exc:  # the disk or the database: keep the batch, retry, refuse meanwhile
                     self._healthy = False
                     log.error("audit write failed (%s); retrying", exc.__class__.__name__)
                     time.sleep(0.5)
                     if stopping:
                         break
+                except Exception as exc:  # a value SQLite cannot store (e.g. a lone surrogate from an agent)
+                    if sanitized:
+                        self._healthy = False  # cannot happen with _storable rows; refuse traffic rather than spin
+                        log.error("audit rows could not be stored (%s); refusing traffic", exc.__class__.__name__)
+                        batch = []
+                        break
+                    batch, sanitized = [_storable(row) for row in batch], True
                 else:
                     self._written += len(batch)
                     self._healthy = True
                     batch = []
         conn.close()
+
+
+def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Agent-supplied text may hold lone surrogates (from escapes or undecodable header bytes): escape them."""
+    return tuple(
+        v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v for v in row
+    )
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

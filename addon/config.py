@@ -22,6 +22,7 @@ from . import templates
 
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -133,7 +134,17 @@ class ServerConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, description="largest JSON-RPC request body")
+    max_buffered_bytes: int = Field(
+        DEFAULT_MAX_BUFFERED_BYTES, gt=0,
+        description="largest body held in memory, request or response (SSE streams are not held)",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LimitsConfig:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        return self
 
 
 class ValetConfig(_Strict):

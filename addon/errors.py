@@ -35,6 +35,7 @@ class Cause(Enum):
     HEADER_MISMATCH = ("header_mismatch", -32020, 400)
     AUDIT_UNAVAILABLE = ("audit_unavailable", -32010, 503)
     UPSTREAM_ERROR = ("upstream_error", -32011, 502)
+    INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property
     def reason(self) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from . import filewatch
 
 KEY_PREFIX = "vk_"
 _SCHEMA = """
@@ -115,16 +116,8 @@ class KeyStore:
         return [KeyRecord(*row) for row in rows]
 
     def signature(self) -> tuple[int, ...]:
-        """Changes whenever the database file (or its journal) is written."""
-        sig: list[int] = []
-        for suffix in ("", "-wal"):
-            try:
-                st = os.stat(f"{self.path}{suffix}")
-            except FileNotFoundError:
-                sig.extend((0, 0, 0))
-            else:
-                sig.extend((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(sig)
+        """Changes whenever the database is written (see :mod:`addon.filewatch`)."""
+        return filewatch.signature(self.path)
 
 
 class KeyRing:
@@ -144,8 +137,15 @@ class KeyRing:
         self._records = {r.id: r for r in self.store.all()}
         self._signature = signature
 
+    def revoked(self, key_id: str) -> bool:
+        """As of the last reload: a key that is gone counts as revoked."""
+        record = self._records.get(key_id)
+        return record is None or record.revoked
+
     def verify(self, key: str) -> KeyRecord | None:
         """The record for a presented key, or None if the key is unknown. Revocation is the caller's to check."""
+        if not (key.isascii() and key.isprintable()) or len(key) > 256:
+            return None  # valet keys are short printable ASCII; anything else is not one (and must not be hashed)
         key_id = key_id_of(key)
         record = self._records.get(key_id) if key_id else None
         presented = hash_key(key)

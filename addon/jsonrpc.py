@@ -10,6 +10,7 @@ might read differently from us is refused here rather than forwarded.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from mcp.shared.inbound import PROTOCOL_VERSION_META_KEY, decode_header_value
 
 from .errors import Cause, Refusal
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 _RESPONSE_KEYS = frozenset({"jsonrpc", "result", "error", "id"})
 _NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
@@ -96,6 +98,11 @@ def parse_body(data: bytes, max_bytes: int) -> Body:
         doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise Refusal(Cause.PARSE_ERROR, "body is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:  # a lone surrogate escape parses, but can be neither forwarded nor stored
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refusal(Cause.PARSE_ERROR, "body has a lone UTF-16 surrogate escape") from None
     if isinstance(doc, list):
         if not doc:
             raise Refusal(Cause.INVALID_REQUEST, "empty batch")

@@ -9,14 +9,12 @@ sends them, and refusing removes a whole class of parser differentials.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .config import ServerConfig, ValetConfig
 from .errors import Cause, Refusal
-
-# Characters a path segment may carry unencoded (RFC 3986 pchar minus '%').
-_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +97,49 @@ def _route(upstream: Upstream, suffix: str, query: str) -> Route:
 
 
 def normalize_path(path: str) -> str:
-    """Percent-decode each segment, refuse dot segments and encoded separators, re-encode.
+    """The RFC 3986 normal form of a path, refusing anything that could climb or be read two ways.
 
-    Empty segments (`//`) are collapsed. The result is the only form that goes upstream.
+    Each segment is fully percent-decoded for the checks: ``.`` and ``..``
+    (also as ``..;params``, which Java servers resolve), encoded ``/`` or
+    ``\\``, control characters and invalid UTF-8 are refused. What is
+    forwarded keeps every reserved character as the agent encoded it
+    (``;`` and ``%3B`` stay different), decodes only unreserved characters,
+    upper-cases the remaining escapes and collapses empty segments (``//``).
     """
+    if not path.isascii():
+        raise Refusal(Cause.BAD_PATH, "path must be ASCII (percent-encode anything else)")
     out: list[str] = []
     for raw in path.split("/")[1:]:
+        if _BAD_ESCAPE.search(raw):
+            raise Refusal(Cause.BAD_PATH, "path has a malformed percent-escape")
         try:
             segment = unquote(raw, errors="strict")
         except UnicodeDecodeError:
             raise Refusal(Cause.BAD_PATH, "path is not valid UTF-8 once percent-decoded") from None
-        if segment in (".", ".."):
+        if segment in (".", "..") or segment.partition(";")[0] in (".", ".."):
             raise Refusal(Cause.BAD_PATH, "path may not contain '.' or '..' segments")
         if "/" in segment or "\\" in segment or any(ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
             raise Refusal(Cause.BAD_PATH, "path may not contain encoded separators or control characters")
-        if segment:
-            out.append(quote(segment, safe=_SEGMENT_SAFE))
+        if raw:
+            out.append(_ESCAPE.sub(_normal_escape, _UNSAFE.sub(_escape_char, raw)))
     trailing = "/" if path.endswith("/") and out else ""
     return "/" + "/".join(out) + trailing if out else ""
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# Characters that may not appear unencoded in a path segment (RFC 3986 pchar, '%' handled apart).
+_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@%]")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normal_escape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group().encode())
 
 
 def _hostport_key(entry: str) -> str:

@@ -46,7 +46,8 @@ def build_master(settings: Settings) -> DumpMaster:
     )
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     # Options owned by built-in addons exist only once the master is built.
-    opts.update(connection_strategy="lazy")
+    # websocket=False: an Upgrade would carry JSON-RPC that Valet neither parses nor audits.
+    opts.update(connection_strategy="lazy", websocket=False)
     master.addons.add(*valet_addons())
     opts.update(
         valet_mode=settings.mode,

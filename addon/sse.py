@@ -22,31 +22,40 @@ class EventTooLarge(Exception):
 
 
 class SSEFramer:
+    """Scans each byte once: the position and the previous line end are kept between chunks."""
+
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._pending = bytearray()
         self._max = max_event_bytes
+        self._scan = 0  # where the next search for a line end starts
+        self._prev_end = -1  # end of the last line end seen in the current event, -1 if none
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes; return the complete events (each with its blank-line terminator)."""
         if not chunk:
             return []
-        self._pending += chunk
+        pending = self._pending
+        pending += chunk
         events: list[bytes] = []
         start = 0
-        prev_end = -1
-        size = len(self._pending)
-        for match in _EOL.finditer(self._pending):
-            if match.group() == b"\r" and match.end() == size:
-                break  # may be the first half of a CRLF: wait for the next chunk
+        prev_end = self._prev_end
+        scan = len(pending)
+        for match in _EOL.finditer(pending, self._scan):
+            if match.group() == b"\r" and match.end() == len(pending):
+                scan = match.start()  # may be the first half of a CRLF: look again with the next chunk
+                break
             if match.start() == prev_end:  # an empty line: the event ends here
-                events.append(bytes(self._pending[start : match.end()]))
+                events.append(bytes(pending[start : match.end()]))
                 start = match.end()
                 prev_end = -1
             else:
                 prev_end = match.end()
         if start:
-            del self._pending[:start]
-        if len(self._pending) > self._max:
+            del pending[:start]
+            scan -= start
+            prev_end = prev_end - start if prev_end >= 0 else -1
+        self._scan, self._prev_end = scan, prev_end
+        if len(pending) > self._max:
             raise EventTooLarge(f"an SSE event exceeded {self._max} bytes")
         return events
 
@@ -54,6 +63,7 @@ class SSEFramer:
         """At the end of the stream: whatever was left (an unterminated event), as is."""
         rest = bytes(self._pending)
         self._pending.clear()
+        self._scan, self._prev_end = 0, -1
         return rest
 
 

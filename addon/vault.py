@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+
+from . import filewatch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENV_VAR = "VALET_MASTER_KEY"
@@ -456,15 +458,7 @@ class SecretCache:
         self.generation = 0
 
     def signature(self) -> tuple[int, ...]:
-        sig: list[int] = []
-        for name in (VAULT_FILE, f"{VAULT_FILE}-wal", KEY_FILE):
-            try:
-                st = os.stat(self.data_dir / name)
-            except FileNotFoundError:
-                sig.extend((0, 0, 0))
-            else:
-                sig.extend((st.st_ino, st.st_mtime_ns, st.st_size))
-        return tuple(sig)
+        return filewatch.signature(self.data_dir / VAULT_FILE) + filewatch.signature(self.data_dir / KEY_FILE)
 
     def stale(self) -> bool:
         return self.signature() != self._signature

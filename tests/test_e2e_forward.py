@@ -104,3 +104,22 @@ def test_revocation_cuts_a_live_tunnel(forward: Valet, tls_upstream) -> None:
         forward.cli("key", "revoke", key_id)
         r = http.get(f"{secure.url}/_echo_headers")  # same keep-alive tunnel
         assert r.status_code == 401 and r.json()["error"]["data"]["reason"] == "revoked_key"
+
+
+def test_a_tunnel_serves_only_its_connect_target(forward: Valet, tls_upstream) -> None:
+    secure, _ = tls_upstream
+    key, key_id = forward.new_key("erin", "fronting")
+    with httpx.Client(proxy=f"http://agent:{key}@127.0.0.1:{forward.port}", verify=valet_ca(forward),
+                      timeout=10) as http:
+        r = http.get(f"{secure.url}/_echo_headers", headers={"host": "evil.example.com"})
+    assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "destination_not_allowed"
+    assert forward.rows("key_id = ? AND reason = 'destination_not_allowed'", (key_id,))
+
+
+def test_undecodable_proxy_credentials_are_refused(forward: Valet) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as sock:
+        sock.sendall(b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nProxy-Authorization: Basic \xe9\xff\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 407")

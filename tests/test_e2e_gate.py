@@ -204,3 +204,82 @@ def test_batches_are_parsed_and_audited_as_one_exchange(valet: Valet, key) -> No
         {"method": "ping", "id": 1},
         {"method": "tools/call", "id": 2, "tool": "add", "arguments": {"a": 1, "b": 2}},
     ]
+
+
+SURROGATE_BODY = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"\\udcff"}}'
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes exactly as given (no client library normalizes them) and read the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks) and b"connection: close" not in b"".join(chunks).lower():
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                if length and len(body) >= length[0]:
+                    break
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\n"
+         b"Content-Length: 2\r\n\r\n{}", b"401", b"unknown_key"),
+        (b"GET /notes/\xff/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
+        (b"GET /notes/..;/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
+        (b"GET /nosuch HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: \xff\r\n\r\n", b"401", b"missing_key"),
+        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nContent-Type: application/json\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(SURROGATE_BODY), SURROGATE_BODY), b"400", b"parse_error"),
+        (b"GET /notes/_echo_headers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nConnection: Upgrade\r\n"
+         b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+         b"400", b"invalid_request"),
+        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nAuthorization: Bearer KEY\r\n"
+         b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", b"400", b"invalid_request"),
+    ],
+)
+def test_hostile_bytes_fail_closed_and_are_audited(valet: Valet, upstream: Upstream, key, request_bytes, status,
+                                                     reason) -> None:
+    before = upstream.requests_seen()
+    count = len(valet.rows("1=1", expect=0))
+    answer = raw_exchange(valet.port, request_bytes.replace(b"KEY", key[0].encode()))
+    assert answer.split(b" ", 2)[1] == status, answer[:300]
+    assert reason in answer
+    assert upstream.requests_seen() == before
+    rows = valet.rows("1=1", expect=count + 1)
+    assert rows[-1]["reason"] == reason.decode()
+    # the audit log keeps working after storing whatever the agent sent
+    assert post(valet.base + "/notes", INIT, key[0]).status_code == 200
+    valet.rows("1=1", expect=count + 2)
+
+
+def test_chunked_bodies_past_the_buffer_limit_are_cut_while_arriving(upstream: Upstream, tmp_path) -> None:
+    from .support import running_valet
+
+    extra = "limits:\n  max_body_bytes: 65536\n  max_buffered_bytes: 1048576\n"
+    with running_valet(tmp_path, {"notes": upstream.url}, extra=extra) as proxy:
+        def chunks():
+            for _ in range(64):
+                yield b"x" * 65536  # 4 MiB in all, no Content-Length, no key
+
+        # The proxy answers 413 or closes the connection mid-upload: either way it stops reading at 1 MiB.
+        try:
+            r = httpx.post(proxy.base + "/notes", content=chunks(), headers={"content-type": "application/json"},
+                           timeout=30)
+        except httpx.HTTPError:
+            pass
+        else:
+            assert r.status_code == 413
+        k, _ = proxy.new_key()
+        assert post(proxy.base + "/notes", INIT, k).status_code == 200

@@ -33,14 +33,16 @@ def test_reverse_unknown(path: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "normalized"),
-    [("/a//b", "/a/b"), ("/a/b/", "/a/b/"), ("/%61%20b", "/a%20b"), ("/caf%C3%A9", "/caf%C3%A9"), ("/", "")],
+    [("/a//b", "/a/b"), ("/a/b/", "/a/b/"), ("/%61%20b", "/a%20b"), ("/caf%c3%a9", "/caf%C3%A9"), ("/", ""),
+     ("/a%3Bb;c=d", "/a%3Bb;c=d"), ("/a%40b@c", "/a%40b@c"), ("/a b", "/a%20b"), ("/%7euser", "/~user")],
 )
 def test_normalize(raw: str, normalized: str) -> None:
     assert normalize_path(raw) == normalized
 
 
 @pytest.mark.parametrize(
-    "raw", ["/..", "/a/../b", "/%2e%2e", "/%2E%2e/x", "/.%2e", "/.", "/a%2fb", "/a%5cb", "/a\\b", "/%00", "/%ff"]
+    "raw", ["/..", "/a/../b", "/%2e%2e", "/%2E%2e/x", "/.%2e", "/.", "/a%2fb", "/a%5cb", "/a\\b", "/%00", "/%ff",
+            "/..;/x", "/%2e%2e;jsessionid=1/x", "/x/..%3B/y", "/.;/x", "/\udcff", "/caf\u00e9", "/%zz", "/%4"]
 )
 def test_normalize_refuses_escapes(raw: str) -> None:
     with pytest.raises(Refusal) as info:

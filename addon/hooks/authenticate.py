@@ -17,6 +17,7 @@ from mitmproxy import connection, http
 
 from ..errors import Cause, Refusal
 from ..identity import KeyRecord
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
 
@@ -35,7 +36,7 @@ def _key_from_proxy_auth(value: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII in the header (UnicodeDecodeError is one too)
         return None
     return decoded.partition(":")[2] or None
 
@@ -67,6 +68,7 @@ class Authenticator:
         if exchange is not None:
             exchange.key_id, exchange.user, exchange.agent = record.id, record.user, record.agent
 
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
@@ -81,10 +83,15 @@ class Authenticator:
             return
         self._tunnel_keys[flow.client_conn.id] = key  # type: ignore[assignment]
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         headers = flow.request.headers
+        for name in ("authorization", "proxy-authorization"):
+            if len(headers.get_all(name)) > 1:
+                refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
+                return
         proxy_auth: str | None = None
         if self.state.mode == "reverse":
             key = _key_from_bearer(headers.get("authorization", ""))

@@ -28,6 +28,7 @@ from ..outbound import Outbound
 from ..redact import Redactor
 from ..vault import VaultError
 from .inspect import describe
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
 log = logging.getLogger("valet.inject")
@@ -58,6 +59,7 @@ class Injector:
             redactor = self._redactors[key] = Redactor(resolution.used)
         return redactor
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -109,6 +111,7 @@ class Injector:
         if secrets is not None and secrets.stale():
             await asyncio.to_thread(secrets.reload)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return

@@ -11,15 +11,20 @@ from mitmproxy import http
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from ..jsonrpc import Body, check_headers, parse_body
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
 MAX_AUDIT_ARGUMENTS = 64 * 1024
+# Read once by Valet (which would join duplicates) and once by the upstream (which may take the first).
+_SINGLE_HEADERS = ("content-type", "content-encoding", "content-length", "mcp-session-id", "mcp-method",
+                   "mcp-name", "mcp-protocol-version")
 
 
 class RpcInspector:
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse what cannot be inspected before its body is even read."""
         if flow.response or flow.error or not flow.live:
@@ -28,6 +33,13 @@ class RpcInspector:
         if exchange is None or exchange.server is None:
             return  # passthrough: not an MCP endpoint of ours
         request = flow.request
+        for name in _SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
+                return
+        if "upgrade" in request.headers or "upgrade" in request.headers.get("connection", "").lower():
+            refuse(flow, Refusal(Cause.INVALID_REQUEST, "protocol upgrades (WebSocket, h2c) are not proxied"))
+            return
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
@@ -37,6 +49,7 @@ class RpcInspector:
         if length is not None and (not length.isdigit() or int(length) > limit):
             refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return

@@ -6,6 +6,7 @@ from mitmproxy import http
 
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
+from .failsafe import fail_closed
 from .state import METADATA_KEY, ValetState, exchange_of, refuse
 
 MAX_PATH_CHARS = 2048
@@ -23,9 +24,11 @@ class ExchangeOpener:
         flow.metadata[METADATA_KEY] = exchange
         return exchange
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self._open(flow)
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -55,6 +58,9 @@ class ExchangeRecorder:
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         if exchange is None or exchange.recorded:
+            return
+        if exchange.decision == "deny":  # refused, then the client went away: the refusal is the story
+            self.state.record(exchange, flow.response.status_code if flow.response else None)
             return
         exchange.decision = "error"
         message = (flow.error.msg if flow.error else "").lower()

@@ -18,6 +18,7 @@ from mitmproxy import http
 from ..exchange import Exchange
 from ..outbound import Outbound
 from ..sse import EventTooLarge, SSEFramer
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of
 
 REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'
@@ -27,6 +28,7 @@ class ResponseFilter:
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
@@ -44,8 +46,17 @@ class ResponseFilter:
         encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
         if media == "text/event-stream" and not (encoded and outbound is not None and outbound.active):
             # (an encoded stream we must scrub is buffered and decoded instead: safe, if not live)
-            response.stream = _event_relay(exchange, outbound if outbound is not None and outbound.active else None)
+            keyring = self.state.keyring
+            key_id = exchange.key_id
 
+            def key_valid() -> bool:
+                return keyring is None or key_id is None or not keyring.revoked(key_id)
+
+            response.stream = _event_relay(
+                exchange, outbound if outbound is not None and outbound.active else None, key_valid
+            )
+
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
@@ -63,11 +74,16 @@ class ResponseFilter:
                 response.trailers.set_all(name, [outbound.header(v) for v in response.trailers.get_all(name)])
 
 
-def _event_relay(exchange: Exchange, outbound: Outbound | None) -> Callable[[bytes], list[bytes]]:
+def _event_relay(
+    exchange: Exchange, outbound: Outbound | None, key_valid: Callable[[], bool]
+) -> Callable[[bytes], list[bytes]]:
     framer: SSEFramer | None = SSEFramer()
 
     def relay(chunk: bytes) -> list[bytes]:
         nonlocal framer
+        if framer is not None and not key_valid():  # revoked while the stream was open
+            framer = None
+            exchange.reason = "revoked_key"
         if framer is None:
             return []  # the stream was refused: swallow the rest
         if not chunk:  # end of stream: an unterminated last event still goes through the filter

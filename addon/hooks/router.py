@@ -8,8 +8,11 @@ upstream is the normalized path from :mod:`addon.routing`, never the raw one.
 from __future__ import annotations
 
 from mitmproxy import connection, http
+from mitmproxy.net.http import url
+from mitmproxy.proxy import server_hooks
 
 from ..errors import Cause, Refusal
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
 
@@ -18,6 +21,7 @@ class Router:
         self.state = state
         self._tunnels: dict[str, tuple[str, int]] = {}
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
@@ -28,6 +32,7 @@ class Router:
             return
         self._tunnels[flow.client_conn.id] = (host, port)
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -37,9 +42,7 @@ class Router:
             if self.state.mode == "reverse":
                 route = self.state.routes.reverse(request.path)
             else:
-                tunnel = self._tunnels.get(flow.client_conn.id)
-                if tunnel is not None and tunnel != (request.host.lower(), request.port):
-                    raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request host differs from the CONNECT target")
+                self._check_tunnel_host(flow)
                 route = self.state.routes.forward(request.scheme, request.host, request.port, request.path)
         except Refusal as refusal:
             refuse(flow, refusal)
@@ -53,6 +56,24 @@ class Router:
         # Bodies coming back must be readable (to stream SSE event by event, to redact):
         # ask for no content coding rather than decode what we did not ask for.
         request.headers["accept-encoding"] = "identity"
+
+    def _check_tunnel_host(self, flow: http.HTTPFlow) -> None:
+        """Inside a tunnel the Host header must name the CONNECT target (no domain fronting)."""
+        tunnel = self._tunnels.get(flow.client_conn.id)
+        if tunnel is None:
+            return
+        authority = flow.request.host_header or ""
+        try:
+            host, port = url.parse_authority(authority, check=True)
+        except ValueError:
+            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
+        if (host.lower(), port or flow.request.port) != tunnel:
+            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target")
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The upstream TLS name is the host Valet routed to, never an SNI the agent chose."""
+        if data.server.address is not None:
+            data.server.sni = data.server.address[0]
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)

@@ -6,6 +6,7 @@ from mitmproxy import http
 
 from ..errors import Refusal
 from ..sessions import SessionOwners
+from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
 
@@ -14,6 +15,7 @@ class SessionGuard:
         self.state = state
         self.owners = SessionOwners()
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -26,6 +28,7 @@ class SessionGuard:
         except Refusal as refusal:
             refuse(flow, refusal)
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Bind before the agent can see the new id: the headers go out after this hook."""
         exchange = exchange_of(flow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..vault import SecretCache, VaultError
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
+KEY_REFRESH_SECONDS = 1.0
 
 
 class ValetState:
@@ -44,6 +46,9 @@ class ValetState:
                 raise exceptions.OptionsError(str(exc)) from None
             self.config = loaded.config
             self.routes = RouteTable(self.config)
+            # mitmproxy aborts any buffered body past this while it arrives (before it is all in memory),
+            # for refused flows too; SSE responses are streamed and not held.
+            ctx.options.update(body_size_limit=str(self.config.limits.max_buffered_bytes))
             if self.config.upstream_ca_file:
                 ctx.options.update(ssl_verify_upstream_trusted_ca=self.config.upstream_ca_file)
         if "valet_mode" in updated:
@@ -65,7 +70,24 @@ class ValetState:
                 self.audit.close()
             self.audit = AuditWriter(data_dir / "audit.db")
 
+    def running(self) -> None:
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_keys())
+
+    async def _refresh_keys(self) -> None:
+        """Notice revocations even without new requests, so that open streams are cut within a second."""
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            keyring = self.keyring
+            try:
+                if keyring is not None and keyring.stale():
+                    await asyncio.to_thread(keyring.reload)
+            except Exception as exc:  # noqa: BLE001 - keep refreshing; requests reload (fail closed) on their own
+                log.error("key refresh failed: %s", type(exc).__name__)
+
     def done(self) -> None:
+        refresher = getattr(self, "_refresher", None)
+        if refresher is not None:
+            refresher.cancel()
         if self.audit is not None:
             self.audit.close()
 
