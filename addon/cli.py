@@ -156,7 +156,7 @@ def audit_tail(data_dir: Path, lines: int, follow: bool, as_json: bool) -> None:
         while True:
             for row in audit.rows_after(conn, last):
                 last = row["id"]
-                click.echo(json.dumps(dict(row)) if as_json else _tail_line(dict(row)))
+                click.echo(json.dumps(dict(row), ensure_ascii=True) if as_json else _tail_line(dict(row)))
             if not follow:
                 return
             time.sleep(0.5)
@@ -170,18 +170,28 @@ def _tail_line(row: dict[str, Any]) -> str:
         row["server"] or "-", row["http_method"], row["rpc_method"] or "-", row["tool"] or "-",
         row["reason"] or "", f"{row['duration_ms']}ms" if row["duration_ms"] is not None else "",
     ]
-    return _safe(" ".join(p for p in parts if p))
+    return " ".join(_field(p) for p in parts if p)
+
+
+def _field(text: str) -> str:
+    """One space-separated field: quoted if it holds whitespace, so an agent's value cannot pose as two."""
+    safe = _safe(text)
+    return json.dumps(safe) if any(c.isspace() for c in safe) or not safe else safe
 
 
 def _safe(text: str) -> str:
-    """Audit values come from agents: never let them drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """Audit values come from agents: never let them drive the terminal (C0, C1, bidi controls escaped)."""
+    return "".join(c if c.isprintable() and c.isascii() or (c.isprintable() and ord(c) > 0x9F and
+                                                            c not in _BIDI) else repr(c)[1:-1] for c in text)
+
+
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False))
+            click.echo(json.dumps(row, ensure_ascii=True))
         return
     table = [[_safe("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitmproxy import options
+from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
 from . import mitm_errors
@@ -90,6 +90,9 @@ def run(settings: Settings) -> int:
         return 2
     try:
         asyncio.run(serve(settings))
+    except exceptions.OptionsError as exc:  # raised by an addon's configure(): e.g. the vault cannot be opened
+        print(f"valet: cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"valet: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -70,9 +70,11 @@ class Upstream:
                 self.process.kill()
 
 
-def start_upstream(certfile: Path | None = None, keyfile: Path | None = None) -> Upstream:
+def start_upstream(certfile: Path | None = None, keyfile: Path | None = None, json_response: bool = False) -> Upstream:
     port = free_port()
     cmd = [PYTHON, str(ROOT / "tests/upstream/mcp_server.py"), "--port", str(port)]
+    if json_response:
+        cmd.append("--json-response")
     if certfile and keyfile:
         cmd += ["--certfile", str(certfile), "--keyfile", str(keyfile)]
     process = subprocess.Popen(cmd, cwd=ROOT)
