@@ -100,8 +100,9 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 class AuditWriter:
     """Owns the only writing connection; ``submit`` is safe to call from the event loop."""
 
-    def __init__(self, path: Path, max_batch: int = 500, max_queue: int = 100_000) -> None:
+    def __init__(self, path: Path, max_batch: int = 500, max_queue: int = 100_000, linger: float = 0.05) -> None:
         self.path = path
+        self.linger = linger
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -133,9 +134,11 @@ class AuditWriter:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
+            # Linger briefly so that a steady trickle of rows shares one transaction.
+            deadline = time.monotonic() + self.linger
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             if _STOP in batch:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,8 +107,9 @@ class ServerConfig(_Strict):
             raise ValueError("basic_auth and an Authorization header cannot both be set")
         return self
 
-    def secret_names(self) -> set[str]:
-        """Every secret this server's injections reference."""
+    @cached_property
+    def secret_names(self) -> frozenset[str]:
+        """Every secret this server's injections reference (computed once per config load)."""
         found: set[str] = set()
         values = [*self.headers.values(), *self.query.values()]
         if self.basic_auth:
@@ -115,6 +118,24 @@ class ServerConfig(_Strict):
             values += rule.arguments.values()
         for value in values:
             found.update(templates.names(value))
+        return frozenset(found)
+
+    @cached_property
+    def _arguments_by_tool(self) -> dict[str, dict[str, str]]:
+        return {}
+
+    def arguments_for(self, tool: str) -> dict[str, str]:
+        """Argument name -> template injected into calls of ``tool``; later rules win. Cached per tool name."""
+        cache = self._arguments_by_tool
+        found = cache.get(tool)
+        if found is None:
+            if len(cache) >= 10_000:  # tool names come from agents: keep the cache bounded
+                cache.clear()
+            found = {}
+            for rule in self.inject:
+                if any(fnmatchcase(tool, pattern) for pattern in rule.tools):
+                    found.update(rule.arguments)
+            cache[tool] = found
         return found
 
     @field_validator("url")

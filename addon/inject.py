@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from . import templates
@@ -63,20 +62,11 @@ def upstream_query(server: ServerConfig, resolution: Resolution) -> dict[str, st
     return {name: resolution.render(t) for name, t in server.query.items()}
 
 
-def injected_arguments(server: ServerConfig, tool: str) -> dict[str, str]:
-    """Argument name -> template for a tool; later rules win over earlier ones."""
-    out: dict[str, str] = {}
-    for rule in server.inject:
-        if any(fnmatchcase(tool, pattern) for pattern in rule.tools):
-            out.update(rule.arguments)
-    return out
-
-
 def inject_arguments(
     server: ServerConfig, tool: str, arguments: dict[str, Any] | None, resolution: Resolution
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """(arguments to forward, names of injected arguments the agent had set itself)."""
-    wanted = injected_arguments(server, tool)
+    wanted = server.arguments_for(tool)
     if not wanted:
         return arguments, []
     result = dict(arguments or {})
@@ -92,7 +82,7 @@ def hide_injected(server: ServerConfig, tool: dict[str, Any]) -> bool:
     schema = tool.get("inputSchema")
     if not isinstance(name, str) or not isinstance(schema, dict):
         return False
-    hidden = injected_arguments(server, name).keys()
+    hidden = server.arguments_for(name).keys()
     if not hidden:
         return False
     changed = False

@@ -3,7 +3,10 @@
     make bench            # or: .venv/bin/python bench/bench.py [--calls N] [--clients C] [--per-client M]
 
 For each target it measures, with the official SDK client (legacy mode, one
-kept session per client) calling the cheapest tool (`add`):
+kept session per client) calling a cheap tool (`add_authed`, whose `api_key`
+argument the client passes itself to the direct and bare-mitmproxy targets and
+Valet injects from its vault, along with an `Authorization` header; every
+response goes through Valet's redaction):
 
 - sequential `tools/call` latency, p50 and p99;
 - throughput with C concurrent clients;
@@ -39,6 +42,26 @@ sys.path.insert(0, str(ROOT))
 from tests.support import free_port, start_upstream, start_valet  # noqa: E402
 
 
+BENCH_API_KEY = "fake-bench-api-key-0000"
+BENCH_TOKEN = "fake-bench-bearer-token-0000"
+
+
+def _valet_config(upstream_url: str, rules: int) -> str:
+    """Valet with every feature on: header and argument injection, redaction, and ``rules`` inject rules."""
+    filler = "".join(
+        f"      - tools: [\"never_called_{i}_*\"]\n        arguments: {{x{i}: \"${{secret:BENCH_TOKEN}}\"}}\n"
+        for i in range(rules)
+    )
+    return (
+        "servers:\n  bench:\n"
+        f"    url: {upstream_url}\n"
+        "    headers:\n      Authorization: \"Bearer ${secret:BENCH_TOKEN}\"\n"
+        "    inject:\n"
+        f"{filler}"
+        "      - tools: [\"add_authed\"]\n        arguments: {api_key: \"${secret:BENCH_API_KEY}\"}\n"
+    )
+
+
 @dataclass
 class Result:
     name: str
@@ -55,12 +78,17 @@ def _client(url: str, key: str | None) -> Client:
     return Client(streamable_http_client(url, http_client=http), mode="legacy")
 
 
+def _args(key: str | None, a: int, b: int) -> dict[str, object]:
+    # Through Valet the agent does not hold the API key: Valet injects it.
+    return {"a": a, "b": b} if key else {"a": a, "b": b, "api_key": BENCH_API_KEY}
+
+
 async def _sequential(url: str, key: str | None, calls: int, warmup: int) -> list[float]:
     latencies: list[float] = []
     async with _client(url, key) as c:
         for i in range(warmup + calls):
             start = time.perf_counter()
-            result = await c.call_tool("add", {"a": i, "b": 1})
+            result = await c.call_tool("add_authed", _args(key, i, 1))
             elapsed = time.perf_counter() - start
             assert result.content[0].text == str(i + 1), result
             if i >= warmup:
@@ -72,7 +100,7 @@ async def _concurrent(url: str, key: str | None, clients: int, per_client: int) 
     async def one(n: int) -> None:
         async with _client(url, key) as c:
             for i in range(per_client):
-                result = await c.call_tool("add", {"a": n, "b": i})
+                result = await c.call_tool("add_authed", _args(key, n, i))
                 assert result.content[0].text == str(n + i)
 
     start = time.perf_counter()
@@ -123,13 +151,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--per-client", type=int, default=60, help="calls per concurrent client")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rules", type=int, default=50, help="extra injection rules in Valet's config")
     args = parser.parse_args()
 
     upstream = start_upstream()
     bare, bare_port = _start_bare(upstream.port)
     with tempfile.TemporaryDirectory() as tmp:
-        valet = start_valet(Path(tmp), {"bench": upstream.url})
+        valet = start_valet(Path(tmp), None, config_text=_valet_config(upstream.url, args.rules))
         key, _ = valet.new_key("bench", "bench")
+        valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
+        valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
         try:
             results = [
                 measure("direct", upstream.url, None, None, args),

@@ -54,7 +54,7 @@ class Injector:
             if len(self._redactors) > 10_000:
                 self._redactors.clear()
             resolution = self._resolution(server_name, user)
-            for name in server.secret_names():
+            for name in server.secret_names:
                 resolution(name)
             redactor = self._redactors[key] = Redactor(resolution.used)
         return redactor
@@ -68,7 +68,7 @@ class Injector:
             return
         server = self.state.config.servers[exchange.server]
         try:
-            if server.secret_names():
+            if server.secret_names:
                 await self._fresh_secrets()
             redactor = self._redactor(exchange.server, server, exchange.user)
             resolution = self._resolution(exchange.server, exchange.user)

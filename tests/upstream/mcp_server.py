@@ -3,7 +3,8 @@
 It runs as its own process so that Valet talks to it over a real socket, exactly as
 it would in production. Tools:
 
-- ``add``: the cheapest possible call, used by the benchmark.
+- ``add``: the cheapest possible call; ``add_authed``, the same with an
+  ``api_key`` argument, used by the benchmark (Valet injects the key).
 - ``echo``: returns its arguments, so tests can see what Valet forwarded.
 - ``progress``: emits a progress notification every ``interval`` seconds, each
   stamped with the wall-clock time it was sent, so tests can measure how late
@@ -48,6 +49,14 @@ server = MCPServer("valet-test-upstream")
 @server.tool()
 def add(a: int, b: int) -> int:
     """Add two integers."""
+    return a + b
+
+
+@server.tool()
+def add_authed(a: int, b: int, api_key: str) -> int:
+    """``add`` with a credential argument: the benchmark's Valet run injects it."""
+    if not api_key:
+        raise ValueError("api_key is required")
     return a + b
 
 
