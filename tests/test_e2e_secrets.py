@@ -216,7 +216,7 @@ def test_a_missing_secret_refuses_the_request_by_name(valet: Valet, upstream: Up
     error = r.json()["error"]
     assert error["code"] == -32008 and "NOT_SET" in error["message"] and error["data"]["reason"] == "missing_secret"
     row = valet.rows("key_id = ? AND reason = 'missing_secret'", (key_id,))[0]
-    assert row["decision"] == "deny" and row["server"] == "needy"
+    assert row["decision"] == "deny" and row["server"] == "needy" and row["rpc_method"] == "tools/list"
 
 
 def test_a_secret_split_across_network_chunks_is_still_caught(valet: Valet) -> None:

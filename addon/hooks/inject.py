@@ -1,12 +1,13 @@
 """Put the user's real credentials into what goes upstream; prepare what must come back scrubbed.
 
-``requestheaders``: configured headers and query parameters (every request to
-the server, GET streams and DELETEs included), and the exchange's
-:class:`~addon.outbound.Outbound` (redaction of every secret the server's
-injections reference for this user, plus tools/list rewriting).
-``request``: injected ``tools/call`` arguments, ``Mcp-Param-*`` headers
-mirrored from the final arguments, the audit description with secrets
-redacted, and the one serialization of the body that is forwarded.
+All in the ``request`` hook, after the body is parsed (with the lazy
+connection strategy nothing has reached the upstream yet): configured headers
+and query parameters (every request to the server, GET streams and DELETEs
+included), injected ``tools/call`` arguments, ``Mcp-Param-*`` headers mirrored
+from the final arguments, the exchange's :class:`~addon.outbound.Outbound`
+(redaction of every secret the server's injections reference for this user,
+and tools/list rewriting), the audit description with secrets redacted, and
+the one serialization of the body that is forwarded.
 """
 
 from __future__ import annotations
@@ -59,36 +60,6 @@ class Injector:
             redactor = self._redactors[key] = Redactor(resolution.used)
         return redactor
 
-    @fail_closed
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        exchange = exchange_of(flow)
-        if exchange is None or exchange.server is None or exchange.user is None:
-            return
-        server = self.state.config.servers[exchange.server]
-        try:
-            if server.secret_names:
-                await self._fresh_secrets()
-            redactor = self._redactor(exchange.server, server, exchange.user)
-            resolution = self._resolution(exchange.server, exchange.user)
-            headers = upstream_headers(server, resolution)
-            query = upstream_query(server, resolution)
-            resolution.check()
-        except Refusal as refusal:
-            refuse(flow, refusal)
-            return
-        except VaultError as exc:
-            log.error("vault error for server %s: %s", exchange.server, exc)
-            refuse(flow, Refusal(Cause.VAULT_ERROR, "a secret this request needs cannot be decrypted"), "error")
-            return
-        for name, value in headers.items():
-            flow.request.headers[name] = value
-        for name, value in query.items():
-            flow.request.query[name] = value
-        exchange.injected = json.dumps(sorted(resolution.used)) if resolution.used else None
-        exchange.outbound = self._outbound(exchange, server, redactor)
-
     def _outbound(self, exchange: Exchange, server: ServerConfig, redactor: Redactor) -> Outbound:
         """tools/list ids are added in ``request``, once the body is parsed."""
         hide = (lambda tool: hide_injected(server, tool)) if server.inject else None
@@ -112,34 +83,47 @@ class Injector:
             await asyncio.to_thread(secrets.reload)
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         exchange = exchange_of(flow)
-        if exchange is None or exchange.body is None or exchange.server is None or exchange.user is None:
-            return
-        body = exchange.body
+        if exchange is None or exchange.server is None or exchange.user is None:
+            return  # passthrough, or refused earlier
         server = self.state.config.servers[exchange.server]
-        outbound: Outbound | None = exchange.outbound
-        if outbound is not None:
+        body = exchange.body
+        try:
+            if server.secret_names:
+                await self._fresh_secrets()
+            redactor = self._redactor(exchange.server, server, exchange.user)
+            resolution = self._resolution(exchange.server, exchange.user)
+            headers = upstream_headers(server, resolution)
+            query = upstream_query(server, resolution)
+            overridden = self._inject(flow, exchange.server, server, body, resolution) if body and server.inject else []
+            resolution.check(body.messages[0].id if body and not body.is_batch else None)
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        except VaultError as exc:
+            log.error("vault error for server %s: %s", exchange.server, exc)
+            refuse(flow, Refusal(Cause.VAULT_ERROR, "a secret this request needs cannot be decrypted"), "error")
+            return
+        for name, value in headers.items():
+            flow.request.headers[name] = value
+        for name, value in query.items():
+            flow.request.query[name] = value
+        exchange.injected = json.dumps(sorted(resolution.used)) if resolution.used else None
+        exchange.overridden = json.dumps(sorted(set(overridden))) if overridden else None
+        outbound = self._outbound(exchange, server, redactor)
+        exchange.outbound = outbound
+        if body is not None:
             outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
-        if server.inject:
-            try:
-                self._inject(flow, exchange, server, body)
-            except Refusal as refusal:
-                refuse(flow, refusal)
-                return
-            except VaultError as exc:
-                log.error("vault error for server %s: %s", exchange.server, exc)
-                refuse(flow, Refusal(Cause.VAULT_ERROR, "a secret this request needs cannot be decrypted"), "error")
-                return
-        redactor = outbound.redactor if outbound is not None else None
-        if redactor:
-            describe(exchange, body, redactor.value)
-        flow.request.content = body.serialize()
+            if redactor:
+                describe(exchange, body, redactor.value)
+            flow.request.content = body.serialize()
 
-    def _inject(self, flow: http.HTTPFlow, exchange: Exchange, server: ServerConfig, body: Any) -> None:
-        resolution = self._resolution(exchange.server or "", exchange.user or "")
+    def _inject(self, flow: http.HTTPFlow, server_name: str, server: ServerConfig, body: Any,
+                resolution: Resolution) -> list[str]:
+        """Inject into every tools/call of the body; returns the injected arguments the agent had set."""
         overridden: list[str] = []
         for message in body.messages:
             tool = message.tool
@@ -151,13 +135,8 @@ class Injector:
             message.raw["params"]["arguments"] = arguments
             overridden += agent_set
             if not body.is_batch:
-                self._mirror_param_headers(flow, exchange.server or "", tool, arguments or {})
-        resolution.check(body.messages[0].id if not body.is_batch else None)
-        if resolution.used:
-            names = set(json.loads(exchange.injected)) if exchange.injected else set()
-            exchange.injected = json.dumps(sorted(names | set(resolution.used)))
-        if overridden:
-            exchange.overridden = json.dumps(sorted(set(overridden)))
+                self._mirror_param_headers(flow, server_name, tool, arguments or {})
+        return overridden
 
     def _mirror_param_headers(self, flow: http.HTTPFlow, server: str, tool: str, arguments: dict[str, Any]) -> None:
         """2026-07-28 servers check Mcp-Param-* against the body: rebuild them from what is forwarded."""
