@@ -6,11 +6,12 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mitmproxy import exceptions, options
-from mitmproxy.tools.dump import DumpMaster
+from mitmproxy import exceptions, master, options
+from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from . import mitm_errors
 from .config import ConfigError, load_config
@@ -36,7 +37,26 @@ def mitm_confdir(data_dir: Path) -> Path:
     return data_dir / "mitmproxy"
 
 
-def build_master(settings: Settings) -> DumpMaster:
+def _mitmproxy_addons() -> list[object]:
+    """The built-in addons Valet needs, and only those.
+
+    mitmproxy's own tools load ~35 addons (replay, map-local, cookies, HAR
+    export...) and visit every one of them on every event of every flow. Valet
+    uses the proxy core, TLS, protocol detection, h2c refusal, the block of
+    non-local clients (mitmproxy's ``block_global``) and the startup error check.
+    """
+    return [
+        core.Core(),
+        block.Block(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+    ]
+
+
+def build_master(settings: Settings, on_running: Callable[[], None] | None = None) -> master.Master:
     mitm_errors.install()
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
     confdir = mitm_confdir(settings.data_dir)
@@ -44,41 +64,34 @@ def build_master(settings: Settings) -> DumpMaster:
     opts = options.Options(
         mode=[mode], listen_host=settings.host, listen_port=settings.port, confdir=str(confdir)
     )
-    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master_ = master.Master(opts, with_termlog=False)
+    master_.addons.add(*_mitmproxy_addons())
     # Options owned by built-in addons exist only once the master is built.
     # websocket=False: an Upgrade would carry JSON-RPC that Valet neither parses nor audits.
     opts.update(connection_strategy="lazy", websocket=False)
-    master.addons.add(*valet_addons())
+    master_.addons.add(*valet_addons(on_running))
     opts.update(
         valet_mode=settings.mode,
         valet_data_dir=str(settings.data_dir),
         valet_config=str(settings.config),
     )
-    return master
+    return master_
 
 
-class _Announce:
-    """Prints the one startup line once the listener is really up (tests wait for it)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def running(self) -> None:
-        s = self.settings
-        print(
-            f"valet: listening on http://{s.host}:{s.port} ({s.mode} mode), "
-            f"config {s.config}, data dir {s.data_dir}",
-            flush=True,
-        )
+def _announce(s: Settings) -> None:
+    """The one startup line, printed once the listener is really up (tests wait for it)."""
+    print(
+        f"valet: listening on http://{s.host}:{s.port} ({s.mode} mode), config {s.config}, data dir {s.data_dir}",
+        flush=True,
+    )
 
 
 async def serve(settings: Settings) -> None:
-    master = build_master(settings)
-    master.addons.add(_Announce(settings))
+    proxy = build_master(settings, on_running=lambda: _announce(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
-    await master.run()
+        loop.add_signal_handler(sig, proxy.shutdown)
+    await proxy.run()
 
 
 def run(settings: Settings) -> int:

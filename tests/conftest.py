@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import Upstream, Valet, start_upstream, start_valet
+from .support import Upstream, Valet, assert_clean_log, start_upstream, start_valet
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,7 @@ def valet(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
     proxy = start_valet(tmp_path_factory.mktemp("valet"), {"notes": upstream.url})
     yield proxy
     assert proxy.stop() == 0, "valet must shut down cleanly on SIGTERM"
+    assert_clean_log(proxy)
 
 
 @pytest.fixture

@@ -206,3 +206,9 @@ def running_valet(tmp: Path, servers: dict[str, str], **kw: Any) -> Iterator[Val
         yield valet
     finally:
         valet.stop()
+
+
+def assert_clean_log(valet: Valet) -> None:
+    """No hook raised while the suite drove this proxy: an unexpected exception is a bug even when it failed closed."""
+    log = valet.log.read_text(errors="replace")
+    assert "Addon error" not in log and "internal error" not in log, log[-3000:]

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from .support import Upstream, Valet, start_upstream, start_valet
+from .support import assert_clean_log, Upstream, Valet, start_upstream, start_valet
 from .tls import self_signed_localhost
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +38,7 @@ def forward(tls_upstream, upstream: Upstream, tmp_path_factory: pytest.TempPathF
     )
     yield proxy
     assert proxy.stop() == 0
+    assert_clean_log(proxy)
 
 
 def valet_ca(proxy: Valet) -> ssl.SSLContext:

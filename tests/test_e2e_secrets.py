@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from addon.redact import forms_of
 
-from .support import PYTHON, ROOT, Upstream, Valet, jsonrpc, post, start_upstream, start_valet
+from .support import assert_clean_log, PYTHON, ROOT, Upstream, Valet, jsonrpc, post, start_upstream, start_valet
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +105,7 @@ def valet(upstream: Upstream, json_upstream: Upstream, tmp_path_factory: pytest.
         assert value not in out.stdout + out.stderr
     yield proxy
     assert proxy.stop() == 0
+    assert_clean_log(proxy)
 
 
 def client(valet: Valet, key: str, mode: str, server: str = "notes") -> Client:

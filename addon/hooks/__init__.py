@@ -1,16 +1,32 @@
-"""The mitmproxy addons: thin shells over the pure core, sharing one Exchange per flow.
+"""The mitmproxy side of Valet: one addon that runs small stages, each a thin shell over the pure core.
 
-Order matters and is fixed by :func:`valet_addons`: open the exchange,
-authenticate, route, check the session, parse, inject, filter the response, and
-last, record the exchange. Each hook returns at once when an earlier addon already answered
-the flow (``flow.response`` set) or the flow is dead.
+mitmproxy walks its whole addon list for every event of every flow, whether an
+addon implements the event or not, and that walk is most of what an addon
+costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
+fixed order; each stage is still its own small class with one concern:
+
+    open the exchange -> authenticate -> route -> check the session -> parse
+    -> inject -> (upstream) -> filter the response -> record
+
+Every stage hook returns at once when an earlier stage already answered the
+flow, and every hook, the stages' and this dispatcher's, fails closed
+(:mod:`.failsafe`).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import connection, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import server_hooks
+
 from .authenticate import Authenticator
 from .inject import Injector
-from .inspect import RpcInspector
+from .failsafe import fail_closed
+from .parse import RpcInspector
 from .recorder import ExchangeOpener, ExchangeRecorder
 from .relay import ResponseFilter
 from .router import Router
@@ -18,19 +34,96 @@ from .sessions import SessionGuard
 from .state import ValetState
 
 
-def valet_addons() -> list[object]:
-    state = ValetState()
-    return [
-        state,
-        ExchangeOpener(state),
-        Authenticator(state),
-        Router(state),
-        SessionGuard(state),
-        RpcInspector(state),
-        Injector(state),
-        ResponseFilter(state),
-        ExchangeRecorder(state),
-    ]
+def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
+    return [getattr(stage, hook) for stage in stages if hasattr(stage, hook)]
 
 
-__all__ = ["valet_addons", "ValetState"]
+class Valet:
+    def __init__(self, on_running: Callable[[], None] | None = None) -> None:
+        self.on_running = on_running
+        state = self.state = ValetState()
+        stages = [
+            ExchangeOpener(state),
+            Authenticator(state),
+            Router(state),
+            SessionGuard(state),
+            RpcInspector(state),
+            Injector(state),
+            ResponseFilter(state),
+            ExchangeRecorder(state),
+        ]
+        self.stages = stages
+        self._http_connect = _chain(stages, "http_connect")
+        self._requestheaders = _chain(stages, "requestheaders")
+        self._request = _chain(stages, "request")
+        self._responseheaders = _chain(stages, "responseheaders")
+        self._response = _chain(stages, "response")
+        self._error = _chain(stages, "error")
+        self._client_disconnected = _chain(stages, "client_disconnected")
+        self._server_connect = _chain(stages, "server_connect")
+
+    # lifecycle: the state owns options, config, key ring, vault and audit writer
+    def load(self, loader: Loader) -> None:
+        self.state.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        self.state.configure(updated)
+
+    def running(self) -> None:
+        self.state.running()
+        if self.on_running is not None:
+            self.on_running()
+
+    def done(self) -> None:
+        self.state.done()
+
+    # flow events
+    @fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        await _run(self._http_connect, flow)
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        await _run(self._requestheaders, flow)
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        await _run(self._request, flow)
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        for hook in self._responseheaders:
+            hook(flow)
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        for hook in self._response:
+            hook(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        for hook in self._error:
+            hook(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for hook in self._client_disconnected:
+            hook(client)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        for hook in self._server_connect:
+            hook(data)
+
+
+async def _run(hooks: list[Callable[[http.HTTPFlow], Any]], flow: http.HTTPFlow) -> None:
+    for hook in hooks:
+        result = hook(flow)
+        if inspect.isawaitable(result):
+            await result
+        if flow.response is not None or flow.error is not None:
+            return  # answered (refused) by this stage: the later ones have nothing to add
+
+
+def valet_addons(on_running: Callable[[], None] | None = None) -> list[object]:
+    return [Valet(on_running)]
+
+
+__all__ = ["Valet", "ValetState", "valet_addons"]

@@ -28,7 +28,7 @@ from ..inject import Resolution, hide_injected, inject_arguments, upstream_heade
 from ..outbound import Outbound
 from ..redact import Redactor
 from ..vault import VaultError
-from .inspect import describe
+from .parse import describe
 from .failsafe import fail_closed
 from .state import ValetState, exchange_of, refuse
 
