@@ -11,6 +11,8 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -205,14 +207,23 @@ def secret() -> None:
     """Secrets in the encrypted vault. There is deliberately no command that prints a value."""
 
 
-def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
-    from .vault import Vault, VaultError, load_master_keys
+@contextmanager
+def _vault_errors() -> Iterator[None]:
+    """Vault errors are messages for the operator (they never hold key material or values)."""
+    from .vault import VaultError
 
     try:
-        vault = Vault(data_dir, load_master_keys(data_dir))
-        vault.verify_keys()
+        yield
     except VaultError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
+    from .vault import Vault, load_master_keys
+
+    with _vault_errors():
+        vault = Vault(data_dir, load_master_keys(data_dir))
+        vault.verify_keys()
     return vault
 
 
@@ -232,14 +243,10 @@ def _read_secret_value() -> str:
 @data_dir_option
 def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None:
     """Store a secret; the value is read from stdin or a no-echo prompt."""
-    from .vault import VaultError
-
     vault = _vault(data_dir)
     value = _read_secret_value()
-    try:
+    with _vault_errors():
         row = vault.set(server, user, name, value)
-    except VaultError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"stored {name} for server {server} ({'user ' + user if user else 'shared'}), "
                f"fingerprint {row.fingerprint}")
 
@@ -288,13 +295,11 @@ def vault_rotate(prune: bool, data_dir: Path) -> None:
 
     A running proxy picks the change up on its next request.
     """
-    from .vault import VaultError, rotate
+    from .vault import rotate
 
     _vault(data_dir)  # refuse to rotate a vault the current keys cannot open
-    try:
+    with _vault_errors():
         version, count = rotate(data_dir, prune=prune)
-    except VaultError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"master key version {version}: re-encrypted {count} secrets")
 
 
@@ -302,13 +307,9 @@ def vault_rotate(prune: bool, data_dir: Path) -> None:
 @data_dir_option
 def vault_reencrypt(data_dir: Path) -> None:
     """Re-encrypt every secret under the newest key version (after adding one to VALET_MASTER_KEY)."""
-    from .vault import VaultError
-
     v = _vault(data_dir)
-    try:
+    with _vault_errors():
         count, _ = v.reencrypt()
-    except VaultError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"master key version {v.keys.current}: re-encrypted {count} secrets")
 
 

@@ -50,6 +50,12 @@ def _check_template(value: str) -> str:
     return value
 
 
+def _check_templates(mapping: dict[str, str]) -> dict[str, str]:
+    for template in mapping.values():
+        _check_template(template)
+    return mapping
+
+
 class BasicAuth(_Strict):
     username: str
     password: str
@@ -68,9 +74,7 @@ class InjectRule(_Strict):
     @field_validator("arguments")
     @classmethod
     def _templates(cls, value: dict[str, str]) -> dict[str, str]:
-        for template in value.values():
-            _check_template(template)
-        return value
+        return _check_templates(value)
 
 
 class ServerConfig(_Strict):
@@ -97,9 +101,7 @@ class ServerConfig(_Strict):
     @field_validator("query")
     @classmethod
     def _check_query(cls, value: dict[str, str]) -> dict[str, str]:
-        for template in value.values():
-            _check_template(template)
-        return value
+        return _check_templates(value)
 
     @model_validator(mode="after")
     def _one_authorization(self) -> ServerConfig:
