@@ -36,6 +36,7 @@ COLUMNS: tuple[str, ...] = (
     "tool",
     "arguments",
     "decision",
+    "rule",
     "reason",
     "error_code",
     "session_id",
@@ -63,6 +64,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
     tool        TEXT,              -- tools/call name
     arguments   TEXT,              -- JSON: tools/call arguments; for a batch, the list of messages
     decision    TEXT NOT NULL,     -- allow | deny | error
+    rule        TEXT,              -- the policy rule id (or switch, or default:SERVER) that decided
     reason      TEXT,              -- stable reason code (see README), e.g. unknown_key
     error_code  INTEGER,           -- JSON-RPC error code Valet answered with, if any
     session_id  TEXT,              -- Mcp-Session-Id

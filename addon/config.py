@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import templates
 
+M = TypeVar("M", bound=BaseModel)
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
@@ -31,7 +32,7 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message is meant for humans."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -56,7 +57,7 @@ def _check_templates(mapping: dict[str, str]) -> dict[str, str]:
     return mapping
 
 
-class BasicAuth(_Strict):
+class BasicAuth(Strict):
     username: str
     password: str
 
@@ -66,7 +67,7 @@ class BasicAuth(_Strict):
         return _check_template(value)
 
 
-class InjectRule(_Strict):
+class InjectRule(Strict):
     tools: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
                              description="globs on tool names (fnmatch, case-sensitive)")
     arguments: dict[str, str] = Field(min_length=1, description="argument name -> template")
@@ -77,8 +78,9 @@ class InjectRule(_Strict):
         return _check_templates(value)
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     url: str = Field(description="The upstream MCP endpoint, http:// or https://")
+    kind: Literal["mcp", "http"] = Field("mcp", description="mcp: JSON-RPC over HTTP; http: a plain HTTP API")
     headers: dict[str, str] = Field(default_factory=dict, description="upstream headers, with ${secret:NAME}")
     basic_auth: BasicAuth | None = None
     query: dict[str, str] = Field(default_factory=dict, description="upstream query parameters to set")
@@ -156,7 +158,7 @@ class ServerConfig(_Strict):
         return value
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(Strict):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0, description="largest JSON-RPC request body")
     max_buffered_bytes: int = Field(
         DEFAULT_MAX_BUFFERED_BYTES, gt=0,
@@ -170,8 +172,25 @@ class LimitsConfig(_Strict):
         return self
 
 
-class ValetConfig(_Strict):
+class RateLimitsConfig(Strict):
+    storage: str = Field("memory://", description="memory:// (one process) or redis://HOST:PORT[/DB] (shared)")
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if scheme not in ("memory", "redis", "rediss") or "://" not in value:
+            raise ValueError("must be memory:// or redis://HOST:PORT[/DB] (rediss:// for TLS)")
+        return value
+
+
+class ValetConfig(Strict):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    policy_files: list[str] = Field(
+        default_factory=lambda: ["rules/*.yaml"],
+        description="globs of policy files, relative to this file's directory; all are loaded and merged",
+    )
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     passthrough: list[str] = Field(
         default_factory=list,
         description="forward mode only: host or host:port that agents may reach without a server entry",
@@ -204,6 +223,11 @@ def load_config(path: Path) -> LoadedConfig:
 
 
 def parse_config(text: str, source: str = "<config>") -> ValetConfig:
+    return parse_model(text, source, ValetConfig)
+
+
+def parse_model(text: str, source: str, model: type[M]) -> M:
+    """Strict YAML into a strict pydantic model; every error names source, line and field."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -216,7 +240,7 @@ def parse_config(text: str, source: str = "<config>") -> ValetConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}:{_line(root)}: the top level must be a mapping")
     try:
-        return ValetConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(err, root, source) for err in exc.errors())) from None
 

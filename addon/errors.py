@@ -35,6 +35,10 @@ class Cause(Enum):
     HEADER_MISMATCH = ("header_mismatch", -32020, 400)
     AUDIT_UNAVAILABLE = ("audit_unavailable", -32010, 503)
     UPSTREAM_ERROR = ("upstream_error", -32011, 502)
+    RATE_LIMITED = ("rate_limited", -32029, 429)
+    DENIED = ("denied", -32030, 403)
+    DISABLED = ("disabled", -32031, 403)
+    INVALID_TOOL_NAME = ("invalid_tool_name", -32032, 400)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property
@@ -58,6 +62,8 @@ class Refusal(Exception):
     message: str
     rpc_id: Any = None
     status: int | None = None  # overrides cause.status, e.g. 407 for key failures on proxy credentials
+    data: dict[str, Any] | None = None  # more for error.data, e.g. the rule that decided
+    headers: dict[str, str] | None = None  # more response headers, e.g. Retry-After
 
     @property
     def http_status(self) -> int:
@@ -68,6 +74,6 @@ class Refusal(Exception):
         error = {
             "code": self.cause.code,
             "message": self.message,
-            "data": {"reason": self.cause.reason},
+            "data": {"reason": self.cause.reason, **(self.data or {})},
         }
         return json.dumps({"jsonrpc": "2.0", "id": self.rpc_id, "error": error}).encode()

@@ -30,6 +30,7 @@ class Exchange:
     tool: str | None = None
     arguments: str | None = None
     decision: str = "allow"
+    rule: str | None = None  # the policy rule (or switch, or server default) that decided
     reason: str | None = None
     error_code: int | None = None
     session_id: str | None = None
@@ -40,9 +41,11 @@ class Exchange:
     injected: str | None = None  # JSON list of the secret names injected
     overridden: str | None = None  # JSON list of injected arguments the agent had set itself
     recorded: bool = False
-    # Not audited: what later addons need from earlier ones.
+    # Not audited: what later stages need from earlier ones.
+    snapshot: Any = None  # the configuration and policy in force when the request arrived (addon.snapshot)
     body: Any = None  # the parsed JSON-RPC body (addon.jsonrpc.Body), forwarded after injection
     outbound: Any = None  # the response transformation (addon.outbound.Outbound), if any
+    visible: Any = None  # tool name -> may this caller see it in tools/list (from the policy)
 
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""

@@ -16,13 +16,13 @@ from pathlib import Path
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def signature(path: Path) -> tuple[int, ...]:
+def signature(path: Path, sqlite: bool = True) -> tuple[int, ...]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return (0, 0, 0, 0)
     counter = 0
-    if st.st_size >= 100:
+    if sqlite and st.st_size >= 100:
         try:
             with open(path, "rb", buffering=0) as f:
                 header = f.read(28)

@@ -20,9 +20,10 @@ class Outbound:
     """The transformation for one exchange's response.
 
     ``tools_list_ids`` are the JSON-RPC ids of the exchange's tools/list
-    requests: only their results are rewritten. ``hide`` removes injected
-    arguments from one tool entry; ``remember`` sees each tool's schema first,
-    as the upstream sent it (Valet needs it to mirror ``Mcp-Param-*`` headers).
+    requests: only their results are rewritten. ``visible`` drops the tools the
+    caller may not call; ``hide`` removes injected arguments from one tool
+    entry; ``remember`` sees each remaining tool's schema first, as the upstream
+    sent it (Valet needs it to mirror ``Mcp-Param-*`` headers).
     """
 
     def __init__(
@@ -31,15 +32,17 @@ class Outbound:
         tools_list_ids: frozenset[Any] = frozenset(),
         hide: ToolFilter | None = None,
         remember: Callable[[dict[str, Any]], None] | None = None,
+        visible: Callable[[str], bool] | None = None,
     ) -> None:
         self.redactor = redactor
         self.tools_list_ids = tools_list_ids
         self.hide = hide
         self.remember = remember
+        self.visible = visible
 
     @property
     def active(self) -> bool:
-        return bool(self.redactor) or bool(self.tools_list_ids and (self.hide or self.remember))
+        return bool(self.redactor) or bool(self.tools_list_ids and (self.hide or self.remember or self.visible))
 
     def header(self, value: str) -> str:
         return self.redactor.text(value)
@@ -77,6 +80,12 @@ class Outbound:
             tools = result.get("tools") if isinstance(result, dict) else None
             if not isinstance(tools, list):
                 continue
+            if self.visible is not None:
+                kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
+                        and self.visible(t["name"])]
+                if len(kept) != len(tools):
+                    result["tools"] = tools = kept
+                    touched = True
             for tool in tools:
                 if not isinstance(tool, dict):
                     continue

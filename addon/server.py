@@ -96,6 +96,7 @@ async def serve(settings: Settings) -> None:
 
 def run(settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("valet").setLevel(logging.INFO)  # reloads and refusals of config changes are for ops
     try:
         load_config(settings.config)  # fail before binding anything, with the file:line message
     except ConfigError as exc:

@@ -139,22 +139,36 @@ class Valet:
         return self.process.returncode
 
 
-def write_config(path: Path, servers: dict[str, str], extra: str = "") -> Path:
+ALLOW_ALL = "rules:\n  - id: allow-all\n    effect: allow\n"
+
+
+def write_config(path: Path, servers: dict[str, str], extra: str = "", policy: str | None = ALLOW_ALL) -> Path:
+    """A config, and beside it ``policy.yaml`` (by default one rule allowing everything)."""
     lines = ["servers:"] + [f"  {name}:\n    url: {url}" for name, url in servers.items()]
     if not servers:
         lines = ["servers: {}"]
-    path.write_text("\n".join(lines) + "\n" + extra)
+    text = "\n".join(lines) + "\n" + extra
+    if policy is not None:
+        (path.parent / "policy.yaml").write_text(policy)
+        if "policy_files" not in text:
+            text += "\npolicy_files: [policy.yaml]\n"
+    path.write_text(text)
     return path
 
 
 def start_valet(tmp: Path, servers: dict[str, str] | None, mode: str = "reverse", extra: str = "",
-                config_text: str | None = None, env: dict[str, str] | None = None) -> Valet:
+                config_text: str | None = None, env: dict[str, str] | None = None,
+                policy: str | None = ALLOW_ALL) -> Valet:
     """Start run_proxy.py; its whole output goes to ``<tmp>/valet.log`` (tests search it for leaks)."""
     config = tmp / "valet.yaml"
     if config_text is not None:
+        if policy is not None:
+            (tmp / "policy.yaml").write_text(policy)
+            if "policy_files" not in config_text:
+                config_text += "\npolicy_files: [policy.yaml]\n"
         config.write_text(config_text)
     else:
-        write_config(config, servers or {}, extra)
+        write_config(config, servers or {}, extra, policy)
     data_dir = tmp / "data"
     port = free_port()
     log = tmp / "valet.log"

@@ -6,7 +6,7 @@ costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
     open the exchange -> authenticate -> route -> check the session -> parse
-    -> inject -> (upstream) -> filter the response -> record
+    -> decide (policy, rate) -> inject -> (upstream) -> filter the response -> record
 
 Every stage hook returns at once when an earlier stage already answered the
 flow, and every hook, the stages' and this dispatcher's, fails closed
@@ -26,6 +26,7 @@ from mitmproxy.proxy import server_hooks
 from .authenticate import Authenticator
 from .inject import Injector
 from .failsafe import fail_closed
+from .gate import PolicyGate
 from .parse import RpcInspector
 from .recorder import ExchangeOpener, ExchangeRecorder
 from .relay import ResponseFilter
@@ -48,6 +49,7 @@ class Valet:
             Router(state),
             SessionGuard(state),
             RpcInspector(state),
+            PolicyGate(state),
             Injector(state),
             ResponseFilter(state),
             ExchangeRecorder(state),

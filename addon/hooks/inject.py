@@ -61,9 +61,8 @@ class Injector:
         return redactor
 
     def _outbound(self, exchange: Exchange, server: ServerConfig, redactor: Redactor) -> Outbound:
-        """tools/list ids are added in ``request``, once the body is parsed."""
         hide = (lambda tool: hide_injected(server, tool)) if server.inject else None
-        return Outbound(redactor, hide=hide, remember=self._remember(exchange))
+        return Outbound(redactor, hide=hide, remember=self._remember(exchange), visible=exchange.visible)
 
     def _remember(self, exchange: Exchange):  # type: ignore[no-untyped-def]
         server = exchange.server
@@ -89,7 +88,7 @@ class Injector:
         exchange = exchange_of(flow)
         if exchange is None or exchange.server is None or exchange.user is None:
             return  # passthrough, or refused earlier
-        server = self.state.config.servers[exchange.server]
+        server = exchange.snapshot.config.servers[exchange.server]
         body = exchange.body
         try:
             if server.secret_names:

@@ -33,6 +33,8 @@ class RpcInspector:
         if exchange is None or exchange.server is None:
             return  # passthrough: not an MCP endpoint of ours
         request = flow.request
+        if exchange.snapshot.config.servers[exchange.server].kind == "http":
+            return  # a plain HTTP API: its bodies are not JSON-RPC
         for name in _SINGLE_HEADERS:
             if len(request.headers.get_all(name)) > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
@@ -45,7 +47,7 @@ class RpcInspector:
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
             return
         length = request.headers.get("content-length")
-        limit = self.state.config.limits.max_body_bytes
+        limit = exchange.snapshot.config.limits.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
 
@@ -59,6 +61,8 @@ class RpcInspector:
         request = flow.request
         raw = request.raw_content or b""
         exchange.bytes_in = len(raw)
+        if exchange.snapshot.config.servers[exchange.server].kind == "http":
+            return
         if request.method != "POST":
             if raw:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"{request.method} requests carry no body"))
@@ -68,7 +72,7 @@ class RpcInspector:
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "JSON-RPC requests must be application/json"))
             return
         try:
-            body = parse_body(raw, self.state.config.limits.max_body_bytes)
+            body = parse_body(raw, exchange.snapshot.config.limits.max_body_bytes)
             describe(exchange, body)
             headers = request.headers
             check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))

@@ -25,14 +25,16 @@ class ExchangeOpener:
         return exchange
 
     @fail_closed
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        self._open(flow)
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        exchange = self._open(flow)
+        exchange.snapshot = await self.state.current()
 
     @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        self._open(flow)
+        exchange = self._open(flow)
+        exchange.snapshot = await self.state.current()
         if self.state.audit is None or not self.state.audit.healthy:
             refuse(flow, Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written; refusing to forward"), "error")
 

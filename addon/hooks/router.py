@@ -26,7 +26,8 @@ class Router:
         if flow.response or flow.error:
             return
         host, port = flow.request.host.lower(), flow.request.port
-        if not self.state.routes.allows_host(host, port):
+        exchange = exchange_of(flow)
+        if exchange is None or not exchange.snapshot.routes.allows_host(host, port):
             refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, f"CONNECT to {host}:{port} is not allowed"))
             self.state.record_refused_connect(flow)
             return
@@ -38,19 +39,21 @@ class Router:
             return
         request = flow.request
         exchange = exchange_of(flow)
+        if exchange is None:
+            return
+        routes = exchange.snapshot.routes
         try:
             if self.state.mode == "reverse":
-                route = self.state.routes.reverse(request.path)
+                route = routes.reverse(request.path)
             else:
                 self._check_tunnel_host(flow)
-                route = self.state.routes.forward(request.scheme, request.host, request.port, request.path)
+                route = routes.forward(request.scheme, request.host, request.port, request.path)
         except Refusal as refusal:
             refuse(flow, refusal)
             return
         if route is None:  # allowed passthrough: forwarded as is, still authenticated and audited
             return
-        if exchange is not None:
-            exchange.server = route.server
+        exchange.server = route.server
         request.scheme, request.host, request.port = route.scheme, route.host, route.port
         request.path = route.path
         # Bodies coming back must be readable (to stream SSE event by event, to redact):

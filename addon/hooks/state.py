@@ -1,4 +1,4 @@
-"""Valet's options, configuration, key ring and audit writer, shared by the other addons."""
+"""Valet's options, configuration snapshot, key ring, vault, rate limiter and audit writer, shared by the stages."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from ..audit import AuditWriter
-from ..config import ConfigError, ValetConfig, load_config
+from ..config import ConfigError
 from ..errors import Refusal
 from ..exchange import Exchange
 from ..identity import KeyRing, KeyStore
-from ..routing import RouteTable
+from ..ratelimit import RateLimiter
+from ..snapshot import Snapshot, load_snapshot, signature_of, watched
 from ..vault import SecretCache, VaultError
 
 log = logging.getLogger("valet")
@@ -26,8 +27,10 @@ class ValetState:
     """Loads what the other addons decide with; reloads nothing behind their back."""
 
     def __init__(self) -> None:
-        self.config = ValetConfig()
-        self.routes = RouteTable(self.config)
+        self.snapshot: Snapshot | None = None
+        self.limiter: RateLimiter | None = None
+        self._watched: list[Path] = []
+        self._rejected: tuple[int, ...] | None = None  # signature of files whose reload failed
         self.keyring: KeyRing | None = None
         self.audit: AuditWriter | None = None
         self.secrets: SecretCache | None = None
@@ -41,16 +44,10 @@ class ValetState:
     def configure(self, updated: set[str]) -> None:
         if "valet_config" in updated and ctx.options.valet_config:
             try:
-                loaded = load_config(Path(ctx.options.valet_config))
+                snapshot = load_snapshot(Path(ctx.options.valet_config))
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
-            self.config = loaded.config
-            self.routes = RouteTable(self.config)
-            # mitmproxy aborts any buffered body past this while it arrives (before it is all in memory),
-            # for refused flows too; SSE responses are streamed and not held.
-            ctx.options.update(body_size_limit=str(self.config.limits.max_buffered_bytes))
-            if self.config.upstream_ca_file:
-                ctx.options.update(ssl_verify_upstream_trusted_ca=self.config.upstream_ca_file)
+            self._install(snapshot)
         if "valet_mode" in updated:
             if ctx.options.valet_mode not in ("reverse", "forward"):
                 raise exceptions.OptionsError("valet_mode must be 'reverse' or 'forward'")
@@ -69,6 +66,45 @@ class ValetState:
             if self.audit is not None:
                 self.audit.close()
             self.audit = AuditWriter(data_dir / "audit.db")
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Make a snapshot current, with the mitmproxy options and the limiter it implies."""
+        previous = self.snapshot
+        self.snapshot = snapshot
+        self._watched = watched(snapshot.config_path, snapshot.config)
+        config = snapshot.config
+        # mitmproxy aborts any buffered body past this while it arrives (before it is all in memory),
+        # for refused flows too; SSE responses are streamed and not held.
+        ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
+        if config.upstream_ca_file:
+            ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
+        if previous is None or previous.config.rate_limits != config.rate_limits or self.limiter is None:
+            self.limiter = RateLimiter(config.rate_limits.storage)
+
+    async def current(self) -> Snapshot:
+        """The snapshot for a new request: reloaded first if any config or policy file changed.
+
+        A few ``stat`` calls per request; the reading and validation run in a worker thread.
+        """
+        assert self.snapshot is not None
+        signature = signature_of(self._watched)
+        if signature != self.snapshot.signature and signature != self._rejected:
+            try:
+                snapshot = await asyncio.to_thread(load_snapshot, self.snapshot.config_path)
+            except ConfigError as exc:
+                self._rejected = signature
+                log.error("configuration change rejected, the last good configuration stays in force:\n%s", exc)
+            except Exception as exc:  # noqa: BLE001 - never fail open, never crash the request path
+                self._rejected = signature
+                log.error("configuration reload failed (%s); the last good configuration stays in force",
+                          type(exc).__name__)
+            else:
+                self._rejected = None
+                self._install(snapshot)
+                log.info("configuration reloaded: %d servers, %d rules from %d policy files",
+                            len(snapshot.config.servers), snapshot.policy.rule_count,
+                            len(snapshot.policy.sources.files))
+        return self.snapshot
 
     def running(self) -> None:
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_keys())
@@ -115,7 +151,9 @@ def refuse(flow: http.HTTPFlow, refusal: Refusal, decision: str = "deny") -> Non
         exchange.decision = decision
         exchange.reason = refusal.cause.reason
         exchange.error_code = refusal.cause.code
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(refusal.headers or {})}
+    if exchange is not None and refusal.data and "rule" in refusal.data:
+        exchange.rule = refusal.data["rule"]
     status = refusal.http_status
     if status == 407:
         headers["proxy-authenticate"] = 'Basic realm="valet"'

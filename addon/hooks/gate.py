@@ -1,0 +1,94 @@
+"""Enforce the policy: kill switches, allow/deny rules, argument constraints, rate limits.
+
+Runs on the parsed request (after :mod:`.parse`, before :mod:`.inject`), so it
+decides on exactly what will be forwarded: a JSON-RPC batch is judged message
+by message and refused whole if any message is refused; an argument a rule
+constrains as a path goes upstream in the normalized form the rule judged.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from mitmproxy import http
+
+from ..errors import Cause, Refusal
+from ..policy import Call, Decision, visible_tools
+from .failsafe import fail_closed
+from .state import ValetState, exchange_of, refuse
+
+# MCP's tool name rule (2025-11-25): anything else could be a look-alike or carry invisible characters.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}\Z")
+
+
+class PolicyGate:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.server is None or exchange.user is None:
+            return
+        snapshot = exchange.snapshot
+        policy = snapshot.policy
+        base = Call(exchange.user, exchange.agent or "", exchange.key_id or "", exchange.server)
+        body = exchange.body
+        if snapshot.config.servers[exchange.server].kind == "http":
+            path = unquote(flow.request.path.partition("?")[0])
+            calls = [Call(*_ids(base), http_method=flow.request.method.upper(), http_path=path, is_http_api=True)]
+            messages: list = [None]
+        elif body is None:  # the session's GET stream or DELETE
+            calls, messages = [base], [None]
+        else:
+            messages = list(body.messages)
+            calls = []
+            for message in messages:
+                if message.tool is not None and not TOOL_NAME.match(message.tool):
+                    refuse(flow, Refusal(Cause.INVALID_TOOL_NAME,
+                                         "tool names are 1 to 128 of A-Z a-z 0-9 _ - .", message.id))
+                    return
+                calls.append(Call(*_ids(base), method=message.method, tool=message.tool,
+                                  arguments=message.arguments))
+        decisions = [policy.decide(call) for call in calls]
+        for message, decision in zip(messages, decisions, strict=True):
+            if not decision.allowed:
+                refuse(flow, _refusal(decision, message, body is not None and body.is_batch))
+                return
+        exchange.rule = decisions[0].rule if len(decisions) == 1 else None
+        for message, decision in zip(messages, decisions, strict=True):
+            for argument, normalized in decision.rewrites:
+                message.raw["params"]["arguments"][argument] = normalized
+        limiter = self.state.limiter
+        if limiter is not None:
+            for call, message in zip(calls, messages, strict=True):
+                rules = policy.rate_rules(call)
+                if not rules:
+                    continue
+                verdict = await limiter.hit(rules, call)
+                if not verdict.allowed:
+                    refuse(flow, Refusal(
+                        Cause.RATE_LIMITED, f"rate limit {verdict.rule!r} reached; retry in {verdict.retry_after}s",
+                        message.id if message is not None else None,
+                        data={"rule": verdict.rule, "retry_after": verdict.retry_after},
+                        headers={"retry-after": str(verdict.retry_after)},
+                    ))
+                    return
+        exchange.visible = visible_tools(policy, base)
+
+
+def _ids(call: Call) -> tuple[str, str, str, str]:
+    return call.user, call.agent, call.key_id, call.server
+
+
+def _refusal(decision: Decision, message, in_batch: bool) -> Refusal:  # type: ignore[no-untyped-def]
+    rpc_id = message.id if message is not None and not in_batch else None
+    what = f"{message.method} {message.tool or ''}".strip() if message is not None else "this request"
+    if decision.reason == "disabled":
+        return Refusal(Cause.DISABLED, f"{what}: switched off by {decision.rule}", rpc_id,
+                       data={"rule": decision.rule})
+    return Refusal(Cause.DENIED, f"{what} is not allowed (rule {decision.label})", rpc_id,
+                   data={"rule": decision.label, **({"id": message.id} if in_batch and message else {})})

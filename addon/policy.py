@@ -1,0 +1,220 @@
+"""Decisions: may this caller make this call? Pure functions over compiled rules.
+
+Order of evaluation, for each call (each JSON-RPC message of a batch, or one
+plain HTTP request):
+
+1. Kill switches: a disabled server, user or key is refused outright.
+2. Protocol housekeeping (``initialize``, ``ping``, ``notifications/*``,
+   ``server/discover``, ``logging/setLevel``, ``tools/list``, responses to the
+   server's own requests, and the session's GET stream and DELETE) is allowed
+   for any authenticated caller of an enabled server: without it no client can
+   even start. ``tools/list`` answers are filtered to the tools the caller may
+   call.
+3. Deny rules: the first that matches refuses the call. Deny wins.
+4. Allow rules: the first that matches allows it.
+5. Otherwise the server's default; the default default is deny.
+
+A rule matches when every condition it states holds. Conditions on names are
+globs (see :mod:`addon.globs` for case handling: allow rules match case
+exactly, deny rules ignore case); argument conditions are in
+:mod:`addon.arguments`. Rate rules match the same way and are applied by
+:mod:`addon.ratelimit` to calls that were allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from limits import RateLimitItem, parse_many
+
+from .arguments import Check
+from .globs import name_pattern, path_pattern
+from .policy_files import PolicySources, Rule
+
+HOUSEKEEPING = re.compile(
+    r"(initialize|ping|server/discover|logging/setLevel|tools/list|notifications/.+)\Z"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a decision is about. ``method`` is None for a plain HTTP request and for a JSON-RPC response."""
+
+    user: str
+    agent: str
+    key_id: str
+    server: str
+    method: str | None = None
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    http_method: str | None = None
+    http_path: str | None = None  # percent-decoded, normalized
+    is_http_api: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str  # allowed | housekeeping | default | denied | disabled
+    rule: str | None  # the rule (or switch, or default) that decided
+    rewrites: tuple[tuple[str, str], ...] = ()  # argument -> normalized path to forward
+
+    @property
+    def label(self) -> str:
+        return self.rule or self.reason
+
+
+class _Matcher:
+    """A rule's conditions, compiled."""
+
+    def __init__(self, rule: Rule, ignore_case: bool) -> None:
+        def names(values: list[str] | None) -> re.Pattern[str] | None:
+            return name_pattern(values, ignore_case) if values is not None else None
+
+        self.rule = rule
+        self.users, self.agents, self.keys = names(rule.users), names(rule.agents), names(rule.keys)
+        self.servers, self.methods, self.tools = names(rule.servers), names(rule.methods), names(rule.tools)
+        self.http_methods = set(rule.http.methods) if rule.http and rule.http.methods else None
+        self.http_paths = path_pattern(rule.http.paths, ignore_case) if rule.http and rule.http.paths else None
+        self.checks = {
+            name: Check(
+                under=a.under, regex=re.compile(a.regex) if a.regex is not None else None,
+                one_of=tuple(a.one_of) if a.one_of is not None else None, max_length=a.max_length,
+                minimum=a.min, maximum=a.max, optional=a.optional,
+            )
+            for name, a in (rule.arguments or {}).items()
+        }
+
+    def identity(self, call: Call) -> bool:
+        return all(
+            pattern is None or pattern.match(value) is not None
+            for pattern, value in ((self.users, call.user), (self.agents, call.agent), (self.keys, call.key_id),
+                                   (self.servers, call.server))
+        )
+
+    def target(self, call: Call) -> bool:
+        if call.is_http_api:
+            if self.rule.http is None:
+                return self.rule.tools is None and self.rule.methods is None
+            return (self.http_methods is None or call.http_method in self.http_methods) and (
+                self.http_paths is None or self.http_paths.match(call.http_path or "") is not None
+            )
+        if self.rule.http is not None:
+            return False
+        if self.tools is not None:
+            return call.method == "tools/call" and call.tool is not None and self.tools.match(call.tool) is not None
+        return self.methods is None or (call.method is not None and self.methods.match(call.method) is not None)
+
+    def arguments(self, call: Call, deny: bool) -> tuple[bool, list[tuple[str, str]]]:
+        """Whether the argument conditions hold (for a deny rule: hold or cannot be ruled out)."""
+        rewrites: list[tuple[str, str]] = []
+        args = call.arguments or {}
+        for name, check in self.checks.items():
+            verdict, normalized = check.evaluate(name in args, args.get(name))
+            if normalized is not None and normalized != args.get(name):
+                rewrites.append((name, normalized))
+            if verdict is None:
+                verdict = deny  # undecidable: a deny rule fires, an allow rule does not
+            if not verdict:
+                return False, rewrites
+        return True, rewrites
+
+
+@dataclass(frozen=True)
+class RateRule:
+    id: str
+    limits: tuple[RateLimitItem, ...]
+    per: tuple[str, ...]
+    matcher: _Matcher = field(repr=False)
+
+    def identifiers(self, call: Call) -> tuple[str, ...]:
+        values: dict[str, Any] = {"user": call.user, "agent": call.agent, "key": call.key_id,
+                                  "server": call.server, "tool": call.tool or "", "method": call.method or ""}
+        out = []
+        for scope in self.per:
+            if scope.startswith("argument:"):
+                out.append(f"{scope}={(call.arguments or {}).get(scope[9:])!r}")
+            else:
+                out.append(f"{scope}={values[scope]}")
+        return tuple(out)
+
+
+class PolicySet:
+    """Compiled from the merged policy files; immutable, shared by every request until the next reload."""
+
+    def __init__(self, sources: PolicySources) -> None:
+        self.sources = sources
+        self.denies = [_Matcher(r, ignore_case=True) for r, _ in sources.rules if r.effect == "deny"]
+        self.allows = [_Matcher(r, ignore_case=False) for r, _ in sources.rules if r.effect == "allow"]
+        self.rates = [
+            RateRule(r.id, tuple(parse_many(r.rate or "")) + _burst(r), tuple(r.per), _Matcher(r, ignore_case=True))
+            for r, _ in sources.rules if r.rate is not None
+        ]
+
+    @property
+    def rule_count(self) -> int:
+        return len(self.sources.rules)
+
+    def decide(self, call: Call) -> Decision:
+        switched = self._switched_off(call)
+        if switched is not None:
+            return Decision(False, "disabled", switched)
+        if not call.is_http_api and (call.method is None or HOUSEKEEPING.match(call.method)):
+            return Decision(True, "housekeeping", None)
+        rewrites: list[tuple[str, str]] = []
+        for matcher in self.denies:
+            if matcher.identity(call) and matcher.target(call):
+                holds, found = matcher.arguments(call, deny=True)
+                if holds:
+                    return Decision(False, "denied", matcher.rule.id)
+        for matcher in self.allows:
+            if matcher.identity(call) and matcher.target(call):
+                holds, found = matcher.arguments(call, deny=False)
+                if holds:
+                    rewrites.extend(found)
+                    return Decision(True, "allowed", matcher.rule.id, tuple(rewrites))
+        default = self.sources.defaults.get(call.server, "deny")
+        return Decision(default == "allow", "default", f"default:{call.server}")
+
+    def _switched_off(self, call: Call) -> str | None:
+        if call.server in self.sources.disabled_servers:
+            return f"servers.{call.server}.enabled"
+        if call.user in self.sources.disabled_users:
+            return f"users.{call.user}.enabled"
+        if call.key_id in self.sources.disabled_keys:
+            return f"keys.{call.key_id}.enabled"
+        return None
+
+    def tool_visible(self, call: Call) -> bool:
+        """For tools/list: could some call of this tool be allowed? (Argument conditions are not known yet.)"""
+        if self._switched_off(call) is not None:
+            return False
+        for matcher in self.denies:
+            if matcher.identity(call) and matcher.target(call) and not matcher.checks:
+                return False  # denied whatever its arguments
+        for matcher in self.allows:
+            if matcher.identity(call) and matcher.target(call):
+                return True
+        return self.sources.defaults.get(call.server, "deny") == "allow"
+
+    def rate_rules(self, call: Call) -> list[RateRule]:
+        matching = []
+        for rate in self.rates:
+            m = rate.matcher
+            if m.identity(call) and m.target(call) and m.arguments(call, deny=True)[0]:
+                matching.append(rate)
+        return matching
+
+
+def _burst(rule: Rule) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(f"{rule.burst}/second")) if rule.burst else ()
+
+
+def visible_tools(policy: PolicySet, base: Call) -> Callable[[str], bool]:
+    def visible(tool: str) -> bool:
+        return policy.tool_visible(Call(base.user, base.agent, base.key_id, base.server, "tools/call", tool))
+
+    return visible
