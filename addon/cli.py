@@ -339,6 +339,90 @@ def ca(data_dir: Path) -> None:
     click.echo(str((confdir / "mitmproxy-ca-cert.pem").resolve()))
 
 
+@main.group()
+def policy() -> None:
+    """Check policy files and predict decisions."""
+
+
+@policy.command("check")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
+              show_default=True, help="The configuration whose policy files to load.")
+@click.argument("extra", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+def policy_check(config_path: Path, extra: tuple[Path, ...]) -> None:
+    """Validate the config and its policy files, plus EXTRA policy files (e.g. one you are about to add).
+
+    Exits non-zero, naming file, line and problem, on the first error.
+    """
+    from .config import ConfigError
+    from .snapshot import load_snapshot
+
+    try:
+        snapshot = load_snapshot(config_path, list(extra))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    files = snapshot.policy.sources.files
+    click.echo(f"ok: {len(snapshot.config.servers)} servers, {snapshot.policy.rule_count} rules "
+               f"from {len(files)} policy files ({', '.join(str(f) for f in files) or 'none'})")
+
+
+@policy.command("explain")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
+              show_default=True)
+@click.option("--user", required=True)
+@click.option("--agent", default="", help="The key's agent name.")
+@click.option("--key", "key_id", default="", help="The key id.")
+@click.option("--server", required=True)
+@click.option("--tool", default=None, help="A tools/call of this tool.")
+@click.option("--args", "args_json", default="{}", help="Its arguments, as a JSON object.")
+@click.option("--method", default=None, help="A JSON-RPC method (default tools/call with --tool).")
+@click.option("--http-method", default=None, help="For kind: http servers: the HTTP method...")
+@click.option("--path", default=None, help="...and the path as the agent sends it after /SERVER (reverse mode).")
+def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server: str, tool: str | None,
+                   args_json: str, method: str | None, http_method: str | None, path: str | None) -> None:
+    """Print the decision Valet would make, the rule that makes it, and the rate limits that would count it."""
+    from urllib.parse import unquote
+
+    from .config import ConfigError
+    from .errors import Refusal
+    from .policy import Call
+    from .snapshot import load_snapshot
+
+    try:
+        snapshot = load_snapshot(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if server not in snapshot.config.servers:
+        raise click.ClickException(f"no server named {server!r} is configured")
+    try:
+        arguments = json.loads(args_json)
+    except ValueError:
+        raise click.ClickException("--args must be a JSON object") from None
+    if not isinstance(arguments, dict):
+        raise click.ClickException("--args must be a JSON object")
+    if snapshot.config.servers[server].kind == "http":
+        if not (http_method and path):
+            raise click.ClickException(f"{server} is a plain HTTP server: give --http-method and --path")
+        try:  # rules match the upstream path, as Valet routes and normalizes it
+            upstream_path = snapshot.routes.reverse(f"/{server}{path}").path
+        except Refusal as refusal:
+            click.echo(f"deny ({refusal.cause.reason}): {refusal.message}")
+            sys.exit(1)
+        call = Call(user, agent, key_id, server, http_method=http_method.upper(),
+                    http_path=unquote(upstream_path.partition("?")[0]), is_http_api=True)
+    else:
+        call = Call(user, agent, key_id, server, method or "tools/call", tool, arguments if tool else None)
+    decision = snapshot.policy.decide(call)
+    verdict = "allow" if decision.allowed else "deny"
+    click.echo(f"{verdict} ({decision.reason}) by {decision.label}")
+    for name, value in decision.rewrites:
+        click.echo(f"  forwards {name} as {value!r}")
+    if decision.allowed:
+        for rate in snapshot.policy.rate_rules(call):
+            limits = " and ".join(str(item) for item in rate.limits)
+            click.echo(f"  counted by rate rule {rate.id}: {limits}, per {', '.join(rate.identifiers(call))}")
+    sys.exit(0 if decision.allowed else 1)
+
+
 @main.group("config")
 def config_group() -> None:
     """Check configuration files."""

@@ -82,6 +82,14 @@ def start_upstream(certfile: Path | None = None, keyfile: Path | None = None, js
     return Upstream(port, process, "https" if certfile else "http")
 
 
+def start_http_api() -> Upstream:
+    """The plain HTTP echo API (tests/upstream/http_api.py), for ``kind: http`` servers."""
+    port = free_port()
+    process = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/http_api.py"), "--port", str(port)], cwd=ROOT)
+    wait_for_port(port)
+    return Upstream(port, process)
+
+
 @dataclass
 class Valet:
     """A running Valet proxy and the CLI bound to its data dir."""

@@ -61,6 +61,12 @@ def add_authed(a: int, b: int, api_key: str) -> int:
 
 
 @server.tool()
+def read_file(path: str) -> str:
+    """Pretends to read a file: returns the path exactly as it arrived (no file system access)."""
+    return json.dumps({"path": path})
+
+
+@server.tool()
 def echo(text: str = "", extra: dict | None = None) -> str:
     """Return the arguments as JSON."""
     return json.dumps({"text": text, "extra": extra})
