@@ -6,7 +6,8 @@ For each target it measures, with the official SDK client (legacy mode, one
 kept session per client) calling a cheap tool (`add_authed`, whose `api_key`
 argument the client passes itself to the direct and bare-mitmproxy targets and
 Valet injects from its vault, along with an `Authorization` header; every
-response goes through Valet's redaction):
+response goes through Valet's redaction; Valet's policy has 53 rules, among
+them an argument constraint and a rate limit that count every call):
 
 - sequential `tools/call` latency, p50 and p99;
 - throughput with C concurrent clients;
@@ -59,6 +60,22 @@ def _valet_config(upstream_url: str, rules: int) -> str:
         "    inject:\n"
         f"{filler}"
         "      - tools: [\"add_authed\"]\n        arguments: {api_key: \"${secret:BENCH_API_KEY}\"}\n"
+    )
+
+
+def _valet_policy(rules: int) -> str:
+    """``rules`` access rules that do not match the benchmark's call, then the ones that do, and a rate rule."""
+    filler = "".join(
+        f"  - id: other-{i}\n    effect: {'deny' if i % 2 else 'allow'}\n    servers: [bench]\n"
+        f"    tools: [\"other_tool_{i}_*\"]\n"
+        for i in range(rules)
+    )
+    return (
+        "servers:\n  bench: {default: deny}\nrules:\n" + filler
+        + "  - id: no-deletes\n    effect: deny\n    tools: [\"delete_*\"]\n"
+        + "  - id: bench-add\n    effect: allow\n    servers: [bench]\n    tools: [add_authed]\n"
+        + "    arguments:\n      a: {min: -1000000000, max: 1000000000}\n"
+        + "  - id: bench-rate\n    tools: [\"*\"]\n    rate: 1000000/minute\n    per: [user]\n"
     )
 
 
@@ -151,13 +168,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
     parser.add_argument("--per-client", type=int, default=60, help="calls per concurrent client")
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--rules", type=int, default=50, help="extra injection rules in Valet's config")
+    parser.add_argument("--rules", type=int, default=50,
+                        help="extra injection rules in Valet's config, and extra policy rules")
     args = parser.parse_args()
 
     upstream = start_upstream()
     bare, bare_port = _start_bare(upstream.port)
     with tempfile.TemporaryDirectory() as tmp:
-        valet = start_valet(Path(tmp), None, config_text=_valet_config(upstream.url, args.rules))
+        valet = start_valet(Path(tmp), None, config_text=_valet_config(upstream.url, args.rules),
+                            policy=_valet_policy(args.rules))
         key, _ = valet.new_key("bench", "bench")
         valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
         valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)

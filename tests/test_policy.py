@@ -205,3 +205,28 @@ def test_line_numbers_in_policy_errors(tmp_path: Path) -> None:
 )
 def test_normalize_fs_path(value: object, normalized: str | None) -> None:
     assert normalize_fs_path(value) == normalized
+
+
+def test_every_shipped_policy_example_is_valid() -> None:
+    examples = sorted((Path(__file__).resolve().parent.parent / "policies" / "examples").glob("*.yaml"))
+    assert len(examples) >= 6
+    config = parse_config("""
+servers:
+  github: {url: "https://api.example.com/mcp"}
+  files: {url: "http://h/files"}
+  db: {url: "http://h/db"}
+  docs: {url: "http://h/docs"}
+  search: {url: "http://h/search"}
+  stripe: {url: "https://api.example.com", kind: http}
+""")
+    for example in examples:
+        load_policies([example], config)  # raises ConfigError naming file and line if not
+
+
+def test_shipped_default_policy_loads() -> None:
+    from addon.snapshot import load_snapshot
+
+    snapshot = load_snapshot(Path(__file__).resolve().parent.parent / "policies" / "valet.yaml")
+    assert snapshot.policy.rule_count >= 3
+    assert snapshot.policy.decide(Call("u", "a", "k", "demo", "tools/call", "whoami", {})).allowed
+    assert not snapshot.policy.decide(Call("u", "a", "k", "demo", "tools/call", "die_midstream", {})).allowed
