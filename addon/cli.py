@@ -243,6 +243,8 @@ def _read_secret_value() -> str:
 @data_dir_option
 def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None:
     """Store a secret; the value is read from stdin or a no-echo prompt."""
+    if name.startswith("OAUTH_"):
+        raise click.ClickException("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
     vault = _vault(data_dir)
     value = _read_secret_value()
     with _vault_errors():

@@ -78,6 +78,34 @@ class InjectRule(Strict):
         return _check_templates(value)
 
 
+class OAuthConfig(Strict):
+    """Optional settings for ``auth: oauth``; anything not given is discovered."""
+
+    client_id: str | None = None
+    client_secret: str | None = Field(None, description="a ${secret:NAME} placeholder, never a literal")
+    scopes: list[str] | None = None
+    resource: str | None = None
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    registration_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_is_a_placeholder(cls, value: str | None) -> str | None:
+        if value is not None and not templates.PLACEHOLDER.fullmatch(value):
+            raise ValueError("must be a ${secret:NAME} placeholder: secrets never go in the config file")
+        return value
+
+    @field_validator("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint",
+                     "resource")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class ServerConfig(Strict):
     url: str = Field(description="The upstream MCP endpoint, http:// or https://")
     kind: Literal["mcp", "http"] = Field("mcp", description="mcp: JSON-RPC over HTTP; http: a plain HTTP API")
@@ -85,6 +113,8 @@ class ServerConfig(Strict):
     basic_auth: BasicAuth | None = None
     query: dict[str, str] = Field(default_factory=dict, description="upstream query parameters to set")
     inject: list[InjectRule] = Field(default_factory=list, description="tools/call arguments to inject")
+    auth: Literal["none", "oauth"] = Field("none", description="oauth: Valet holds each user's OAuth grant")
+    oauth: OAuthConfig | None = None
 
     @field_validator("headers")
     @classmethod
@@ -109,6 +139,14 @@ class ServerConfig(Strict):
     def _one_authorization(self) -> ServerConfig:
         if self.basic_auth is not None and any(n.lower() == "authorization" for n in self.headers):
             raise ValueError("basic_auth and an Authorization header cannot both be set")
+        if self.auth == "oauth" and (self.basic_auth is not None
+                                     or any(n.lower() == "authorization" for n in self.headers)):
+            raise ValueError("auth: oauth sets the Authorization header itself")
+        if self.oauth is not None and self.auth != "oauth":
+            raise ValueError("an oauth section needs auth: oauth")
+        for name in self.secret_names:
+            if name.startswith("OAUTH_"):
+                raise ValueError(f"${{secret:{name}}}: the OAUTH_ prefix is reserved for grants Valet manages")
         return self
 
     @cached_property
@@ -120,6 +158,8 @@ class ServerConfig(Strict):
             values += [self.basic_auth.username, self.basic_auth.password]
         for rule in self.inject:
             values += rule.arguments.values()
+        if self.oauth is not None and self.oauth.client_secret:
+            values.append(self.oauth.client_secret)
         for value in values:
             found.update(templates.names(value))
         return frozenset(found)

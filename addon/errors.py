@@ -39,6 +39,8 @@ class Cause(Enum):
     DENIED = ("denied", -32030, 403)
     DISABLED = ("disabled", -32031, 403)
     INVALID_TOOL_NAME = ("invalid_tool_name", -32032, 400)
+    REAUTH_REQUIRED = ("reauth_required", -32040, 403)
+    OAUTH_UNAVAILABLE = ("oauth_unavailable", -32041, 503)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

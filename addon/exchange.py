@@ -46,6 +46,8 @@ class Exchange:
     body: Any = None  # the parsed JSON-RPC body (addon.jsonrpc.Body), forwarded after injection
     outbound: Any = None  # the response transformation (addon.outbound.Outbound), if any
     visible: Any = None  # tool name -> may this caller see it in tools/list (from the policy)
+    oauth_token: str | None = None  # the upstream access token injected (to know a 401 is about it)
+    replayed: bool = False  # the request was sent again after an OAuth refresh
 
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""

@@ -474,16 +474,27 @@ class SecretCache:
         self._signature = signature
         self.generation += 1
 
+    def lookup_exact(self, server: str, owner: str, name: str) -> str | None:
+        """This owner's secret only ('' for shared): no fallback. Raises VaultError if it does not decrypt."""
+        key = (server, owner, name)
+        if key in self._plain:
+            return self._plain[key]
+        row = self._rows.get(key)
+        if row is None:
+            return None
+        assert self._vault is not None
+        value = self._plain[key] = self._vault.decrypt(row)
+        return value
+
+    @property
+    def vault(self) -> Vault:
+        assert self._vault is not None
+        return self._vault
+
     def lookup(self, server: str, user: str, name: str) -> str | None:
         """The user's own secret, else the shared one, else None. Raises VaultError if it does not decrypt."""
         for owner in (user, ""):
-            key = (server, owner, name)
-            if key in self._plain:
-                return self._plain[key]
-            row = self._rows.get(key)
-            if row is not None:
-                assert self._vault is not None
-                value = self._vault.decrypt(row)
-                self._plain[key] = value
+            value = self.lookup_exact(server, owner, name)
+            if value is not None:
                 return value
         return None

@@ -25,6 +25,7 @@ from mitmproxy.proxy import server_hooks
 
 from .authenticate import Authenticator
 from .inject import Injector
+from .oauthretry import OAuthReplay
 from .failsafe import fail_closed
 from .gate import PolicyGate
 from .parse import RpcInspector
@@ -51,6 +52,7 @@ class Valet:
             RpcInspector(state),
             PolicyGate(state),
             Injector(state),
+            OAuthReplay(state),
             ResponseFilter(state),
             ExchangeRecorder(state),
         ]
@@ -76,7 +78,11 @@ class Valet:
         if self.on_running is not None:
             self.on_running()
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        for stage in self.stages:
+            close = getattr(stage, "done", None)
+            if close is not None:
+                await close()
         self.state.done()
 
     # flow events
@@ -98,9 +104,11 @@ class Valet:
             hook(flow)
 
     @fail_closed
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         for hook in self._response:
-            hook(flow)
+            result = hook(flow)
+            if inspect.isawaitable(result):
+                await result
 
     def error(self, flow: http.HTTPFlow) -> None:
         for hook in self._error:

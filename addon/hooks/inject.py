@@ -22,6 +22,7 @@ from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mitmproxy import http
 
 from ..config import ServerConfig
+from ..grants import Grant
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from ..inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
@@ -46,8 +47,9 @@ class Injector:
         secrets = self.state.secrets
         return Resolution(lambda name: secrets.lookup(server_name, user, name) if secrets else None)
 
-    def _redactor(self, server_name: str, server: ServerConfig, user: str) -> Redactor:
-        """Every secret the server's config references, resolved for this user: cached per vault generation."""
+    def _redactor(self, server_name: str, server: ServerConfig, user: str, grant: Grant | None) -> Redactor:
+        """Every secret the server's config references, resolved for this user (and the user's OAuth
+        tokens): cached per vault generation, which every refresh bumps."""
         generation = self.state.secrets.generation if self.state.secrets else 0
         key = (server_name, user, generation)
         redactor = self._redactors.get(key)
@@ -57,7 +59,8 @@ class Injector:
             resolution = self._resolution(server_name, user)
             for name in server.secret_names:
                 resolution(name)
-            redactor = self._redactors[key] = Redactor(resolution.used)
+            values = {**resolution.used, **(grant.secrets() if grant else {})}
+            redactor = self._redactors[key] = Redactor(values)
         return redactor
 
     def _outbound(self, exchange: Exchange, server: ServerConfig, redactor: Redactor) -> Outbound:
@@ -93,7 +96,10 @@ class Injector:
         try:
             if server.secret_names:
                 await self._fresh_secrets()
-            redactor = self._redactor(exchange.server, server, exchange.user)
+            grant = None
+            if server.auth == "oauth" and self.state.refresher is not None:
+                grant = await self.state.refresher.access_token(exchange.server, server, exchange.user)
+            redactor = self._redactor(exchange.server, server, exchange.user, grant)
             resolution = self._resolution(exchange.server, exchange.user)
             headers = upstream_headers(server, resolution)
             query = upstream_query(server, resolution)
@@ -108,9 +114,13 @@ class Injector:
             return
         for name, value in headers.items():
             flow.request.headers[name] = value
+        if grant is not None:  # the agent's own Authorization never goes upstream
+            flow.request.headers["authorization"] = f"Bearer {grant.access_token}"
+            exchange.oauth_token = grant.access_token
         for name, value in query.items():
             flow.request.query[name] = value
-        exchange.injected = json.dumps(sorted(resolution.used)) if resolution.used else None
+        injected = sorted(resolution.used) + (["OAUTH_ACCESS_TOKEN"] if grant is not None else [])
+        exchange.injected = json.dumps(injected) if injected else None
         exchange.overridden = json.dumps(sorted(set(overridden))) if overridden else None
         outbound = self._outbound(exchange, server, redactor)
         exchange.outbound = outbound

@@ -36,12 +36,7 @@ class ResponseFilter:
             return
         outbound: Outbound | None = exchange.outbound
         if outbound is not None and outbound.redactor:
-            for name in set(response.headers):
-                values = response.headers.get_all(name)
-                cleaned = [outbound.header(v) for v in values]
-                if cleaned != values:
-                    response.headers.set_all(name, cleaned)
-            response.reason = outbound.header(response.reason)
+            _scrub_headers(response, outbound)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
         encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
         if media == "text/event-stream" and not (encoded and outbound is not None and outbound.active):
@@ -63,15 +58,35 @@ class ResponseFilter:
         if exchange is None or response is None or response.stream or exchange.decision != "allow":
             return
         outbound: Outbound | None = exchange.outbound
-        if outbound is None or not outbound.active or not response.raw_content:
+        if outbound is None or not outbound.active:
+            return
+        if exchange.replayed and outbound.redactor:  # a new response: its headers were not seen yet
+            _scrub_headers(response, outbound)
+        if not response.raw_content:
             return
         if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
             # We asked for identity; an upstream that compresses anyway is not passed through unread.
             response.decode(strict=False)
-        response.content = outbound.body(response.content or b"")
+        content = response.content or b""
+        if response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream":
+            framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
+            events = framer.feed(content)
+            rest = framer.flush()
+            response.content = b"".join(outbound.event(e) for e in events + ([rest] if rest else []))
+        else:
+            response.content = outbound.body(content)
         if response.trailers:
             for name in set(response.trailers):
                 response.trailers.set_all(name, [outbound.header(v) for v in response.trailers.get_all(name)])
+
+
+def _scrub_headers(response: http.Response, outbound: Outbound) -> None:
+    for name in set(response.headers):
+        values = response.headers.get_all(name)
+        cleaned = [outbound.header(v) for v in values]
+        if cleaned != values:
+            response.headers.set_all(name, cleaned)
+    response.reason = outbound.header(response.reason)
 
 
 def _event_relay(

@@ -14,7 +14,9 @@ from ..config import ConfigError
 from ..errors import Refusal
 from ..exchange import Exchange
 from ..identity import KeyRing, KeyStore
+from ..exchange import _utc_now
 from ..ratelimit import RateLimiter
+from ..refresher import Refresher
 from ..snapshot import Snapshot, load_snapshot, signature_of, watched
 from ..vault import SecretCache, VaultError
 
@@ -34,6 +36,7 @@ class ValetState:
         self.keyring: KeyRing | None = None
         self.audit: AuditWriter | None = None
         self.secrets: SecretCache | None = None
+        self.refresher: Refresher | None = None
         self.mode = "reverse"
 
     def load(self, loader: Loader) -> None:
@@ -66,6 +69,8 @@ class ValetState:
             if self.audit is not None:
                 self.audit.close()
             self.audit = AuditWriter(data_dir / "audit.db")
+            storage = self.snapshot.config.rate_limits.storage if self.snapshot else "memory://"
+            self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None)
 
     def _install(self, snapshot: Snapshot) -> None:
         """Make a snapshot current, with the mitmproxy options and the limiter it implies."""
@@ -126,6 +131,11 @@ class ValetState:
             refresher.cancel()
         if self.audit is not None:
             self.audit.close()
+
+    def audit_event(self, row: dict[str, object]) -> None:
+        """An audit row that is not an agent's exchange (an OAuth refresh, a failure)."""
+        if self.audit is not None:
+            self.audit.submit({"ts": _utc_now(), "mode": self.mode, **row})
 
     def record(self, exchange: Exchange, status: int | None) -> None:
         if not exchange.recorded and self.audit is not None:

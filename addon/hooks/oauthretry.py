@@ -1,0 +1,63 @@
+"""An upstream 401 on a token Valet believed valid: refresh once, send the request once more.
+
+Only requests whose body Valet holds (POST, DELETE) are replayed; a 401 on a
+GET stream triggers the refresh and goes back to the agent, whose client opens
+the stream again. The replayed answer is read whole (an SSE answer arrives at
+once rather than event by event) and then scrubbed like any other.
+"""
+
+from __future__ import annotations
+
+import httpx2
+from mitmproxy import ctx, http
+
+from ..errors import Refusal
+from .failsafe import fail_closed
+from .state import ValetState, exchange_of, refuse
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+               "content-length", "proxy-authorization"}
+
+
+class OAuthReplay:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+        self._http: httpx2.AsyncClient | None = None
+
+    def _client(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            ca = ctx.options.ssl_verify_upstream_trusted_ca
+            self._http = httpx2.AsyncClient(timeout=60, verify=ca or True, trust_env=False)
+        return self._http
+
+    @fail_closed
+    async def response(self, flow: http.HTTPFlow) -> None:
+        exchange = exchange_of(flow)
+        response = flow.response
+        if (exchange is None or response is None or response.status_code != 401 or exchange.oauth_token is None
+                or exchange.replayed or self.state.refresher is None or exchange.decision != "allow"):
+            return
+        server = exchange.snapshot.config.servers[exchange.server]
+        try:
+            grant = await self.state.refresher.refresh(exchange.server, server, exchange.user or "",
+                                                       stale=exchange.oauth_token)
+        except Refusal as refusal:
+            refuse(flow, refusal)
+            return
+        exchange.oauth_token = grant.access_token
+        if flow.request.method not in ("POST", "DELETE"):
+            return
+        request = flow.request
+        headers = [(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
+        headers.append(("authorization", f"Bearer {grant.access_token}"))
+        replayed = await self._client().request(request.method, request.url, headers=headers,
+                                                content=request.raw_content or b"")
+        exchange.replayed = True
+        kept = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in replayed.headers.multi_items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"]  # .content is decoded
+        flow.response = http.Response.make(replayed.status_code, replayed.content, http.Headers(kept))
+
+    async def done(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
