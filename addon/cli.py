@@ -425,6 +425,15 @@ def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server
     sys.exit(0 if decision.allowed else 1)
 
 
+def _register_oauth() -> None:
+    from .cli_oauth import register
+
+    register(main, data_dir_option, DEFAULT_CONFIG)
+
+
+_register_oauth()
+
+
 @main.group("config")
 def config_group() -> None:
     """Check configuration files."""

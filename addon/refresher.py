@@ -135,7 +135,9 @@ class Refresher:
             return
         key, token = f"valet:oauth-refresh:{name}:{user}", secrets.token_hex(8)
         deadline = time.monotonic() + LOCK_TTL_MS / 1000
-        while not await self._redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+        from coredis.tokens import PureToken
+
+        while not await self._redis.set(key, token, condition=PureToken.NX, px=LOCK_TTL_MS):
             if time.monotonic() > deadline:
                 break  # the holder died without releasing: its lock has expired by now
             await asyncio.sleep(0.05)

@@ -1,0 +1,278 @@
+"""OAuth end to end: a real authorization server (the MCP SDK's handlers) issuing 3-second access tokens
+and rotating refresh tokens, an MCP server that accepts only its tokens, and Valet in between."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp.shared.inbound import encode_header_value
+
+from .support import (
+    PYTHON, ROOT, VALET_CLI, Upstream, Valet, assert_clean_log, free_port, jsonrpc, post, start_valet, wait_for_port,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+class AuthServer(Upstream):
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        return httpx.get(f"{self.base}/_oauth/stats", timeout=5).json()
+
+    def control(self, what: str, **params: Any) -> None:
+        httpx.post(f"{self.base}/_oauth/{what}", params=params, timeout=5).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[AuthServer]:
+    port = free_port()
+    process = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/oauth_server.py"), "--port", str(port),
+                                "--access-ttl", "3"], cwd=ROOT)
+    wait_for_port(port)
+    server = AuthServer(port, process)
+    yield server
+    server.stop()
+
+
+def config(auth: AuthServer, storage: str = "memory://") -> str:
+    return f"""
+servers:
+  cloud:
+    url: {auth.base}/mcp
+    auth: oauth
+    oauth:
+      scopes: [mcp]
+rate_limits:
+  storage: {storage}
+"""
+
+
+@pytest.fixture(scope="module")
+def valet(auth_server: AuthServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valet]:
+    proxy = start_valet(tmp_path_factory.mktemp("oauth"), None, config_text=config(auth_server))
+    yield proxy
+    assert proxy.stop() == 0
+    assert_clean_log(proxy)
+
+
+def login(valet: Valet, auth: AuthServer, user: str) -> subprocess.CompletedProcess[str]:
+    """`valet oauth login`, with the browser step driven by an HTTP client."""
+    env = {**os.environ, "VALET_DATA_DIR": str(valet.data_dir)}
+    process = subprocess.Popen([VALET_CLI, "oauth", "login", "cloud", "--user", user, "--config", str(valet.config),
+                                "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    assert url.startswith(f"{auth.base}/authorize?"), url
+    assert "code_challenge_method=S256" in url and "state=" in url and "resource=" in url
+    with httpx.Client(timeout=10) as browser:
+        to_login = browser.get(url)
+        assert to_login.status_code == 302
+        to_callback = browser.get(to_login.headers["location"] + f"&user={user}")
+        assert to_callback.status_code == 302
+        callback = to_callback.headers["location"]
+        assert callback.startswith("http://127.0.0.1:") and "/callback?" in callback
+        assert browser.get(callback).status_code == 200
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    return subprocess.CompletedProcess(process.args, 0, url + "\n" + out, err)
+
+
+def status(valet: Valet) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in valet.cli("oauth", "status", "--json").stdout.splitlines()]
+    return {row["user"]: row for row in rows}
+
+
+def call_me(valet: Valet, key: str, rpc_id: int = 1) -> httpx.Response:
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    body = jsonrpc("tools/call", {"name": "me", "arguments": {}, "_meta": meta}, rpc_id)
+    return post(valet.base + "/cloud", body, key, headers={
+        "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": encode_header_value("me")})
+
+
+def subject(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["result"]["content"][0]["text"]
+
+
+def wait_until_expiring(valet: Valet, user: str) -> None:
+    expires = datetime.fromisoformat(status(valet)[user]["expires"]).timestamp()
+    time.sleep(max(0.0, expires - time.time() + 0.05))
+
+
+def test_login_discovers_registers_and_stores_the_grant(valet: Valet, auth_server: AuthServer) -> None:
+    before = auth_server.stats()
+    done = login(valet, auth_server, "alice")
+    assert "logged in: alice on cloud, scopes mcp" in done.stderr
+    after = auth_server.stats()
+    assert after["register"] == before["register"] + 1 and after["authorization_code"] == before["authorization_code"] + 1
+    row = status(valet)["alice"]
+    assert row["scopes"] == "mcp" and row["needs_login"] == "no" and row["expires"]
+    assert "fake-at-" not in json.dumps(row) and "fake-rt-" not in done.stdout + done.stderr
+    assert b"fake-at-" not in (valet.data_dir / "vault.db").read_bytes(), "grants are stored encrypted"
+    login(valet, auth_server, "bob")  # a second user reuses the registration
+    assert auth_server.stats()["register"] == after["register"]
+
+
+def test_calls_carry_the_users_own_token_across_expiries(valet: Valet, auth_server: AuthServer) -> None:
+    alice, _ = valet.new_key("alice", "a")
+    bob, _ = valet.new_key("bob", "b")
+    refreshes = auth_server.stats()["refresh_token"]
+    for _ in range(3):
+        assert subject(call_me(valet, alice)) == "subject=alice"
+        assert subject(call_me(valet, bob)) == "subject=bob"
+        time.sleep(3.2)  # past every access token's lifetime
+    assert subject(call_me(valet, alice)) == "subject=alice"
+    assert auth_server.stats()["refresh_token"] >= refreshes + 4
+    assert status(valet)["alice"]["last_refresh"]
+    rows = valet.rows("rpc_method = 'oauth/refresh' AND decision = 'allow'", expect=4)
+    assert {r["user"] for r in rows} >= {"alice", "bob"}
+
+
+def test_fifty_concurrent_calls_at_expiry_cause_one_refresh(valet: Valet, auth_server: AuthServer) -> None:
+    alice, _ = valet.new_key("alice", "burst")
+    subject(call_me(valet, alice))
+    wait_until_expiring(valet, "alice")
+    before = auth_server.stats()["refresh_token"]
+
+    async def burst() -> list[httpx.Response]:
+        return await asyncio.gather(*[asyncio.to_thread(call_me, valet, alice, i) for i in range(50)])
+
+    responses = asyncio.run(burst())
+    assert all(subject(r) == "subject=alice" for r in responses)
+    assert auth_server.stats()["refresh_token"] == before + 1
+
+
+def test_an_upstream_401_is_refreshed_and_replayed(valet: Valet, auth_server: AuthServer) -> None:
+    alice, key_id = valet.new_key("alice", "replay")
+    subject(call_me(valet, alice))
+    before = auth_server.stats()["refresh_token"]
+    auth_server.control("expire", user="alice")  # the server drops the token Valet believes valid
+    assert subject(call_me(valet, alice)) == "subject=alice"
+    assert auth_server.stats()["refresh_token"] == before + 1
+    row = valet.rows("key_id = ? AND tool = 'me'", (key_id,), expect=2)[-1]
+    assert row["decision"] == "allow" and row["http_status"] == 200
+
+
+def test_an_authorization_server_down_for_a_while_is_survived(valet: Valet, auth_server: AuthServer) -> None:
+    bob, _ = valet.new_key("bob", "outage")
+    subject(call_me(valet, bob))
+    wait_until_expiring(valet, "bob")
+    time.sleep(0.6)  # expired, not just expiring: Valet must refresh before it can call
+    auth_server.control("down", seconds=1.5)
+    started = time.monotonic()
+    assert subject(call_me(valet, bob)) == "subject=bob", "retried with backoff until the server came back"
+    assert time.monotonic() - started >= 1.0
+    assert status(valet)["bob"]["needs_login"] == "no", "a transient failure keeps the grant"
+
+
+def test_a_revoked_grant_asks_for_a_new_login(valet: Valet, auth_server: AuthServer) -> None:
+    login(valet, auth_server, "carol")
+    carol, _ = valet.new_key("carol", "c")
+    subject(call_me(valet, carol))
+    auth_server.control("revoke", user="carol")
+    auth_server.control("expire", user="carol")
+    r = call_me(valet, carol)
+    assert r.status_code == 403
+    error = r.json()["error"]
+    assert error["code"] == -32040 and error["data"]["reason"] == "reauth_required"
+    assert error["data"]["command"] == "valet oauth login cloud --user carol"
+    assert "fake-" not in r.text
+    assert status(valet)["carol"]["needs_login"] == "yes"
+    assert valet.rows("user = 'carol' AND rpc_method = 'oauth/refresh' AND decision = 'error'")
+    login(valet, auth_server, "carol")  # a new login repairs it
+    assert subject(call_me(valet, carol)) == "subject=carol"
+
+
+def test_logout_revokes_at_the_server(valet: Valet, auth_server: AuthServer) -> None:
+    login(valet, auth_server, "dave")
+    dave, _ = valet.new_key("dave", "d")
+    subject(call_me(valet, dave))
+    revoked = auth_server.stats()["revoke"]
+    valet.cli("oauth", "logout", "cloud", "--user", "dave")
+    assert auth_server.stats()["revoke"] >= revoked + 1
+    assert "dave" not in status(valet)
+    assert call_me(valet, dave).json()["error"]["data"]["reason"] == "reauth_required"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+def test_two_valets_sharing_redis_refresh_once(auth_server: AuthServer, tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "one").mkdir()
+    first = start_valet(tmp_path / "one", None, config_text=config(auth_server, redis_url))
+    second_dir = tmp_path / "two"
+    second_dir.mkdir()
+    second = None
+    try:
+        login(first, auth_server, "erin")
+        key, _ = first.new_key("erin", "e")
+        # one data dir, two processes: the second Valet is started on the first one's data dir
+        (second_dir / "policy.yaml").write_text((tmp_path / "one" / "policy.yaml").read_text())
+        second_config = second_dir / "valet.yaml"
+        second_config.write_text(first.config.read_text())
+        port = free_port()
+        log = second_dir / "valet.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([PYTHON, str(ROOT / "run_proxy.py"), "--config", str(second_config),
+                                        "--data-dir", str(first.data_dir), "--listen", f"127.0.0.1:{port}"],
+                                       cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(port)
+        second = Valet(port, first.data_dir, second_config, "reverse", process, log)
+        subject(call_me(first, key))
+        wait_until_expiring(first, "erin")
+        before = auth_server.stats()["refresh_token"]
+
+        async def burst() -> list[httpx.Response]:
+            return await asyncio.gather(*[asyncio.to_thread(call_me, proxy, key, i)
+                                          for i in range(20) for proxy in (first, second)])
+
+        assert all(subject(r) == "subject=erin" for r in asyncio.run(burst()))
+        assert auth_server.stats()["refresh_token"] == before + 1
+    finally:
+        assert first.stop() == 0
+        if second is not None:
+            assert second.stop() == 0
+
+
+def test_no_token_in_the_audit_log_or_the_proxy_log(valet: Valet) -> None:
+    """Runs last: every token the test server issues starts with fake-at- or fake-rt-."""
+    valet.rows("1=1")
+    for path in [valet.data_dir / "audit.db", valet.data_dir / "audit.db-wal", valet.log]:
+        if path.exists():
+            data = path.read_bytes()
+            assert b"fake-at-" not in data and b"fake-rt-" not in data, f"a token leaked into {path.name}"
