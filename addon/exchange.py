@@ -48,6 +48,7 @@ class Exchange:
     visible: Any = None  # tool name -> may this caller see it in tools/list (from the policy)
     oauth_token: str | None = None  # the upstream access token injected (to know a 401 is about it)
     replayed: bool = False  # the request was sent again after an OAuth refresh
+    rewritten: bool = False  # the policy forwarded an argument in its normalized form
 
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""

@@ -21,9 +21,13 @@ from .errors import Cause, Refusal
 _CAUSE_BY_STATUS = {400: Cause.INVALID_REQUEST, 413: Cause.BODY_TOO_LARGE}
 
 
+_MESSAGES = {400: "the request could not be read", 413: "the body is too large"}
+
+
 def _json_error_response(status_code: int, message: str = "") -> bytes:
+    """A fixed text per status: mitmproxy's own message can quote raw upstream bytes (a secret, say)."""
     cause = _CAUSE_BY_STATUS.get(status_code, Cause.UPSTREAM_ERROR)
-    body = Refusal(cause, message[:500] or "the request failed").body()
+    body = Refusal(cause, _MESSAGES.get(status_code, "the upstream failed to answer")).body()
     response = http.Response.make(
         status_code, body, http.Headers(content_type="application/json", connection="close")
     )

@@ -20,7 +20,7 @@ class Outbound:
     """The transformation for one exchange's response.
 
     ``tools_list_ids`` are the JSON-RPC ids of the exchange's tools/list
-    requests: only their results are rewritten. ``visible`` drops the tools the
+    requests: when there is one, every result with a ``tools`` list is rewritten. ``visible`` drops the tools the
     caller may not call; ``hide`` removes injected arguments from one tool
     entry; ``remember`` sees each remaining tool's schema first, as the upstream
     sent it (Valet needs it to mirror ``Mcp-Param-*`` headers).
@@ -49,7 +49,7 @@ class Outbound:
 
     def body(self, data: bytes) -> bytes:
         """A JSON (or unknown) body."""
-        if self.tools_list_ids:
+        if self.tools_list_ids and b'"tools"' in data:
             rewritten = self._tools_list(data)
             if rewritten is not None:
                 return rewritten
@@ -74,7 +74,9 @@ class Outbound:
         messages = doc if isinstance(doc, list) else [doc]
         touched = False
         for message in messages:
-            if not isinstance(message, dict) or message.get("id") not in self.tools_list_ids:
+            # every result carrying a tools list, whatever its id says: an upstream may renumber
+            # (a large integer id through a JavaScript server, say)
+            if not isinstance(message, dict):
                 continue
             result = message.get("result")
             tools = result.get("tools") if isinstance(result, dict) else None

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from limits import RateLimitItem, parse_many
 
-from .arguments import Check
+from .arguments import Check, normalize_fs_path
 from .globs import name_pattern, path_pattern
 from .policy_files import PolicySources, Rule
 
@@ -149,6 +149,10 @@ class PolicySet:
         self.sources = sources
         self.denies = [_Matcher(r, ignore_case=True) for r, _ in sources.rules if r.effect == "deny"]
         self.allows = [_Matcher(r, ignore_case=False) for r, _ in sources.rules if r.effect == "allow"]
+        # arguments some rule reads as a path: normalized once, before any rule, and forwarded so
+        self.path_arguments = frozenset(
+            name for r, _ in sources.rules for name, a in (r.arguments or {}).items() if a.under is not None
+        )
         self.rates = [
             RateRule(r.id, tuple(parse_many(r.rate or "")) + _burst(r), tuple(r.per), _Matcher(r, ignore_case=True))
             for r, _ in sources.rules if r.rate is not None
@@ -164,20 +168,33 @@ class PolicySet:
             return Decision(False, "disabled", switched)
         if not call.is_http_api and (call.method is None or HOUSEKEEPING.match(call.method)):
             return Decision(True, "housekeeping", None)
-        rewrites: list[tuple[str, str]] = []
+        call, rewrites = self._normalized(call)
         for matcher in self.denies:
             if matcher.identity(call) and matcher.target(call):
-                holds, found = matcher.arguments(call, deny=True)
+                holds, _ = matcher.arguments(call, deny=True)
                 if holds:
                     return Decision(False, "denied", matcher.rule.id)
         for matcher in self.allows:
             if matcher.identity(call) and matcher.target(call):
-                holds, found = matcher.arguments(call, deny=False)
+                holds, _ = matcher.arguments(call, deny=False)
                 if holds:
-                    rewrites.extend(found)
-                    return Decision(True, "allowed", matcher.rule.id, tuple(rewrites))
+                    return Decision(True, "allowed", matcher.rule.id, rewrites)
         default = self.sources.defaults.get(call.server, "deny")
         return Decision(default == "allow", "default", f"default:{call.server}")
+
+    def _normalized(self, call: Call) -> tuple[Call, tuple[tuple[str, str], ...]]:
+        """Every rule, deny or allow, and every check, path or pattern, judges the form that is forwarded."""
+        args = call.arguments
+        if not args or not self.path_arguments:
+            return call, ()
+        rewrites = []
+        for name in self.path_arguments & args.keys():
+            normalized = normalize_fs_path(args[name])
+            if normalized is not None and normalized != args[name]:
+                rewrites.append((name, normalized))
+        if not rewrites:
+            return call, ()
+        return replace(call, arguments={**args, **dict(rewrites)}), tuple(rewrites)
 
     def _switched_off(self, call: Call) -> str | None:
         if call.server in self.sources.disabled_servers:

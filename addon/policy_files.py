@@ -168,6 +168,8 @@ def load_policies(paths: list[Path], config: ValetConfig) -> PolicySources:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+        if not text.strip():  # most likely caught mid-write: never read it as "no rules"
+            raise ConfigError(f"{path}: the file is empty (delete a policy file rather than empty it)")
         policy = parse_model(text, str(path), PolicyFile)
         for name, server in policy.servers.items():
             if name not in config.servers:

@@ -18,12 +18,14 @@ secrets shorter than 8 characters are refused by the vault for this reason.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 MIN_FORM_CHARS = 6
+_HTML_SAFE = re.compile(r"[<>&'=]")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
@@ -48,6 +50,11 @@ def forms_of(value: str) -> set[str]:
     forms |= {f.replace("/", "\\/") for f in list(forms)}
     forms.add("".join(f"\\u{ord(c):04x}" for c in value))  # literal \u escapes, as in JSON-in-a-string
     forms.add("".join(f"\\u{ord(c):04X}" for c in value))
+    # only the punctuation escaped: Go's and JavaScript's HTML-safe JSON encoders (\u0026 for &...)
+    forms.add("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in value))
+    forms.add(_HTML_SAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value)[1:-1]))
+    forms.add(html.escape(value))  # an HTML page or XML body
+    forms.add(html.escape(value, quote=False))
     for encoded in (quote(value, safe=""), quote_plus(value, safe=""), quote(value)):
         forms.add(encoded)
         forms.add(_PERCENT.sub(lambda m: m.group().lower(), encoded))
@@ -83,22 +90,42 @@ class Redactor:
         )
 
     def value(self, obj: Any) -> Any:
-        """Redact every string (keys too) of a parsed JSON value."""
+        """Redact every string (keys too) of a parsed JSON value, and any number that is a secret."""
         if isinstance(obj, str):
             return self.text(obj)
         if isinstance(obj, dict):
             return {self.text(k): self.value(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self.value(v) for v in obj]
+        if isinstance(obj, (int, float)) and not isinstance(obj, bool) and self._text is not None:
+            name = self.names_by_form.get(str(obj))
+            if name is not None:
+                return f"[REDACTED:{name}]"  # a string where the number was: the JSON stays valid
         return obj
 
     def json_or_raw(self, data: bytes) -> bytes:
-        """A body of unknown shape: structurally if it is JSON that may hide escapes, else bytewise."""
-        data = self.raw(data)
-        if self._bytes is None or b"\\" not in data:
+        """A body of unknown shape: structurally where it is JSON, else bytewise.
+
+        A whole JSON document is redacted structurally (so an escape cannot hide
+        a secret and a replacement cannot break the syntax); so is each line of a
+        body whose lines are JSON (NDJSON, JSON logs); anything else bytewise.
+        """
+        if self._bytes is None or (b"\\" not in data and self._bytes.search(data) is None):
             return data
         try:
-            doc = json.loads(data)
+            return self._structural(json.loads(data))
         except ValueError:
-            return data
+            pass
+        lines = data.split(b"\n")
+        if len(lines) > 1:
+            out = []
+            for line in lines:
+                try:
+                    out.append(self._structural(json.loads(line)) if line.strip() else line)
+                except ValueError:
+                    out.append(self.raw(line))
+            return b"\n".join(out)
+        return self.raw(data)
+
+    def _structural(self, doc: Any) -> bytes:
         return json.dumps(self.value(doc), ensure_ascii=False, separators=(",", ":")).encode()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import filewatch
-from .config import ValetConfig, load_config
+from .config import ConfigError, ValetConfig, load_config
 from .policy import PolicySet
 from .policy_files import load_policies, policy_paths
 from .routing import RouteTable
@@ -44,4 +44,6 @@ def load_snapshot(config_path: Path, extra_policy_files: list[Path] | None = Non
     signature = signature_of(paths)
     files = policy_paths(config_path, config) + list(extra_policy_files or [])
     policy = PolicySet(load_policies(files, config))
+    if signature_of(paths) != signature:  # a file changed while it was read: it may be half written
+        raise ConfigError("configuration files changed while they were read; trying again on the next request")
     return Snapshot(config_path, config, RouteTable(config), policy, signature)

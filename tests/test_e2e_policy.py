@@ -81,6 +81,7 @@ servers:
     kind: http
     headers:
       X-Api-Version: "2026-01"
+      X-Api-Key: "${{secret:API_KEY}}"
 policy_files: ["rules/*.yaml"]
 rate_limits:
   storage: {storage}
@@ -97,6 +98,7 @@ def start(tmp: Path, upstream: Upstream, api: Upstream, storage: str = "memory:/
 @pytest.fixture(scope="module")
 def valet(upstream: Upstream, api: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valet]:
     proxy = start(tmp_path_factory.mktemp("policy"), upstream, api)
+    proxy.cli("secret", "set", "API_KEY", "--server", "api", stdin="fake-api-key-policy-0001")
     yield proxy
     assert proxy.stop() == 0
     assert_clean_log(proxy)
@@ -404,3 +406,35 @@ def test_policy_cli(valet: Valet, tmp_path: Path) -> None:
     limited = valet.cli("policy", "explain", "--config", str(valet.config), "--user", "alice", "--server", "notes",
                         "--tool", "add")
     assert "counted by rate rule add-rate: 5 per 1 minute, per user=alice" in limited.stdout
+
+
+def test_mcp_servers_take_no_other_http_requests_than_the_session_ones(valet: Valet, upstream: Upstream) -> None:
+    key, _ = valet.new_key("alice", "sidedoor")
+    auth = {"authorization": f"Bearer {key}"}
+    before = upstream.requests_seen()
+    for method, path in [("DELETE", "/notes/admin/users/42?force=1"), ("PUT", "/notes"), ("PATCH", "/notes"),
+                         ("OPTIONS", "/notes"), ("GET", "/notes/_echo_headers")]:
+        r = httpx.request(method, valet.base + path, headers=auth, timeout=10)
+        assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "denied", (method, path, r.text)
+    assert upstream.requests_seen() == before
+
+
+def test_plain_http_path_parameters_and_method_overrides(valet: Valet, api: Upstream) -> None:
+    key, _ = valet.new_key("alice", "java")
+    auth = {"authorization": f"Bearer {key}"}
+    before = api.requests_seen()
+    for path in ["/api/charges;jsessionid=1", "/api/charges%3Bx", "/api/charges/", "/api/customers/42;x/../../charges"]:
+        r = httpx.get(valet.base + path, headers=auth, timeout=10)
+        assert r.status_code in (400, 403), (path, r.text)
+    r = httpx.get(valet.base + "/api/customers/42", headers={**auth, "x-http-method-override": "DELETE"}, timeout=10)
+    assert r.status_code == 400
+    assert api.requests_seen() == before
+
+
+def test_an_upstream_encoding_valet_cannot_read_is_refused(valet: Valet, api: Upstream) -> None:
+    key, _ = valet.new_key("alice", "gz")
+    auth = {"authorization": f"Bearer {key}"}
+    ok = httpx.get(valet.base + "/api/customers/1?encoding=gzip", headers=auth, timeout=10)
+    assert ok.status_code == 200 and ok.json()["headers"]["x-api-key"] == "[REDACTED:API_KEY]"
+    r = httpx.get(valet.base + "/api/customers/1?encoding=compress", headers=auth, timeout=10)
+    assert r.status_code == 502 and r.json()["error"]["data"]["reason"] == "upstream_error"

@@ -331,3 +331,25 @@ def test_no_secret_in_the_audit_log_the_proxy_log_or_anything_the_agent_saw(vale
     assert SEEN_BY_AGENT
     for text in SEEN_BY_AGENT:
         assert_no_secret(text)
+
+
+def test_a_reload_that_injects_another_secret_still_scrubs_it(tmp_path: Path) -> None:
+    from .support import start_http_api
+
+    api = start_http_api()
+    config = (f"servers:\n  api:\n    url: http://127.0.0.1:{api.port}/v1\n    kind: http\n"
+              "    headers:\n      X-Api-Key: \"${secret:KEY_A}\"\n")
+    proxy = start_valet(tmp_path, None, config_text=config)
+    try:
+        proxy.cli("secret", "set", "KEY_A", "--server", "api", stdin="fake-key-a-0000000001")
+        proxy.cli("secret", "set", "KEY_B", "--server", "api", stdin="fake-key-b-0000000002")
+        key, _ = proxy.new_key()
+        first = httpx.get(proxy.base + "/api/x", headers={"authorization": f"Bearer {key}"}, timeout=10)
+        assert first.json()["headers"]["x-api-key"] == "[REDACTED:KEY_A]"
+        proxy.config.write_text(proxy.config.read_text().replace("KEY_A", "KEY_B"))
+        second = httpx.get(proxy.base + "/api/x", headers={"authorization": f"Bearer {key}"}, timeout=10)
+        assert second.json()["headers"]["x-api-key"] == "[REDACTED:KEY_B]"
+        assert "fake-key-b" not in second.text
+    finally:
+        proxy.stop()
+        api.stop()

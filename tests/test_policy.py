@@ -230,3 +230,49 @@ def test_shipped_default_policy_loads() -> None:
     assert snapshot.policy.rule_count >= 3
     assert snapshot.policy.decide(Call("u", "a", "k", "demo", "tools/call", "whoami", {})).allowed
     assert not snapshot.policy.decide(Call("u", "a", "k", "demo", "tools/call", "die_midstream", {})).allowed
+
+
+def test_every_rule_judges_the_normalized_path_that_is_forwarded(tmp_path: Path) -> None:
+    p = policy(tmp_path, """
+rules:
+  - id: srv
+    effect: allow
+    tools: [read_file]
+    arguments:
+      path: {under: /srv}
+  - id: no-dotenv
+    effect: deny
+    tools: ["*"]
+    arguments:
+      path: {regex: ".*\\\\.env"}
+  - id: public-only
+    effect: allow
+    tools: [publish]
+    arguments:
+      path: {regex: "/srv/public/.*", under: /srv}
+""")
+    assert p.decide(call("read_file", {"path": "/srv/x/.env/."})).rule == "no-dotenv"
+    assert not p.decide(call("publish", {"path": "/srv/public/../private/key"})).allowed
+    ok = p.decide(call("publish", {"path": "/srv/public/a/./b"}))
+    assert ok.allowed and ok.rewrites == (("path", "/srv/public/a/b"),)
+
+
+def test_an_empty_policy_file_is_an_error_not_an_empty_policy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        policy(tmp_path, "")
+
+
+def test_matching_paths_drop_parameters_and_trailing_slashes() -> None:
+    from addon.hooks.gate import matching_path
+
+    assert matching_path("/v1/charges;jsessionid=1") == "/v1/charges"
+    assert matching_path("/v1/charges%3Bx/") == "/v1/charges"
+    assert matching_path("/v1/a%2Fb") == "/v1/a/b"
+    assert matching_path("/") == "/"
+
+
+def test_mitmproxy_error_pages_never_quote_the_upstream() -> None:
+    from addon.mitm_errors import _json_error_response
+
+    page = _json_error_response(502, "Cannot parse HTTP response: invalid content-length header: 'fake-secret'")
+    assert b"fake-secret" not in page and b"-32011" in page

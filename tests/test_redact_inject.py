@@ -93,9 +93,36 @@ servers:
     assert gh["inputSchema"] == {"type": "object", "properties": {"q": {}}, "required": ["q"]}
     assert other["inputSchema"]["required"] == ["token"]
     assert remembered == ["gh_issue", "other"]
-    # a response to another request id is left alone
-    assert Outbound(Redactor({}), frozenset({4}), hide=lambda t: hide_injected(cfg, t)).body(
+    # an exchange without tools/list is left alone; with one, a renumbered id is filtered all the same
+    assert Outbound(Redactor({}), frozenset(), hide=lambda t: hide_injected(cfg, t)).body(
         json.dumps(result).encode()) == json.dumps(result).encode()
+    renumbered = Outbound(Redactor({}), frozenset({9007199254740993}), hide=lambda t: hide_injected(cfg, t))
+    assert b'"token"' not in renumbered.body(json.dumps(result).encode()).split(b"gh_issue")[1].split(b"other")[0]
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        json.dumps({"text": json.dumps({"k": "fake&key<x>-0123456789abcdefXYZ"}).replace("&", "\\u0026")
+                    .replace("<", "\\u003c").replace(">", "\\u003e")}),
+        "&lt;p&gt;fake&amp;key&lt;x&gt;-0123456789abcdefXYZ&lt;/p&gt;",
+        '{"a": 1}\n{"k": "fake\\u0026key\\u003cx\\u003e-0123456789abcdefXYZ"}\n',
+    ],
+)
+def test_encoder_defaults_and_ndjson_are_caught(echo: str) -> None:
+    r = Redactor({"K": "fake&key<x>-0123456789abcdefXYZ"})
+    out = r.json_or_raw(echo.encode()).decode()
+    assert "0123456789abcdef" not in out and "[REDACTED:K]" in out
+
+
+def test_numbers_in_tools_list_answers_are_caught() -> None:
+    outbound = Outbound(Redactor({"ACCOUNT": "4111111111111111"}), frozenset({1}))
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [], "n": 4111111111111111}}).encode()
+    out = outbound.body(body)
+    assert b"4111111111111111" not in out
+    assert json.loads(out)["result"]["n"] == "[REDACTED:ACCOUNT]", "still valid JSON"
+    plain = Outbound(Redactor({"ACCOUNT": "4111111111111111"})).body(b'{"n": 4111111111111111, "m": [1]}')
+    assert json.loads(plain) == {"n": "[REDACTED:ACCOUNT]", "m": [1]}
 
 
 CFG = parse_config("""

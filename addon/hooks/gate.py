@@ -9,7 +9,7 @@ constrains as a path goes upstream in the normalized form the rule judged.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from mitmproxy import http
 
@@ -37,9 +37,17 @@ class PolicyGate:
         policy = snapshot.policy
         base = Call(exchange.user, exchange.agent or "", exchange.key_id or "", exchange.server)
         body = exchange.body
-        if snapshot.config.servers[exchange.server].kind == "http":
-            path = unquote(flow.request.path.partition("?")[0])
-            calls = [Call(*_ids(base), http_method=flow.request.method.upper(), http_path=path, is_http_api=True)]
+        server = snapshot.config.servers[exchange.server]
+        request = flow.request
+        path = request.path.partition("?")[0]
+        if server.kind == "http" or (body is None and not _session_request(request.method, path, server.url)):
+            # A plain HTTP API, or anything on an MCP server that is not JSON-RPC nor the session's own
+            # GET stream / DELETE: judged as an HTTP request, by `http` rules (default deny).
+            if any(h in request.headers for h in _METHOD_OVERRIDES):
+                refuse(flow, Refusal(Cause.INVALID_REQUEST, "method-override headers are not accepted"))
+                return
+            calls = [Call(*_ids(base), http_method=request.method.upper(), http_path=matching_path(path),
+                          is_http_api=True)]
             messages: list = [None]
         elif body is None:  # the session's GET stream or DELETE
             calls, messages = [base], [None]
@@ -62,6 +70,7 @@ class PolicyGate:
         for message, decision in zip(messages, decisions, strict=True):
             for argument, normalized in decision.rewrites:
                 message.raw["params"]["arguments"][argument] = normalized
+                exchange.rewritten = True
         limiter = self.state.limiter
         if limiter is not None:
             for call, message in zip(calls, messages, strict=True):
@@ -78,6 +87,23 @@ class PolicyGate:
                     ))
                     return
         exchange.visible = visible_tools(policy, base)
+
+
+_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def _session_request(method: str, path: str, server_url: str) -> bool:
+    """The MCP session's own bodyless requests: GET (the SSE stream) and DELETE, on the endpoint itself."""
+    endpoint = urlsplit(server_url).path.rstrip("/") or "/"
+    return method in ("GET", "DELETE") and (path.rstrip("/") or "/") == endpoint
+
+
+def matching_path(path: str) -> str:
+    """The form HTTP rules match: percent-decoded, ``;parameters`` dropped from every segment (servers
+    such as Tomcat ignore them), no trailing slash (``/admin/`` is ``/admin``)."""
+    segments = [unquote(segment).partition(";")[0] for segment in path.split("/")]
+    joined = "/".join(segments)
+    return joined.rstrip("/") or "/"
 
 
 def _ids(call: Call) -> tuple[str, str, str, str]:

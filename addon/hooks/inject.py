@@ -40,7 +40,7 @@ MAX_REMEMBERED_SCHEMAS = 10_000
 class Injector:
     def __init__(self, state: ValetState) -> None:
         self.state = state
-        self._redactors: dict[tuple[str, str, int], Redactor] = {}
+        self._redactors: dict[tuple[Any, ...], Redactor] = {}
         self.schemas: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _resolution(self, server_name: str, user: str) -> Resolution:
@@ -51,7 +51,8 @@ class Injector:
         """Every secret the server's config references, resolved for this user (and the user's OAuth
         tokens): cached per vault generation, which every refresh bumps."""
         generation = self.state.secrets.generation if self.state.secrets else 0
-        key = (server_name, user, generation)
+        # keyed on what it is built from: a reload that injects other secrets gets a new one
+        key = (server_name, user, generation, server.secret_names, grant.access_token if grant else None)
         redactor = self._redactors.get(key)
         if redactor is None:
             if len(self._redactors) > 10_000:
@@ -122,6 +123,7 @@ class Injector:
         injected = sorted(resolution.used) + (["OAUTH_ACCESS_TOKEN"] if grant is not None else [])
         exchange.injected = json.dumps(injected) if injected else None
         exchange.overridden = json.dumps(sorted(set(overridden))) if overridden else None
+        self.mirror_after_rewrite(flow, exchange)
         outbound = self._outbound(exchange, server, redactor)
         exchange.outbound = outbound
         if body is not None:
@@ -146,6 +148,13 @@ class Injector:
             if not body.is_batch:
                 self._mirror_param_headers(flow, server_name, tool, arguments or {})
         return overridden
+
+    def mirror_after_rewrite(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        """The policy forwarded a normalized argument: headers mirroring arguments must say the same."""
+        body = exchange.body
+        if exchange.rewritten and body is not None and not body.is_batch and body.messages[0].tool:
+            message = body.messages[0]
+            self._mirror_param_headers(flow, exchange.server or "", message.tool, message.arguments or {})
 
     def _mirror_param_headers(self, flow: http.HTTPFlow, server: str, tool: str, arguments: dict[str, Any]) -> None:
         """2026-07-28 servers check Mcp-Param-* against the body: rebuild them from what is forwarded."""

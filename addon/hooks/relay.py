@@ -11,16 +11,19 @@ Other bodies are buffered (bounded by mitmproxy) and transformed at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from mitmproxy import http
 
+from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from ..outbound import Outbound
 from ..sse import EventTooLarge, SSEFramer
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of
+from .state import ValetState, exchange_of, refuse
 
+OFFLOAD_BYTES = 256 * 1024
 REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'
 
 
@@ -52,40 +55,57 @@ class ResponseFilter:
             )
 
     @fail_closed
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or response is None or response.stream or exchange.decision != "allow":
+        if exchange is None or response is None or exchange.decision != "allow":
             return
         outbound: Outbound | None = exchange.outbound
         if outbound is None or not outbound.active:
+            return
+        if response.trailers:  # sent after this hook, streamed body or not
+            _scrub_fields(response.trailers, outbound)
+        if response.stream:
             return
         if exchange.replayed and outbound.redactor:  # a new response: its headers were not seen yet
             _scrub_headers(response, outbound)
         if not response.raw_content:
             return
-        if response.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-            # We asked for identity; an upstream that compresses anyway is not passed through unread.
-            response.decode(strict=False)
+        if response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+            # We asked for identity; a body we cannot decode is not passed through unread.
+            try:
+                response.decode(strict=True)
+            except ValueError:
+                refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered in an encoding Valet cannot "
+                                     "read"), "error")
+                return
         content = response.content or b""
-        if response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream":
-            framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
-            events = framer.feed(content)
-            rest = framer.flush()
-            response.content = b"".join(outbound.event(e) for e in events + ([rest] if rest else []))
+        if len(content) > OFFLOAD_BYTES:  # scrubbing a large body must not stall every other agent
+            response.content = await asyncio.to_thread(_transform, response, outbound, content)
         else:
-            response.content = outbound.body(content)
-        if response.trailers:
-            for name in set(response.trailers):
-                response.trailers.set_all(name, [outbound.header(v) for v in response.trailers.get_all(name)])
+            response.content = _transform(response, outbound, content)
+
+
+def _transform(response: http.Response, outbound: Outbound, content: bytes) -> bytes:
+    if response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream":
+        framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
+        events = framer.feed(content)
+        rest = framer.flush()
+        return b"".join(outbound.event(e) for e in events + ([rest] if rest else []))
+    return outbound.body(content)
+
+
+def _scrub_fields(fields: http.Headers, outbound: Outbound) -> None:
+    """Header names too: an upstream can echo a secret as a name."""
+    items = [(outbound.header(k), outbound.header(v)) for k, v in fields.items(multi=True)]
+    if items != list(fields.items(multi=True)):
+        fields.clear()
+        for k, v in items:
+            fields.add(k, v)
 
 
 def _scrub_headers(response: http.Response, outbound: Outbound) -> None:
-    for name in set(response.headers):
-        values = response.headers.get_all(name)
-        cleaned = [outbound.header(v) for v in values]
-        if cleaned != values:
-            response.headers.set_all(name, cleaned)
+    _scrub_fields(response.headers, outbound)
     response.reason = outbound.header(response.reason)
 
 

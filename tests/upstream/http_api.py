@@ -8,6 +8,7 @@ many requests reached it.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 
 import uvicorn
@@ -37,7 +38,12 @@ class EchoApi:
                 "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
                 "body": received.decode("utf-8", "replace"),
             }).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json")]
+        encoding = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p).get("encoding")
+        if encoding:  # ?encoding=x-gzip: a compressed answer under a name Valet may not know
+            body = gzip.compress(body)
+            headers.append((b"content-encoding", encoding.encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
