@@ -210,6 +210,36 @@ def test_logout_revokes_at_the_server(valet: Valet, auth_server: AuthServer) -> 
     assert call_me(valet, dave).json()["error"]["data"]["reason"] == "reauth_required"
 
 
+def test_import_a_token_response_from_another_front_end(valet: Valet, auth_server: AuthServer) -> None:
+    """Another front end ran its own login (here: the test, as a separate OAuth client) and hands over tokens."""
+    from addon import oauth as protocol
+
+    async def other_front_end() -> dict[str, Any]:
+        import httpx2
+
+        async with httpx2.AsyncClient(timeout=10) as http:
+            endpoints = await protocol.discover(http, f"{auth_server.base}/mcp", {})
+            client = await protocol.register(http, endpoints, "http://127.0.0.1:9/cb", "mcp")
+            verifier, challenge = protocol.pkce_pair()
+            url = protocol.authorization_url(endpoints, client, "http://127.0.0.1:9/cb", "s", challenge, "mcp")
+            to_login = await http.get(url)
+            to_callback = await http.get(to_login.headers["location"] + "&user=gina")
+            code = dict(p.split("=", 1) for p in to_callback.headers["location"].split("?", 1)[1].split("&"))["code"]
+            response = await http.post(endpoints.token_endpoint, data={
+                "grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:9/cb",
+                "code_verifier": verifier, "client_id": client.client_id, "client_secret": client.client_secret or "",
+                "resource": endpoints.resource})
+            return response.json()
+
+    token_response = asyncio.run(other_front_end())
+    imported = valet.cli("oauth", "import", "cloud", "--user", "gina", "--config", str(valet.config),
+                         stdin=json.dumps(token_response))
+    assert "fake-" not in imported.stdout + imported.stderr
+    gina, _ = valet.new_key("gina", "g")
+    assert subject(call_me(valet, gina)) == "subject=gina"
+    assert status(valet)["gina"]["scopes"] == "mcp"
+
+
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server")

@@ -22,7 +22,7 @@ from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mitmproxy import http
 
 from ..config import ServerConfig
-from ..grants import Grant
+from ..grants import Grant, read_registration
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from ..inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
@@ -61,6 +61,10 @@ class Injector:
             for name in server.secret_names:
                 resolution(name)
             values = {**resolution.used, **(grant.secrets() if grant else {})}
+            if server.auth == "oauth" and self.state.secrets is not None:
+                registration = read_registration(self.state.secrets, server_name)
+                if registration is not None and registration.client.client_secret:
+                    values["OAUTH_CLIENT_SECRET"] = registration.client.client_secret
             redactor = self._redactors[key] = Redactor(values)
         return redactor
 
