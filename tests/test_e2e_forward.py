@@ -91,7 +91,7 @@ def test_forward_proxy_requires_a_key(forward: Valet, tls_upstream) -> None:
         with pytest.raises(httpx.ProxyError, match="407"):
             http.get(f"{secure.url}/_echo_headers")
     with httpx.Client(proxy=f"http://agent:vk_bogus@127.0.0.1:{forward.port}", timeout=10) as http:
-        r = http.get(f"http://127.0.0.1:1/x")
+        r = http.get("http://127.0.0.1:1/x")
         assert r.status_code == 407 and r.headers["proxy-authenticate"].startswith("Basic")
     assert forward.rows("reason = 'proxy_auth_required' AND http_method = 'CONNECT'")
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -238,28 +236,6 @@ def test_import_a_token_response_from_another_front_end(valet: Valet, auth_serve
     gina, _ = valet.new_key("gina", "g")
     assert subject(call_me(valet, gina)) == "subject=gina"
     assert status(valet)["gina"]["scopes"] == "mcp"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
 
 
 def test_two_valets_sharing_redis_refresh_once(auth_server: AuthServer, tmp_path: Path, redis_url: str) -> None:

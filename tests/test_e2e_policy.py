@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from .support import Upstream, Valet, assert_clean_log, free_port, jsonrpc, post, start_http_api, start_valet
+from .support import Upstream, Valet, assert_clean_log, jsonrpc, post, start_http_api, start_valet
 
 pytestmark = pytest.mark.e2e
 
@@ -339,28 +335,6 @@ def test_kill_switches_for_users_and_keys(upstream: Upstream, api: Upstream, tmp
         assert raw_call(proxy, other, "add", {"a": 1, "b": 1}).status_code == 200
     finally:
         assert proxy.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI (.ci/run installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server); CI installs it")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
 
 
 @pytest.mark.parametrize("storage", ["redis", "memory"])
