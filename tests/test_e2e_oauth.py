@@ -103,6 +103,22 @@ def call_me(valet: Valet, key: str, rpc_id: int = 1) -> httpx.Response:
         "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": encode_header_value("me")})
 
 
+async def call_me_async(http: httpx.AsyncClient, valet: Valet, key: str, rpc_id: int) -> httpx.Response:
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    body = jsonrpc("tools/call", {"name": "me", "arguments": {}, "_meta": meta}, rpc_id)
+    return await http.post(valet.base + "/cloud", json=body, headers={
+        "authorization": f"Bearer {key}", "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "me"})
+
+
+async def burst(pairs: list[tuple[Valet, str]]) -> list[httpx.Response]:
+    """All at once: one connection each, no thread pool in the way."""
+    limits = httpx.Limits(max_connections=len(pairs), max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        return await asyncio.gather(*[call_me_async(http, v, k, i) for i, (v, k) in enumerate(pairs)])
+
+
 def subject(response: httpx.Response) -> str:
     assert response.status_code == 200, response.text
     return response.json()["result"]["content"][0]["text"]
@@ -148,10 +164,7 @@ def test_fifty_concurrent_calls_at_expiry_cause_one_refresh(valet: Valet, auth_s
     wait_until_expiring(valet, "alice")
     before = auth_server.stats()["refresh_token"]
 
-    async def burst() -> list[httpx.Response]:
-        return await asyncio.gather(*[asyncio.to_thread(call_me, valet, alice, i) for i in range(50)])
-
-    responses = asyncio.run(burst())
+    responses = asyncio.run(burst([(valet, alice)] * 50))
     assert all(subject(r) == "subject=alice" for r in responses)
     assert auth_server.stats()["refresh_token"] == before + 1
 
@@ -209,22 +222,29 @@ def test_logout_revokes_at_the_server(valet: Valet, auth_server: AuthServer) -> 
 
 
 def test_import_a_token_response_from_another_front_end(valet: Valet, auth_server: AuthServer) -> None:
-    """Another front end ran its own login (here: the test, as a separate OAuth client) and hands over tokens."""
+    """Another front end (here: the test) ran the login for Valet's registered client and hands over the tokens;
+    Valet uses them and keeps them fresh."""
     from addon import oauth as protocol
+    from addon.grants import read_registration
+    from addon.vault import SecretCache
+
+    cache = SecretCache(valet.data_dir)
+    cache.reload()
+    registration = read_registration(cache, "cloud")
+    assert registration is not None and registration.client.redirect_uri
+    client, endpoints, redirect = registration.client, registration.endpoints, registration.client.redirect_uri
 
     async def other_front_end() -> dict[str, Any]:
         import httpx2
 
         async with httpx2.AsyncClient(timeout=10) as http:
-            endpoints = await protocol.discover(http, f"{auth_server.base}/mcp", {})
-            client = await protocol.register(http, endpoints, "http://127.0.0.1:9/cb", "mcp")
             verifier, challenge = protocol.pkce_pair()
-            url = protocol.authorization_url(endpoints, client, "http://127.0.0.1:9/cb", "s", challenge, "mcp")
+            url = protocol.authorization_url(endpoints, client, redirect, "s", challenge, "mcp")
             to_login = await http.get(url)
             to_callback = await http.get(to_login.headers["location"] + "&user=gina")
             code = dict(p.split("=", 1) for p in to_callback.headers["location"].split("?", 1)[1].split("&"))["code"]
             response = await http.post(endpoints.token_endpoint, data={
-                "grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1:9/cb",
+                "grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
                 "code_verifier": verifier, "client_id": client.client_id, "client_secret": client.client_secret or "",
                 "resource": endpoints.resource})
             return response.json()
@@ -235,7 +255,9 @@ def test_import_a_token_response_from_another_front_end(valet: Valet, auth_serve
     assert "fake-" not in imported.stdout + imported.stderr
     gina, _ = valet.new_key("gina", "g")
     assert subject(call_me(valet, gina)) == "subject=gina"
-    assert status(valet)["gina"]["scopes"] == "mcp"
+    time.sleep(3.2)  # past its lifetime: Valet refreshes the imported grant itself
+    assert subject(call_me(valet, gina)) == "subject=gina"
+    assert status(valet)["gina"]["scopes"] == "mcp" and status(valet)["gina"]["last_refresh"]
 
 
 def test_two_valets_sharing_redis_refresh_once(auth_server: AuthServer, tmp_path: Path, redis_url: str) -> None:
@@ -263,11 +285,7 @@ def test_two_valets_sharing_redis_refresh_once(auth_server: AuthServer, tmp_path
         wait_until_expiring(first, "erin")
         before = auth_server.stats()["refresh_token"]
 
-        async def burst() -> list[httpx.Response]:
-            return await asyncio.gather(*[asyncio.to_thread(call_me, proxy, key, i)
-                                          for i in range(20) for proxy in (first, second)])
-
-        assert all(subject(r) == "subject=erin" for r in asyncio.run(burst()))
+        assert all(subject(r) == "subject=erin" for r in asyncio.run(burst([(first, key), (second, key)] * 20)))
         assert auth_server.stats()["refresh_token"] == before + 1
     finally:
         assert first.stop() == 0
