@@ -390,6 +390,9 @@ def test_mcp_servers_take_no_other_http_requests_than_the_session_ones(valet: Va
                          ("OPTIONS", "/notes"), ("GET", "/notes/_echo_headers")]:
         r = httpx.request(method, valet.base + path, headers=auth, timeout=10)
         assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "denied", (method, path, r.text)
+    # a JSON-RPC body does not make a sub-path the MCP endpoint
+    r = post(valet.base + "/notes/admin", jsonrpc("ping"), key)
+    assert r.status_code == 403 and r.json()["error"]["data"]["rule"] == "default:notes"
     assert upstream.requests_seen() == before
 
 

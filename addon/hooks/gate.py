@@ -40,9 +40,9 @@ class PolicyGate:
         server = snapshot.config.servers[exchange.server]
         request = flow.request
         path = request.path.partition("?")[0]
-        if server.kind == "http" or (body is None and not _session_request(request.method, path, server.url)):
-            # A plain HTTP API, or anything on an MCP server that is not JSON-RPC nor the session's own
-            # GET stream / DELETE: judged as an HTTP request, by `http` rules (default deny).
+        if server.kind == "http" or not _mcp_request(request.method, path, server.url, body is not None):
+            # A plain HTTP API, or anything on an MCP server other than JSON-RPC POSTs and the session's
+            # GET stream and DELETE on its endpoint: judged as an HTTP request, by `http` rules (default deny).
             if any(h in request.headers for h in _METHOD_OVERRIDES):
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, "method-override headers are not accepted"))
                 return
@@ -92,10 +92,13 @@ class PolicyGate:
 _METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
-def _session_request(method: str, path: str, server_url: str) -> bool:
-    """The MCP session's own bodyless requests: GET (the SSE stream) and DELETE, on the endpoint itself."""
+def _mcp_request(method: str, path: str, server_url: str, has_body: bool) -> bool:
+    """What MCP's streamable HTTP transport sends, on the endpoint itself: JSON-RPC POSTs, and the
+    session's bodyless GET (its SSE stream) and DELETE. A sub-path is not the MCP endpoint."""
     endpoint = urlsplit(server_url).path.rstrip("/") or "/"
-    return method in ("GET", "DELETE") and (path.rstrip("/") or "/") == endpoint
+    if (path.rstrip("/") or "/") != endpoint:
+        return False
+    return has_body if method == "POST" else method in ("GET", "DELETE") and not has_body
 
 
 def matching_path(path: str) -> str:
