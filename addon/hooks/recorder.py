@@ -64,11 +64,15 @@ class ExchangeRecorder:
         if exchange.decision == "deny":  # refused, then the client went away: the refusal is the story
             self.state.record(exchange, flow.response.status_code if flow.response else None)
             return
-        exchange.decision = "error"
         message = (flow.error.msg if flow.error else "").lower()
         if "client" in message and "disconnect" in message:
+            # The agent went away. With SSE that is routine once it has its answer: the exchange
+            # stands as it was (allowed, with the status it got); only the reason says so.
             exchange.reason = "client_disconnected"
+            if flow.response is None:
+                exchange.decision = "error"
         else:
+            exchange.decision = "error"
             exchange.reason = Cause.UPSTREAM_ERROR.reason
         status = flow.response.status_code if flow.response else 502
         self.state.record(exchange, status)
