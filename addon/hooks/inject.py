@@ -132,7 +132,7 @@ class Injector:
         exchange.outbound = outbound
         if body is not None:
             outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
-            if redactor:
+            if redactor or exchange.rewritten:  # the audit row shows what is forwarded, secrets redacted
                 describe(exchange, body, redactor.value)
             flow.request.content = body.serialize()
 
