@@ -165,12 +165,14 @@ def test_allowed_and_denied_tools(valet: Valet, upstream: Upstream) -> None:
     ],
 )
 def test_path_arguments(valet: Valet, path: str, status: int, rule: str, forwarded: str | None) -> None:
-    key, _ = valet.new_key("alice", "files")
+    key, key_id = valet.new_key("alice", "files")
     r = raw_call(valet, key, "read_file", {"path": path})
     assert r.status_code == status, r.text
     if status == 200:
         text = r.json()["result"]["content"][0]["text"]
         assert json.loads(text) == {"path": forwarded}, "the upstream reads the normalized path the policy judged"
+        row = valet.rows("key_id = ? AND tool = 'read_file'", (key_id,))[0]
+        assert json.loads(row["arguments"]) == {"path": forwarded}, "and so does the audit row"
     else:
         assert r.json()["error"]["data"]["rule"] == rule
 
