@@ -39,8 +39,3 @@ class RateLimiter:
                     stats = await self.limiter.get_window_stats(item, *identifiers)
                     return Verdict(False, rule.id, max(1, int(stats.reset_time - time.time()) + 1))
         return Verdict(True)
-
-    async def close(self) -> None:
-        close = getattr(self.storage, "close", None)
-        if close is not None:
-            await close()

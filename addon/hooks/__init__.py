@@ -83,7 +83,7 @@ class Valet:
             close = getattr(stage, "done", None)
             if close is not None:
                 await close()
-        self.state.done()
+        await self.state.done()
 
     # flow events
     @fail_closed

@@ -18,7 +18,7 @@ from mitmproxy import connection, http
 from ..errors import Cause, Refusal
 from ..identity import KeyRecord
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, answered, exchange_of, refuse
 
 
 def _key_from_bearer(value: str) -> str | None:
@@ -85,7 +85,7 @@ class Authenticator:
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         headers = flow.request.headers
         for name in ("authorization", "proxy-authorization"):

@@ -16,7 +16,7 @@ from mitmproxy import http
 from ..errors import Cause, Refusal
 from ..policy import Call, Decision, visible_tools
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, refuse, routed
 
 # MCP's tool name rule (2025-11-25): anything else could be a look-alike or carry invisible characters.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}\Z")
@@ -28,11 +28,9 @@ class PolicyGate:
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        exchange = exchange_of(flow)
-        if exchange is None or exchange.server is None or exchange.user is None:
-            return
+        exchange = routed(flow)
+        if exchange is None:
+            return  # answered already, or passthrough
         snapshot = exchange.snapshot
         policy = snapshot.policy
         base = Call(exchange.user, exchange.agent or "", exchange.key_id or "", exchange.server)

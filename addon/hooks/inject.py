@@ -31,7 +31,7 @@ from ..redact import Redactor
 from ..vault import VaultError
 from .parse import describe
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, refuse, routed
 
 log = logging.getLogger("valet.inject")
 MAX_REMEMBERED_SCHEMAS = 10_000
@@ -91,11 +91,9 @@ class Injector:
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        exchange = exchange_of(flow)
-        if exchange is None or exchange.server is None or exchange.user is None:
-            return  # passthrough, or refused earlier
+        exchange = routed(flow)
+        if exchange is None:
+            return  # answered already, or passthrough
         server = exchange.snapshot.config.servers[exchange.server]
         body = exchange.body
         try:

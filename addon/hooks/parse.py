@@ -12,7 +12,7 @@ from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from ..jsonrpc import Body, check_headers, parse_body
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, answered, exchange_of, refuse
 
 MAX_AUDIT_ARGUMENTS = 64 * 1024
 # Read once by Valet (which would join duplicates) and once by the upstream (which may take the first).
@@ -27,7 +27,7 @@ class RpcInspector:
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse what cannot be inspected before its body is even read."""
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         exchange = exchange_of(flow)
         if exchange is None or exchange.server is None:
@@ -53,7 +53,7 @@ class RpcInspector:
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         exchange = exchange_of(flow)
         if exchange is None or exchange.server is None:

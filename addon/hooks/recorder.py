@@ -7,7 +7,7 @@ from mitmproxy import http
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
 from .failsafe import fail_closed
-from .state import METADATA_KEY, ValetState, exchange_of, refuse
+from .state import METADATA_KEY, ValetState, answered, exchange_of, refuse
 
 MAX_PATH_CHARS = 2048
 
@@ -31,7 +31,7 @@ class ExchangeOpener:
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         exchange = self._open(flow)
         exchange.snapshot = await self.state.current()

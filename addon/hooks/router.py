@@ -13,7 +13,7 @@ from mitmproxy.proxy import server_hooks
 
 from ..errors import Cause, Refusal
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, answered, exchange_of, refuse
 
 
 class Router:
@@ -35,7 +35,7 @@ class Router:
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         request = flow.request
         exchange = exchange_of(flow)

@@ -7,7 +7,7 @@ from mitmproxy import http
 from ..errors import Refusal
 from ..sessions import SessionOwners
 from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from .state import ValetState, answered, exchange_of, refuse
 
 
 class SessionGuard:
@@ -17,7 +17,7 @@ class SessionGuard:
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if answered(flow):
             return
         exchange = exchange_of(flow)
         session_id = flow.request.headers.get("mcp-session-id")

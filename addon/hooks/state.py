@@ -112,7 +112,7 @@ class ValetState:
         return self.snapshot
 
     def running(self) -> None:
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_keys())
+        self._key_refresh = asyncio.get_running_loop().create_task(self._refresh_keys())
 
     async def _refresh_keys(self) -> None:
         """Notice revocations even without new requests, so that open streams are cut within a second."""
@@ -125,10 +125,15 @@ class ValetState:
             except Exception as exc:  # noqa: BLE001 - keep refreshing; requests reload (fail closed) on their own
                 log.error("key refresh failed: %s", type(exc).__name__)
 
-    def done(self) -> None:
-        refresher = getattr(self, "_refresher", None)
-        if refresher is not None:
-            refresher.cancel()
+    async def done(self) -> None:
+        key_refresh = getattr(self, "_key_refresh", None)
+        if key_refresh is not None:
+            key_refresh.cancel()
+        if self.refresher is not None:  # its HTTP connections to authorization servers
+            try:
+                await self.refresher.close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: the audit flush below matters more
+                log.warning("closing the OAuth client failed: %s", type(exc).__name__)
         if self.audit is not None:
             self.audit.close()
 
@@ -175,3 +180,13 @@ def refuse(flow: http.HTTPFlow, refusal: Refusal, decision: str = "deny") -> Non
 def answered(flow: http.HTTPFlow) -> bool:
     """True when this flow needs nothing more from a request-side hook."""
     return flow.response is not None or flow.error is not None or not flow.live
+
+
+def routed(flow: http.HTTPFlow) -> Exchange | None:
+    """The exchange of a live, unanswered flow that was authenticated and routed to a configured server."""
+    if answered(flow):
+        return None
+    exchange = exchange_of(flow)
+    if exchange is None or exchange.server is None or exchange.user is None:
+        return None
+    return exchange
