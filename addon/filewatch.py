@@ -10,8 +10,10 @@ mode, the mode Valet's key and vault databases use. A few syscalls, no parsing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Protocol
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -31,3 +33,14 @@ def signature(path: Path, sqlite: bool = True) -> tuple[int, ...]:
         except OSError:
             pass
     return (st.st_ino, st.st_mtime_ns, st.st_size, counter)
+
+
+class Reloadable(Protocol):
+    def stale(self) -> bool: ...
+    def reload(self) -> None: ...
+
+
+async def reload_if_stale(store: Reloadable | None) -> None:
+    """The check is a few syscalls on the event loop; the reading goes to a worker thread."""
+    if store is not None and store.stale():
+        await asyncio.to_thread(store.reload)

@@ -27,6 +27,7 @@ import httpx2
 from . import oauth
 from .config import ServerConfig
 from .errors import Cause, Refusal
+from .filewatch import reload_if_stale
 from .grants import Grant, Registration, read_grant, read_registration, save_grant
 from .oauth import Client, OAuthError
 from .vault import SecretCache
@@ -56,8 +57,7 @@ class Refresher:
             self._redis = Redis.from_url(redis_url)
 
     async def _fresh_cache(self) -> None:
-        if self.cache.stale():
-            await asyncio.to_thread(self.cache.reload)
+        await reload_if_stale(self.cache)
 
     async def access_token(self, name: str, server: ServerConfig, user: str) -> Grant:
         """The grant to use now, refreshed first if it is about to expire."""

@@ -9,13 +9,13 @@ revocation cuts a live tunnel on its next request.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 
 from mitmproxy import connection, http
 
 from ..errors import Cause, Refusal
+from ..filewatch import reload_if_stale
 from ..identity import KeyRecord
 from .failsafe import fail_closed
 from .state import ValetState, answered, exchange_of, refuse
@@ -53,8 +53,7 @@ class Authenticator:
             raise Refusal(Cause.AUDIT_UNAVAILABLE, "Valet is not configured with a data dir")
         if key is None:
             raise Refusal(missing, "a valet key is required")
-        if keyring.stale():
-            await asyncio.to_thread(keyring.reload)
+        await reload_if_stale(keyring)
         record = keyring.verify(key)
         if record is None:
             raise Refusal(Cause.UNKNOWN_KEY, "unknown valet key")

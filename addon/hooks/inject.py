@@ -12,7 +12,6 @@ the one serialization of the body that is forwarded.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import logging
@@ -22,6 +21,7 @@ from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mitmproxy import http
 
 from ..config import ServerConfig
+from ..filewatch import reload_if_stale
 from ..grants import Grant, read_registration
 from ..errors import Cause, Refusal
 from ..exchange import Exchange
@@ -85,9 +85,7 @@ class Injector:
         return remember
 
     async def _fresh_secrets(self) -> None:
-        secrets = self.state.secrets
-        if secrets is not None and secrets.stale():
-            await asyncio.to_thread(secrets.reload)
+        await reload_if_stale(self.state.secrets)
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:

@@ -13,6 +13,7 @@ from ..audit import AuditWriter
 from ..config import ConfigError
 from ..errors import Refusal
 from ..exchange import Exchange
+from ..filewatch import reload_if_stale
 from ..identity import KeyRing, KeyStore
 from ..exchange import _utc_now
 from ..ratelimit import RateLimiter
@@ -118,10 +119,8 @@ class ValetState:
         """Notice revocations even without new requests, so that open streams are cut within a second."""
         while True:
             await asyncio.sleep(KEY_REFRESH_SECONDS)
-            keyring = self.keyring
             try:
-                if keyring is not None and keyring.stale():
-                    await asyncio.to_thread(keyring.reload)
+                await reload_if_stale(self.keyring)
             except Exception as exc:  # noqa: BLE001 - keep refreshing; requests reload (fail closed) on their own
                 log.error("key refresh failed: %s", type(exc).__name__)
 
