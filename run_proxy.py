@@ -4,7 +4,7 @@
     python run_proxy.py [--config PATH] [--data-dir DIR] [--listen HOST:PORT] [--mode reverse|forward]
 """
 
-from addon.cli import run_command
+from addon.cli.main import run_command
 
 if __name__ == "__main__":
     run_command()

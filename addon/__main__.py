@@ -1,3 +1,3 @@
-from .cli import main
+from addon.cli.main import main
 
 main()

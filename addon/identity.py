@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import filewatch
+from addon import filewatch
 
 KEY_PREFIX = "vk_"
 _SCHEMA = """

@@ -13,9 +13,9 @@ from pathlib import Path
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
-from . import mitm_errors
-from .config import ConfigError, load_config
-from .hooks import valet_addons
+from addon.protocol import mitm_errors
+from addon.config import ConfigError, load_config
+from addon.hooks import valet_addons
 
 # A placeholder upstream for mitmproxy's reverse mode: the Router rewrites every
 # routed request before any connection is made (lazy connection strategy).

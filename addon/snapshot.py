@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import filewatch
-from .config import ConfigError, ValetConfig, load_config
-from .policy import PolicySet
-from .policy_files import load_policies, policy_paths
-from .routing import RouteTable
+from addon import filewatch
+from addon.config import ConfigError, ValetConfig, load_config
+from addon.policy.decisions import PolicySet
+from addon.policy.files import load_policies, policy_paths
+from addon.protocol.routing import RouteTable
 
 
 @dataclass(frozen=True)

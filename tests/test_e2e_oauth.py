@@ -224,9 +224,9 @@ def test_logout_revokes_at_the_server(valet: Valet, auth_server: AuthServer) -> 
 def test_import_a_token_response_from_another_front_end(valet: Valet, auth_server: AuthServer) -> None:
     """Another front end (here: the test) ran the login for Valet's registered client and hands over the tokens;
     Valet uses them and keeps them fresh."""
-    from addon import oauth as protocol
-    from addon.grants import read_registration
-    from addon.vault import SecretCache
+    from addon.oauth import client as protocol
+    from addon.oauth.grants import read_registration
+    from addon.secrets.vault import SecretCache
 
     cache = SecretCache(valet.data_dir)
     cache.reload()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from addon.audit import AuditWriter, open_readonly
+from addon.audit.log import AuditWriter, open_readonly
 from addon.identity import KeyRing, KeyStore, key_id_of
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from addon.errors import Cause, Refusal
-from addon.jsonrpc import check_headers, parse_body
+from addon.protocol.errors import Cause, Refusal
+from addon.protocol.jsonrpc import check_headers, parse_body
 
 LIMIT = 1 << 20
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from addon.arguments import normalize_fs_path
+from addon.policy.arguments import normalize_fs_path
 from addon.config import ConfigError, parse_config
-from addon.policy import Call, PolicySet
-from addon.policy_files import load_policies
+from addon.policy.decisions import Call, PolicySet
+from addon.policy.files import load_policies
 
 CONFIG = parse_config("""
 servers:
@@ -272,7 +272,7 @@ def test_matching_paths_drop_parameters_and_trailing_slashes() -> None:
 
 
 def test_mitmproxy_error_pages_never_quote_the_upstream() -> None:
-    from addon.mitm_errors import _json_error_response
+    from addon.protocol.mitm_errors import _json_error_response
 
     page = _json_error_response(502, "Cannot parse HTTP response: invalid content-length header: 'fake-secret'")
     assert b"fake-secret" not in page and b"-32011" in page

@@ -7,11 +7,11 @@ from urllib.parse import quote
 import pytest
 
 from addon.config import parse_config
-from addon.errors import Cause, Refusal
-from addon.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
-from addon.outbound import Outbound
-from addon.redact import Redactor
-from addon.sse import SSEFramer
+from addon.protocol.errors import Cause, Refusal
+from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
+from addon.secrets.outbound import Outbound
+from addon.secrets.redact import Redactor
+from addon.protocol.sse import SSEFramer
 
 SECRET = 'fake-s3cret/"value\\+é'
 R = Redactor({"TOKEN": SECRET, "OTHER": "fake-other-value-123"})

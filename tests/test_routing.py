@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from addon.config import parse_config
-from addon.errors import Cause, Refusal
-from addon.routing import RouteTable, normalize_path
+from addon.protocol.errors import Cause, Refusal
+from addon.protocol.routing import RouteTable, normalize_path
 
 CONFIG = parse_config("""
 servers:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from addon.errors import Cause, Refusal
-from addon.sessions import SessionOwners
+from addon.protocol.errors import Cause, Refusal
+from addon.protocol.sessions import SessionOwners
 
 
 def test_binding() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from addon.sse import EventTooLarge, SSEFramer
+from addon.protocol.sse import EventTooLarge, SSEFramer
 
 STREAM = (
     b"event: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from addon import vault as v
+from addon.secrets import vault as v
 
 
 @pytest.fixture(autouse=True)

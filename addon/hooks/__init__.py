@@ -23,17 +23,17 @@ from mitmproxy import connection, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
-from .authenticate import Authenticator
-from .inject import Injector
-from .oauthretry import OAuthReplay
-from .failsafe import fail_closed
-from .gate import PolicyGate
-from .parse import RpcInspector
-from .recorder import ExchangeOpener, ExchangeRecorder
-from .relay import ResponseFilter
-from .router import Router
-from .sessions import SessionGuard
-from .state import ValetState
+from addon.hooks.authenticate import Authenticator
+from addon.hooks.inject import Injector
+from addon.hooks.oauthretry import OAuthReplay
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.gate import PolicyGate
+from addon.hooks.parse import RpcInspector
+from addon.hooks.recorder import ExchangeOpener, ExchangeRecorder
+from addon.hooks.relay import ResponseFilter
+from addon.hooks.router import Router
+from addon.hooks.sessions import SessionGuard
+from addon.hooks.state import ValetState
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:

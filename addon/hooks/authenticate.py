@@ -14,11 +14,11 @@ import binascii
 
 from mitmproxy import connection, http
 
-from ..errors import Cause, Refusal
-from ..filewatch import reload_if_stale
-from ..identity import KeyRecord
-from .failsafe import fail_closed
-from .state import ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.filewatch import reload_if_stale
+from addon.identity import KeyRecord
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 
 def _key_from_bearer(value: str) -> str | None:

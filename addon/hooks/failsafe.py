@@ -21,8 +21,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..errors import Cause, Refusal
-from .state import refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.hooks.state import refuse
 
 log = logging.getLogger("valet")
 

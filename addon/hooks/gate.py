@@ -13,10 +13,10 @@ from urllib.parse import unquote, urlsplit
 
 from mitmproxy import http
 
-from ..errors import Cause, Refusal
-from ..policy import Call, Decision, visible_tools
-from .failsafe import fail_closed
-from .state import ValetState, refuse, routed
+from addon.protocol.errors import Cause, Refusal
+from addon.policy.decisions import Call, Decision, visible_tools
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, refuse, routed
 
 # MCP's tool name rule (2025-11-25): anything else could be a look-alike or carry invisible characters.
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}\Z")

@@ -20,18 +20,18 @@ from typing import Any
 from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mitmproxy import http
 
-from ..config import ServerConfig
-from ..filewatch import reload_if_stale
-from ..grants import Grant, read_registration
-from ..errors import Cause, Refusal
-from ..exchange import Exchange
-from ..inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
-from ..outbound import Outbound
-from ..redact import Redactor
-from ..vault import VaultError
-from .parse import describe
-from .failsafe import fail_closed
-from .state import ValetState, refuse, routed
+from addon.config import ServerConfig
+from addon.filewatch import reload_if_stale
+from addon.oauth.grants import Grant, read_registration
+from addon.protocol.errors import Cause, Refusal
+from addon.audit.exchange import Exchange
+from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
+from addon.secrets.outbound import Outbound
+from addon.secrets.redact import Redactor
+from addon.secrets.vault import VaultError
+from addon.hooks.parse import describe
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, refuse, routed
 
 log = logging.getLogger("valet.inject")
 MAX_REMEMBERED_SCHEMAS = 10_000

@@ -11,9 +11,9 @@ from __future__ import annotations
 import httpx2
 from mitmproxy import ctx, http
 
-from ..errors import Refusal
-from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from addon.protocol.errors import Refusal
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, exchange_of, refuse
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                "content-length", "proxy-authorization"}

@@ -8,11 +8,11 @@ from typing import Any
 
 from mitmproxy import http
 
-from ..errors import Cause, Refusal
-from ..exchange import Exchange
-from ..jsonrpc import Body, check_headers, parse_body
-from .failsafe import fail_closed
-from .state import ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.audit.exchange import Exchange
+from addon.protocol.jsonrpc import Body, check_headers, parse_body
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 MAX_AUDIT_ARGUMENTS = 64 * 1024
 # Read once by Valet (which would join duplicates) and once by the upstream (which may take the first).

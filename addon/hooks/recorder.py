@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from ..errors import Cause, Refusal
-from ..exchange import Exchange
-from .failsafe import fail_closed
-from .state import METADATA_KEY, ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.audit.exchange import Exchange
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
 
 MAX_PATH_CHARS = 2048
 

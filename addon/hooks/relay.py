@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from ..errors import Cause, Refusal
-from ..exchange import Exchange
-from ..outbound import Outbound
-from ..sse import EventTooLarge, SSEFramer
-from .failsafe import fail_closed
-from .state import ValetState, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.audit.exchange import Exchange
+from addon.secrets.outbound import Outbound
+from addon.protocol.sse import EventTooLarge, SSEFramer
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, exchange_of, refuse
 
 OFFLOAD_BYTES = 256 * 1024
 REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'

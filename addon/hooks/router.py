@@ -2,7 +2,7 @@
 
 Routing happens in ``requestheaders``, so that with mitmproxy's lazy connection
 strategy no upstream connection is opened before the decision. What goes
-upstream is the normalized path from :mod:`addon.routing`, never the raw one.
+upstream is the normalized path from :mod:`addon.protocol.routing`, never the raw one.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from mitmproxy import connection, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
-from ..errors import Cause, Refusal
-from .failsafe import fail_closed
-from .state import ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 
 class Router:

@@ -1,13 +1,13 @@
-"""Enforce the session-to-key binding of :mod:`addon.sessions` on live flows."""
+"""Enforce the session-to-key binding of :mod:`addon.protocol.sessions` on live flows."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from ..errors import Refusal
-from ..sessions import SessionOwners
-from .failsafe import fail_closed
-from .state import ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Refusal
+from addon.protocol.sessions import SessionOwners
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 
 class SessionGuard:

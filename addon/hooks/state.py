@@ -9,17 +9,17 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from ..audit import AuditWriter
-from ..config import ConfigError
-from ..errors import Refusal
-from ..exchange import Exchange
-from ..filewatch import reload_if_stale
-from ..identity import KeyRing, KeyStore
-from ..exchange import _utc_now
-from ..ratelimit import RateLimiter
-from ..refresher import Refresher
-from ..snapshot import Snapshot, load_snapshot, signature_of, watched
-from ..vault import SecretCache, VaultError
+from addon.audit.log import AuditWriter
+from addon.config import ConfigError
+from addon.protocol.errors import Refusal
+from addon.audit.exchange import Exchange
+from addon.filewatch import reload_if_stale
+from addon.identity import KeyRing, KeyStore
+from addon.audit.exchange import _utc_now
+from addon.policy.ratelimit import RateLimiter
+from addon.oauth.refresher import Refresher
+from addon.snapshot import Snapshot, load_snapshot, signature_of, watched
+from addon.secrets.vault import SecretCache, VaultError
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"

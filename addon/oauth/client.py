@@ -1,7 +1,7 @@
 """OAuth 2.1 as a client on the user's behalf: discovery, registration, PKCE login, refresh, revocation.
 
-Protocol steps only: where grants are kept is :mod:`addon.grants`, when to
-refresh is :mod:`addon.refresher`. Discovery follows the MCP authorization
+Protocol steps only: where grants are kept is :mod:`addon.oauth.grants`, when to
+refresh is :mod:`addon.oauth.refresher`. Discovery follows the MCP authorization
 spec, with the ``mcp`` SDK's URL builders and metadata models: the server's
 401 ``WWW-Authenticate`` names its protected resource metadata (RFC 9728),
 which names the authorization server, whose metadata (RFC 8414 / OIDC

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import templates
-from .config import ServerConfig
-from .errors import Cause, Refusal
+from addon.secrets import templates
+from addon.config import ServerConfig
+from addon.protocol.errors import Cause, Refusal
 
 Resolver = Callable[[str], str | None]
 

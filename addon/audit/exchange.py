@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .audit import COLUMNS
+from addon.audit.log import COLUMNS
 
 
 def _utc_now() -> str:
@@ -43,8 +43,8 @@ class Exchange:
     recorded: bool = False
     # Not audited: what later stages need from earlier ones.
     snapshot: Any = None  # the configuration and policy in force when the request arrived (addon.snapshot)
-    body: Any = None  # the parsed JSON-RPC body (addon.jsonrpc.Body), forwarded after injection
-    outbound: Any = None  # the response transformation (addon.outbound.Outbound), if any
+    body: Any = None  # the parsed JSON-RPC body (addon.protocol.jsonrpc.Body), forwarded after injection
+    outbound: Any = None  # the response transformation (addon.secrets.outbound.Outbound), if any
     visible: Any = None  # tool name -> may this caller see it in tools/list (from the policy)
     oauth_token: str | None = None  # the upstream access token injected (to know a 401 is about it)
     replayed: bool = False  # the request was sent again after an OAuth refresh

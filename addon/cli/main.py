@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from . import audit
-from .identity import KeyStore
+from addon.audit import log as audit
+from addon.identity import KeyStore
 
 # mitmproxy and pydantic are imported only by the commands that need them, so
 # that key and audit commands start in a fraction of a second.
@@ -57,7 +57,7 @@ def main() -> None:
               help="reverse: agents call http://LISTEN/<server>; forward: agents set HTTPS_PROXY to Valet.")
 def run_command(config_path: Path, data_dir: Path, listen: str, mode: str) -> None:
     """Run the proxy until SIGINT/SIGTERM."""
-    from .server import Settings, run
+    from addon.server import Settings, run
 
     host, port = _listen(listen)
     sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode)))
@@ -210,7 +210,7 @@ def secret() -> None:
 @contextmanager
 def _vault_errors() -> Iterator[None]:
     """Vault errors are messages for the operator (they never hold key material or values)."""
-    from .vault import VaultError
+    from addon.secrets.vault import VaultError
 
     try:
         yield
@@ -219,7 +219,7 @@ def _vault_errors() -> Iterator[None]:
 
 
 def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
-    from .vault import Vault, load_master_keys
+    from addon.secrets.vault import Vault, load_master_keys
 
     with _vault_errors():
         vault = Vault(data_dir, load_master_keys(data_dir))
@@ -260,7 +260,7 @@ def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def secret_list(server: str | None, user: str | None, data_dir: Path, as_json: bool) -> None:
     """Names, scopes, fingerprints and dates: never values."""
-    from .vault import VAULT_FILE, read_rows
+    from addon.secrets.vault import VAULT_FILE, read_rows
 
     rows = [
         {"server": r.server, "name": r.name, "scope": r.scope, "user": r.user or None,
@@ -297,7 +297,7 @@ def vault_rotate(prune: bool, data_dir: Path) -> None:
 
     A running proxy picks the change up on its next request.
     """
-    from .vault import rotate
+    from addon.secrets.vault import rotate
 
     _vault(data_dir)  # refuse to rotate a vault the current keys cannot open
     with _vault_errors():
@@ -319,7 +319,7 @@ def vault_reencrypt(data_dir: Path) -> None:
 @data_dir_option
 def vault_status(data_dir: Path) -> None:
     """Where the master key comes from, its versions, and whether it opens the vault."""
-    from .vault import VAULT_FILE, read_rows
+    from addon.secrets.vault import VAULT_FILE, read_rows
 
     v = _vault(data_dir)
     used = sorted({r.key_version for r in read_rows(data_dir / VAULT_FILE)})
@@ -333,7 +333,7 @@ def ca(data_dir: Path) -> None:
     """Print the path of the CA certificate agents must trust in forward mode (created if needed)."""
     from mitmproxy.certs import CertStore
 
-    from .server import mitm_confdir
+    from addon.server import mitm_confdir
 
     confdir = mitm_confdir(data_dir)
     confdir.mkdir(parents=True, exist_ok=True)
@@ -355,8 +355,8 @@ def policy_check(config_path: Path, extra: tuple[Path, ...]) -> None:
 
     Exits non-zero, naming file, line and problem, on the first error.
     """
-    from .config import ConfigError
-    from .snapshot import load_snapshot
+    from addon.config import ConfigError
+    from addon.snapshot import load_snapshot
 
     try:
         snapshot = load_snapshot(config_path, list(extra))
@@ -384,10 +384,10 @@ def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server
     """Print the decision Valet would make, the rule that makes it, and the rate limits that would count it."""
     from urllib.parse import unquote
 
-    from .config import ConfigError
-    from .errors import Refusal
-    from .policy import Call
-    from .snapshot import load_snapshot
+    from addon.config import ConfigError
+    from addon.protocol.errors import Refusal
+    from addon.policy.decisions import Call
+    from addon.snapshot import load_snapshot
 
     try:
         snapshot = load_snapshot(config_path)
@@ -426,7 +426,7 @@ def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server
 
 
 def _register_oauth() -> None:
-    from .cli_oauth import register
+    from addon.cli.oauth import register
 
     register(main, data_dir_option, DEFAULT_CONFIG)
 
@@ -443,7 +443,7 @@ def config_group() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
 def config_check(path: Path) -> None:
     """Validate a config file; exit non-zero with file:line messages on error."""
-    from .config import ConfigError, load_config
+    from addon.config import ConfigError, load_config
 
     try:
         loaded = load_config(path)

@@ -16,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
-from .errors import Cause, Refusal
+from addon.protocol.errors import Cause, Refusal
 
 _CAUSE_BY_STATUS = {400: Cause.INVALID_REQUEST, 413: Cause.BODY_TOO_LARGE}
 

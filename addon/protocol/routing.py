@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .config import ServerConfig, ValetConfig
-from .errors import Cause, Refusal
+from addon.config import ServerConfig, ValetConfig
+from addon.protocol.errors import Cause, Refusal
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .oauth import Client, Endpoints, Tokens
-from .vault import SecretCache, Vault
+from addon.oauth.client import Client, Endpoints, Tokens
+from addon.secrets.vault import SecretCache, Vault
 
 GRANT = "OAUTH_GRANT"
 CLIENT = "OAUTH_CLIENT"

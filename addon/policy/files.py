@@ -17,7 +17,7 @@ from typing import Literal
 from limits import parse_many
 from pydantic import Field, field_validator, model_validator
 
-from .config import ConfigError, Strict, ValetConfig, parse_model
+from addon.config import ConfigError, Strict, ValetConfig, parse_model
 
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 SCOPES = ("user", "agent", "key", "server", "tool", "method")
@@ -35,7 +35,7 @@ class ArgumentRule(Strict):
     @field_validator("under")
     @classmethod
     def _root(cls, value: str | None) -> str | None:
-        from .arguments import normalize_fs_path
+        from addon.policy.arguments import normalize_fs_path
 
         if value is not None and normalize_fs_path(value) != value.rstrip("/") and value != "/":
             raise ValueError("must be an absolute, normalized path (no '..', '//', '\\\\' or trailing '/')")

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx2
 
-from . import oauth
-from .config import ServerConfig
-from .errors import Cause, Refusal
-from .filewatch import reload_if_stale
-from .grants import Grant, Registration, read_grant, read_registration, save_grant
-from .oauth import Client, OAuthError
-from .vault import SecretCache
+from addon.oauth import client as oauth
+from addon.config import ServerConfig
+from addon.protocol.errors import Cause, Refusal
+from addon.filewatch import reload_if_stale
+from addon.oauth.grants import Grant, Registration, read_grant, read_registration, save_grant
+from addon.oauth.client import Client, OAuthError
+from addon.secrets.vault import SecretCache
 
 log = logging.getLogger("valet.oauth")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
@@ -116,7 +116,7 @@ class Refresher:
     def _client(self, name: str, server: ServerConfig, registration: Registration) -> Client:
         secret = registration.client.client_secret
         if server.oauth is not None and server.oauth.client_secret:
-            from .templates import names
+            from addon.secrets.templates import names
 
             (secret_name,) = names(server.oauth.client_secret)
             secret = self.cache.lookup_exact(name, "", secret_name) or secret

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
-from .policy import Call, RateRule
+from addon.policy.decisions import Call, RateRule
 
 
 @dataclass(frozen=True, slots=True)

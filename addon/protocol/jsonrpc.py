@@ -16,7 +16,7 @@ from typing import Any
 
 from mcp.shared.inbound import PROTOCOL_VERSION_META_KEY, decode_header_value
 
-from .errors import Cause, Refusal
+from addon.protocol.errors import Cause, Refusal
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})

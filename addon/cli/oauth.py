@@ -22,16 +22,16 @@ from urllib.parse import parse_qs, urlsplit
 import click
 
 if TYPE_CHECKING:  # the modules themselves are imported by the commands: `valet key ...` stays fast
-    from .config import ServerConfig
-    from .grants import Grant
-    from .oauth import Client, Endpoints
-    from .vault import SecretCache
+    from addon.config import ServerConfig
+    from addon.oauth.grants import Grant
+    from addon.oauth.client import Client, Endpoints
+    from addon.secrets.vault import SecretCache
 
 LOGIN_TIMEOUT = 300.0
 
 
 def _server(config_path: Path, name: str) -> ServerConfig:
-    from .config import ConfigError, load_config
+    from addon.config import ConfigError, load_config
 
     try:
         config = load_config(config_path).config
@@ -46,7 +46,7 @@ def _server(config_path: Path, name: str) -> ServerConfig:
 
 
 def _cache(data_dir: Path) -> SecretCache:
-    from .vault import SecretCache, VaultError
+    from addon.secrets.vault import SecretCache, VaultError
 
     cache = SecretCache(data_dir)
     try:
@@ -57,8 +57,8 @@ def _cache(data_dir: Path) -> SecretCache:
 
 
 def _audit(data_dir: Path, row: dict[str, object]) -> None:
-    from .audit import AuditWriter
-    from .exchange import _utc_now
+    from addon.audit.log import AuditWriter
+    from addon.audit.exchange import _utc_now
 
     writer = AuditWriter(data_dir / "audit.db")
     writer.submit({"ts": _utc_now(), "mode": "cli", "http_method": "OAUTH", **row})
@@ -81,13 +81,13 @@ def _scopes(server: ServerConfig, endpoints: Endpoints) -> str | None:
 
 
 def _configured_client(cache: SecretCache, name: str, server: ServerConfig, redirect_uri: str | None) -> Client | None:
-    from .oauth import Client
+    from addon.oauth.client import Client
 
     if server.oauth is None or not server.oauth.client_id:
         return None
     secret = None
     if server.oauth.client_secret:
-        from .templates import names
+        from addon.secrets.templates import names
 
         (secret_name,) = names(server.oauth.client_secret)
         secret = cache.lookup_exact(name, "", secret_name)
@@ -139,10 +139,10 @@ async def _wait_for_callback(port: int, timeout: float) -> dict[str, str]:
 async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeout: float) -> Grant:
     import httpx2
 
-    from . import oauth
-    from .cli import _vault
-    from .grants import Grant, Registration, read_registration, save_grant, save_registration
-    from .oauth import OAuthError
+    from addon.oauth import client as oauth
+    from addon.cli.main import _vault
+    from addon.oauth.grants import Grant, Registration, read_registration, save_grant, save_registration
+    from addon.oauth.client import OAuthError
 
     server = _server(config_path, name)
     vault = _vault(data_dir)
@@ -224,10 +224,10 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
         """Store a token response (JSON on stdin) obtained by another front end."""
         import httpx2
 
-        from . import oauth
-        from .cli import _vault
-        from .grants import Grant, Registration, read_registration, save_grant, save_registration
-        from .oauth import Endpoints, OAuthError
+        from addon.oauth import client as oauth
+        from addon.cli.main import _vault
+        from addon.oauth.grants import Grant, Registration, read_registration, save_grant, save_registration
+        from addon.oauth.client import Endpoints, OAuthError
 
         cfg = _server(config_path, server)
         try:
@@ -262,9 +262,9 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
     @click.option("--json", "as_json", is_flag=True)
     def status(server: str | None, user: str | None, data_dir: Path, as_json: bool) -> None:
         """Per user and server: scopes, expiry, last refresh, whether a new login is needed. Never tokens."""
-        from .cli import _print_rows
-        from .grants import GRANT, read_grant
-        from .vault import VAULT_FILE, read_rows
+        from addon.cli.main import _print_rows
+        from addon.oauth.grants import GRANT, read_grant
+        from addon.secrets.vault import VAULT_FILE, read_rows
 
         cache = _cache(data_dir)
         rows = []
@@ -289,9 +289,9 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
         """Drop USER's grant for SERVER, revoking its tokens at the server when it supports RFC 7009."""
         import httpx2
 
-        from . import oauth
-        from .cli import _vault
-        from .grants import GRANT, read_grant, read_registration
+        from addon.oauth import client as oauth
+        from addon.cli.main import _vault
+        from addon.oauth.grants import GRANT, read_grant, read_registration
 
         vault = _vault(data_dir)
         cache = _cache(data_dir)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .errors import Cause, Refusal
+from addon.protocol.errors import Cause, Refusal
 
 DEFAULT_MAX_SESSIONS = 100_000
 

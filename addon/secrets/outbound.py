@@ -10,8 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .redact import Redactor
-from .sse import join_event, split_event
+from addon.secrets.redact import Redactor
+from addon.protocol.sse import join_event, split_event
 
 ToolFilter = Callable[[dict[str, Any]], bool]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 
-from . import filewatch
+from addon import filewatch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENV_VAR = "VALET_MASTER_KEY"

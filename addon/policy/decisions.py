@@ -15,10 +15,10 @@ plain HTTP request):
 5. Otherwise the server's default; the default default is deny.
 
 A rule matches when every condition it states holds. Conditions on names are
-globs (see :mod:`addon.globs` for case handling: allow rules match case
+globs (see :mod:`addon.policy.globs` for case handling: allow rules match case
 exactly, deny rules ignore case); argument conditions are in
-:mod:`addon.arguments`. Rate rules match the same way and are applied by
-:mod:`addon.ratelimit` to calls that were allowed.
+:mod:`addon.policy.arguments`. Rate rules match the same way and are applied by
+:mod:`addon.policy.ratelimit` to calls that were allowed.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 
 from limits import RateLimitItem, parse_many
 
-from .arguments import Check, normalize_fs_path
-from .globs import name_pattern, path_pattern
-from .policy_files import PolicySources, Rule
+from addon.policy.arguments import Check, normalize_fs_path
+from addon.policy.globs import name_pattern, path_pattern
+from addon.policy.files import PolicySources, Rule
 
 HOUSEKEEPING = re.compile(
     r"(initialize|ping|server/discover|logging/setLevel|tools/list|notifications/.+)\Z"

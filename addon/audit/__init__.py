@@ -1,0 +1,1 @@
+"""The audit log: the exchange record and its SQLite store."""

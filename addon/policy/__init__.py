@@ -1,0 +1,1 @@
+"""Decisions: rules and their files, argument checks, globs, rate limits."""

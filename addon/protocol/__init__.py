@@ -1,0 +1,1 @@
+"""The wire: strict JSON-RPC parsing, SSE framing, path routing, session bindings, error bodies."""

@@ -1,0 +1,1 @@
+"""Real credentials: the vault, ${secret:...} templates, injection, and the egress scrubber."""
