@@ -16,6 +16,7 @@ the settle time still applies, so a change takes effect within about a second.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from dataclasses import dataclass
@@ -57,11 +58,12 @@ def unsettled_for(config_path: Path, config: ValetConfig, settle: float = SETTLE
                   now: float | None = None) -> float:
     """Seconds until the most recently modified policy file (or policy folder) is ``settle`` seconds old.
 
-    0 when everything has settled. The folders count because creating, renaming or deleting a file
-    changes its folder's mtime; the files are listed afresh (a new file matching a glob counts too).
+    0 when everything has settled. The folders of glob patterns count because creating, renaming or
+    deleting a file changes its folder's mtime; the files are listed afresh (a new file matching a glob
+    counts too). A literal file that is gone has no mtime: loading it fails, which is what we want.
     """
     now = time.time() if now is None else now
-    folders = {(config_path.parent / pattern).parent for pattern in config.policy_files}
+    folders = {(config_path.parent / pattern).parent for pattern in config.policy_files if glob.has_magic(pattern)}
     newest = 0.0
     for path in [*folders, *policy_paths(config_path, config, strict=False)]:
         try:
