@@ -214,6 +214,8 @@ class LimitsConfig(Strict):
 
 class RateLimitsConfig(Strict):
     storage: str = Field("memory://", description="memory:// (one process) or redis://HOST:PORT[/DB] (shared)")
+    max_keys_per_rule: int = Field(10_000, gt=0, description="distinct budgets (e.g. argument values) one rate "
+                                   "rule may hold within its window; a call that would open one more is refused")
 
     @field_validator("storage")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+from addon.snapshot import SETTLE_SECONDS
 
 from .support import Upstream, Valet, assert_clean_log, jsonrpc, post, start_http_api, start_valet
 
@@ -291,26 +294,37 @@ def test_policy_reload_valid_then_broken_then_fixed_while_calls_are_in_flight(
 
         async def long_call() -> str:
             async with sdk(proxy, key) as c:
-                return (await c.call_tool("progress", {"steps": 8, "interval": 0.2})).content[0].text
+                return (await c.call_tool("progress", {"steps": 40, "interval": 0.2})).content[0].text
+
+        async def settled(path: Path, text: str | None) -> None:
+            """A change as ops make it (atomic rename, or a delete), and the settle time for it to apply."""
+            if text is None:
+                path.unlink()
+            else:
+                temporary = path.with_name(f".{path.name}.tmp")
+                temporary.write_text(text)
+                temporary.replace(path)
+            await asyncio.sleep(SETTLE_SECONDS + 0.5)
 
         async def scenario() -> None:
             in_flight = asyncio.create_task(long_call())
             await asyncio.sleep(0.3)
-            # 1. a valid edit: whoami becomes allowed, on the very next request
+            # 1. a valid edit: whoami becomes allowed, on the first request after the file settled
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "x"})).status_code == 403
-            policy_file.write_text(POLICY.replace("tools: [add, echo, progress]", "tools: [add, echo, progress, whoami]"))
+            await settled(policy_file,
+                          POLICY.replace("tools: [add, echo, progress]", "tools: [add, echo, progress, whoami]"))
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "x"})).status_code == 200
             # 2. a broken edit is rejected: the last good policy stays in force (whoami still allowed, add too)
-            policy_file.write_text("rules:\n  - id: oops\n    effect: alow\n")
+            await settled(policy_file, "rules:\n  - id: oops\n    effect: alow\n")
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "y"})).status_code == 200
             assert (await asyncio.to_thread(raw_call, proxy, key, "add", {"a": 1, "b": 1})).status_code == 200
-            # 3. a new file with a kill switch takes effect at once, and removing it restores service
+            # 3. a new file with a kill switch takes effect once settled, and removing it restores service
             (tmp_path / "rules" / "00-kill.yaml").write_text("servers:\n  notes: {enabled: false}\n")
-            policy_file.write_text(POLICY)
+            await settled(policy_file, POLICY)
             r = await asyncio.to_thread(raw_call, proxy, key, "add", {"a": 1, "b": 1})
             assert r.status_code == 403 and r.json()["error"]["data"] == {
                 "reason": "disabled", "rule": "servers.notes.enabled"}
-            (tmp_path / "rules" / "00-kill.yaml").unlink()
+            await settled(tmp_path / "rules" / "00-kill.yaml", None)
             assert (await asyncio.to_thread(raw_call, proxy, key, "add", {"a": 1, "b": 1})).status_code == 200
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "x"})).status_code == 403
             assert await in_flight == "done", "a reload never drops a call in flight"
@@ -330,8 +344,10 @@ def test_kill_switches_for_users_and_keys(upstream: Upstream, api: Upstream, tmp
         other, _ = proxy.new_key("alice", "a2")
         bob, _ = proxy.new_key("bob", "b")
         kill = tmp_path / "rules" / "00-kill.yaml"
-        kill.write_text(f"users:\n  bob: {{enabled: false}}\nkeys:\n  {alice_id}: {{enabled: false}}\n")
-        assert raw_call(proxy, bob, "add", {"a": 1, "b": 1}).json()["error"]["data"]["rule"] == "users.bob.enabled"
+        kill.write_text(f"users:\n  bob: {{enabled: false}}\nkeys:\n  '{alice_id}': {{enabled: false}}\n")
+        time.sleep(SETTLE_SECONDS + 0.5)  # a policy file applies once it has settled
+        refused = raw_call(proxy, bob, "add", {"a": 1, "b": 1})
+        assert refused.json().get("error", {}).get("data", {}).get("rule") == "users.bob.enabled", refused.text
         assert raw_call(proxy, alice, "add", {"a": 1, "b": 1}).json()["error"]["data"]["rule"] == \
             f"keys.{alice_id}.enabled"
         assert raw_call(proxy, other, "add", {"a": 1, "b": 1}).status_code == 200

@@ -77,8 +77,9 @@ class PolicyGate:
                     continue
                 verdict = await limiter.hit(rules, call)
                 if not verdict.allowed:
+                    what = "holds too many distinct budgets" if verdict.too_many_keys else "reached"
                     refuse(flow, Refusal(
-                        Cause.RATE_LIMITED, f"rate limit {verdict.rule!r} reached; retry in {verdict.retry_after}s",
+                        Cause.RATE_LIMITED, f"rate limit {verdict.rule!r} {what}; retry in {verdict.retry_after}s",
                         message.id if message is not None else None,
                         data={"rule": verdict.rule, "retry_after": verdict.retry_after},
                         headers={"retry-after": str(verdict.retry_after)},

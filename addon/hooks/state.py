@@ -18,7 +18,7 @@ from addon.identity import KeyRing, KeyStore
 from addon.audit.exchange import _utc_now
 from addon.policy.ratelimit import RateLimiter
 from addon.oauth.refresher import Refresher
-from addon.snapshot import Snapshot, load_snapshot, signature_of, watched
+from addon.snapshot import SETTLE_SECONDS, Snapshot, describe_change, load_snapshot, signature_of, unsettled_for, watched
 from addon.secrets.vault import SecretCache, VaultError
 
 log = logging.getLogger("valet")
@@ -34,6 +34,7 @@ class ValetState:
         self.limiter: RateLimiter | None = None
         self._watched: list[Path] = []
         self._rejected: tuple[int, ...] | None = None  # signature of files whose reload failed
+        self._pending: tuple[tuple[int, ...], float] | None = None  # a change seen, not yet settled: (sig, since)
         self.keyring: KeyRing | None = None
         self.audit: AuditWriter | None = None
         self.secrets: SecretCache | None = None
@@ -48,7 +49,7 @@ class ValetState:
     def configure(self, updated: set[str]) -> None:
         if "valet_config" in updated and ctx.options.valet_config:
             try:
-                snapshot = load_snapshot(Path(ctx.options.valet_config))
+                snapshot = load_snapshot(Path(ctx.options.valet_config), settle=SETTLE_SECONDS)
             except ConfigError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
             self._install(snapshot)
@@ -85,16 +86,19 @@ class ValetState:
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if previous is None or previous.config.rate_limits != config.rate_limits or self.limiter is None:
-            self.limiter = RateLimiter(config.rate_limits.storage)
+            self.limiter = RateLimiter(config.rate_limits.storage, config.rate_limits.max_keys_per_rule)
 
     async def current(self) -> Snapshot:
         """The snapshot for a new request: reloaded first if any config or policy file changed.
 
-        A few ``stat`` calls per request; the reading and validation run in a worker thread.
+        A few ``stat`` calls per request; the reading and validation run in a worker thread. A change
+        is read only once the policy files have settled (see :mod:`addon.snapshot`); until then the
+        last snapshot stays in force.
         """
         assert self.snapshot is not None
         signature = signature_of(self._watched)
-        if signature != self.snapshot.signature and signature != self._rejected:
+        if signature != self.snapshot.signature and signature != self._rejected and self._settled(signature):
+            previous = self.snapshot
             try:
                 snapshot = await asyncio.to_thread(load_snapshot, self.snapshot.config_path)
             except ConfigError as exc:
@@ -107,10 +111,24 @@ class ValetState:
             else:
                 self._rejected = None
                 self._install(snapshot)
-                log.info("configuration reloaded: %d servers, %d rules from %d policy files",
+                log.warning("configuration reloaded: %d servers, %d rules from %d policy files; %s",
                             len(snapshot.config.servers), snapshot.policy.rule_count,
-                            len(snapshot.policy.sources.files))
+                            len(snapshot.policy.sources.files), describe_change(previous, snapshot))
         return self.snapshot
+
+    def _settled(self, signature: tuple[int, ...]) -> bool:
+        """Whether a change has stopped changing: policy files' mtimes old enough, or this very signature
+        seen for SETTLE_SECONDS already (covers mtimes in the future and coarse clocks)."""
+        assert self.snapshot is not None
+        now = asyncio.get_running_loop().time()
+        if self._pending is None or self._pending[0] != signature:
+            self._pending = (signature, now)
+        if now - self._pending[1] >= SETTLE_SECONDS:
+            return True
+        try:
+            return unsettled_for(self.snapshot.config_path, self.snapshot.config) <= 0
+        except Exception:  # noqa: BLE001 - cannot tell: wait for the observed signature to settle instead
+            return False
 
     def running(self) -> None:
         self._key_refresh = asyncio.get_running_loop().create_task(self._refresh_keys())

@@ -16,13 +16,16 @@ plain HTTP request):
 
 A rule matches when every condition it states holds. Conditions on names are
 globs (see :mod:`addon.policy.globs` for case handling: allow rules match case
-exactly, deny rules ignore case); argument conditions are in
+exactly, deny rules ignore case and match a tool behind a namespace prefix);
+argument conditions (deny ones ignoring case too) are in
 :mod:`addon.policy.arguments`. Rate rules match the same way and are applied by
 :mod:`addon.policy.ratelimit` to calls that were allowed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,7 +33,7 @@ from typing import Any
 
 from limits import RateLimitItem, parse_many
 
-from addon.policy.arguments import Check, normalize_fs_path
+from addon.policy.arguments import Check, compile_pattern, normalize_fs_path
 from addon.policy.globs import name_pattern, path_pattern
 from addon.policy.files import PolicySources, Rule
 
@@ -68,22 +71,29 @@ class Decision:
 
 
 class _Matcher:
-    """A rule's conditions, compiled."""
+    """A rule's conditions, compiled.
 
-    def __init__(self, rule: Rule, ignore_case: bool) -> None:
-        def names(values: list[str] | None) -> re.Pattern[str] | None:
-            return name_pattern(values, ignore_case) if values is not None else None
+    ``restrictive`` for deny and rate rules: names, paths and argument checks ignore case, and tool
+    globs also match behind a namespace prefix (see :mod:`addon.policy.globs`). Allow rules match exactly.
+    """
+
+    def __init__(self, rule: Rule, restrictive: bool) -> None:
+        def names(values: list[str] | None, namespaced: bool = False) -> re.Pattern[str] | None:
+            return name_pattern(values, restrictive, namespaced) if values is not None else None
 
         self.rule = rule
+        self.restrictive = restrictive
         self.users, self.agents, self.keys = names(rule.users), names(rule.agents), names(rule.keys)
-        self.servers, self.methods, self.tools = names(rule.servers), names(rule.methods), names(rule.tools)
+        self.servers, self.methods = names(rule.servers), names(rule.methods)
+        self.tools = names(rule.tools, namespaced=restrictive)
         self.http_methods = set(rule.http.methods) if rule.http and rule.http.methods else None
-        self.http_paths = path_pattern(rule.http.paths, ignore_case) if rule.http and rule.http.paths else None
+        self.http_paths = path_pattern(rule.http.paths, restrictive) if rule.http and rule.http.paths else None
         self.checks = {
             name: Check(
-                under=a.under, regex=re.compile(a.regex) if a.regex is not None else None,
+                under=a.under,
+                regex=compile_pattern(a.regex, ignore_case=restrictive) if a.regex is not None else None,
                 one_of=tuple(a.one_of) if a.one_of is not None else None, max_length=a.max_length,
-                minimum=a.min, maximum=a.max, optional=a.optional,
+                minimum=a.min, maximum=a.max, optional=a.optional, ignore_case=restrictive,
             )
             for name, a in (rule.arguments or {}).items()
         }
@@ -116,9 +126,10 @@ class _Matcher:
             verdict, normalized = check.evaluate(name in args, args.get(name))
             if normalized is not None and normalized != args.get(name):
                 rewrites.append((name, normalized))
-            if verdict is None:
-                verdict = deny  # undecidable: a deny rule fires, an allow rule does not
-            if not verdict:
+            # undecidable (None): a deny rule fires, an allow rule does not. Written out, not `verdict or deny`,
+            # so that no reading of None can ever count as "holds" for an allow rule.
+            holds = verdict is not False if deny else verdict is True
+            if not holds:
                 return False, rewrites
         return True, rewrites
 
@@ -131,15 +142,28 @@ class RateRule:
     matcher: _Matcher = field(repr=False)
 
     def identifiers(self, call: Call) -> tuple[str, ...]:
+        """The budget's key parts. An argument's value enters only as a fixed-size hash (see argument_key)."""
         values: dict[str, Any] = {"user": call.user, "agent": call.agent, "key": call.key_id,
                                   "server": call.server, "tool": call.tool or "", "method": call.method or ""}
         out = []
         for scope in self.per:
             if scope.startswith("argument:"):
-                out.append(f"{scope}={(call.arguments or {}).get(scope[9:])!r}")
+                args = call.arguments or {}
+                name = scope[9:]
+                out.append(f"{scope}={argument_key(args[name]) if name in args else '-'}")
             else:
                 out.append(f"{scope}={values[scope]}")
         return tuple(out)
+
+
+def argument_key(value: Any) -> str:
+    """A fixed-size key for an argument value: sha256 of its canonical JSON, 128 bits in hex.
+
+    Canonical (sorted keys, no spaces, UTF-8) so that the same value always shares one budget whatever
+    its member order; hashed so that an agent's 1 MiB value costs the limiter 32 bytes, not 1 MiB.
+    """
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class PolicySet:
@@ -147,14 +171,14 @@ class PolicySet:
 
     def __init__(self, sources: PolicySources) -> None:
         self.sources = sources
-        self.denies = [_Matcher(r, ignore_case=True) for r, _ in sources.rules if r.effect == "deny"]
-        self.allows = [_Matcher(r, ignore_case=False) for r, _ in sources.rules if r.effect == "allow"]
+        self.denies = [_Matcher(r, restrictive=True) for r, _ in sources.rules if r.effect == "deny"]
+        self.allows = [_Matcher(r, restrictive=False) for r, _ in sources.rules if r.effect == "allow"]
         # arguments some rule reads as a path: normalized once, before any rule, and forwarded so
         self.path_arguments = frozenset(
             name for r, _ in sources.rules for name, a in (r.arguments or {}).items() if a.under is not None
         )
         self.rates = [
-            RateRule(r.id, tuple(parse_many(r.rate or "")) + _burst(r), tuple(r.per), _Matcher(r, ignore_case=True))
+            RateRule(r.id, tuple(parse_many(r.rate or "")) + _burst(r), tuple(r.per), _Matcher(r, restrictive=True))
             for r, _ in sources.rules if r.rate is not None
         ]
 

@@ -45,10 +45,12 @@ class ArgumentRule(Strict):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
+            from addon.policy.arguments import PatternError, compile_pattern
+
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+                compile_pattern(value)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
@@ -150,12 +152,24 @@ class PolicySources:
     files: list[Path] = field(default_factory=list)
 
 
-def policy_paths(config_path: Path, config: ValetConfig) -> list[Path]:
-    """The policy files a config names, sorted by name (the order rules are read in)."""
+def policy_paths(config_path: Path, config: ValetConfig, strict: bool = True) -> list[Path]:
+    """The policy files a config names, sorted by name (the order rules are read in).
+
+    A glob may match nothing (a rules folder may be empty), but a file named literally must exist:
+    a policy file that disappears (deleted, renamed, an editor's save gone wrong) must never be read as
+    "no rules". ``strict=False`` lists literal paths whether or not they exist (to watch them).
+    """
     base = config_path.parent
     found: set[Path] = set()
     for pattern in config.policy_files:
-        found.update(Path(p) for p in glob.glob(str(base / pattern)) if Path(p).is_file())
+        if glob.has_magic(pattern):
+            found.update(Path(p) for p in glob.glob(str(base / pattern)) if Path(p).is_file())
+            continue
+        path = base / pattern
+        if strict and not path.is_file():
+            raise ConfigError(f"{path}: this policy file is named in policy_files but "
+                              f"{'is not a regular file' if path.exists() else 'does not exist'}")
+        found.add(path)
     return sorted(found)
 
 
