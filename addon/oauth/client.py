@@ -167,12 +167,15 @@ async def discover(http: httpx2.AsyncClient, server_url: str, overrides: dict[st
     # Without protected resource metadata, the MCP spec's fallback: the server's origin is the issuer.
     expected_issuer = auth_server or "{0}://{1}".format(*urlsplit(server_url)[:2])
     meta: OAuthMetadata | None = None
+    refused: str | None = None
     for url in build_oauth_authorization_server_metadata_discovery_urls(auth_server, server_url):
         meta = await _metadata(http, url, OAuthMetadata)
         if meta is not None:
             if not _same_url(str(meta.issuer), expected_issuer):
-                raise OAuthError(f"the authorization server metadata fetched for {expected_issuer} names another "
-                                 "issuer (RFC 8414 §3.3): refused", "discovery")
+                # Not believed at all; explicitly configured endpoints can still do without it.
+                refused = (f"the authorization server metadata fetched for {expected_issuer} names another "
+                           "issuer (RFC 8414 §3.3): refused")
+                meta = None
             break
     issuer = str(meta.issuer) if meta else (auth_server or "")
 
@@ -191,7 +194,8 @@ async def discover(http: httpx2.AsyncClient, server_url: str, overrides: dict[st
     authorization = pick("authorization_endpoint", meta.authorization_endpoint if meta else None)
     token = pick("token_endpoint", meta.token_endpoint if meta else None)
     if not authorization or not token:
-        raise OAuthError(f"no OAuth endpoints found for {server_url}: configure them explicitly", "discovery")
+        raise OAuthError(refused or f"no OAuth endpoints found for {server_url}: configure them explicitly",
+                         "discovery")
     if meta is not None and meta.code_challenge_methods_supported is not None \
             and "S256" not in meta.code_challenge_methods_supported:
         raise OAuthError("the authorization server does not support PKCE S256", "discovery")

@@ -559,12 +559,16 @@ class SecretCache:
         return self.signature() != self._signature
 
     def reload(self) -> None:
-        """Blocking. Rows first, then keys: a key version a row uses is always in the key file by then."""
-        signature = self.signature()
-        rows = {(r.server, r.user, r.name): r for r in read_rows(self.data_dir / VAULT_FILE)}
-        keys = load_master_keys(self.data_dir)
-        vault = Vault(self.data_dir, keys)
-        vault.verify_keys()
+        """Blocking. Rows first, then keys: a key version a row uses is always in the key file by then.
+
+        Under the vault's shared lock, so a rotation (which holds it exclusively)
+        is never seen half done: rows and keys come from the same side of it."""
+        with exclusive(self.data_dir, shared=True):
+            signature = self.signature()
+            rows = {(r.server, r.user, r.name): r for r in read_rows(self.data_dir / VAULT_FILE)}
+            keys = load_master_keys(self.data_dir)
+            vault = Vault(self.data_dir, keys)
+            vault.verify_keys()
         self._vault, self._rows, self._plain = vault, rows, {}
         self._signature = signature
         self.generation += 1
