@@ -6,6 +6,10 @@ Under the usual umask 022 SQLite and mkdir would make them world-readable, so
 every ``valet`` command and the proxy set the process umask to 077 first, and
 the proxy (and the vault commands) tighten files an older Valet or a copy left
 open. Only files this user owns are touched; symlinks are never followed.
+
+The master key file is the exception: one that group or others could read is
+not quietly fixed but refused by the vault (``chmod 600`` is the operator's
+call, after deciding whether the key must be rotated because it was exposed).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import stat
 from pathlib import Path
 
 PRIVATE_UMASK = 0o077
+_REFUSED_NOT_FIXED = {"master.key"}
 
 
 def lock_down(data_dir: Path) -> None:
@@ -29,7 +34,7 @@ def _tighten(path: Path, depth: int) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if st.st_uid != os.getuid() or stat.S_ISLNK(st.st_mode):
+    if st.st_uid != os.getuid() or stat.S_ISLNK(st.st_mode) or path.name in _REFUSED_NOT_FIXED:
         return
     if stat.S_ISDIR(st.st_mode):
         if stat.S_IMODE(st.st_mode) & 0o077:
