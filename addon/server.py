@@ -15,6 +15,7 @@ from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, p
 
 from addon.protocol import mitm_errors
 from addon.config import ConfigError, load_config
+from addon.datadir import lock_down
 from addon.hooks import valet_addons
 
 # A placeholder upstream for mitmproxy's reverse mode: the Router rewrites every
@@ -102,6 +103,7 @@ def run(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"valet: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    lock_down(settings.data_dir)  # umask 077, data dir 0700, its files 0600 (addon/datadir.py)
     try:
         asyncio.run(serve(settings))
     except exceptions.OptionsError as exc:  # raised by an addon's configure(): e.g. the vault cannot be opened

@@ -143,6 +143,37 @@ def test_login_discovers_registers_and_stores_the_grant(valet: Valet, auth_serve
     assert auth_server.stats()["register"] == after["register"]
 
 
+def test_the_login_callback_ignores_answers_with_a_wrong_or_malformed_state(valet: Valet,
+                                                                            auth_server: AuthServer) -> None:
+    """A page on the same machine can hit the loopback callback first: it must neither end nor decide the login."""
+    import socket
+    from urllib.parse import parse_qs, urlsplit
+
+    env = {**os.environ, "VALET_DATA_DIR": str(valet.data_dir)}
+    process = subprocess.Popen([VALET_CLI, "oauth", "login", "cloud", "--user", "hank", "--config", str(valet.config),
+                                "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    query = parse_qs(urlsplit(url).query)
+    callback = query["redirect_uri"][0]
+    port = urlsplit(callback).port
+    assert port is not None
+    for attack in ["?code=forged&state=wrong", "?code=forged", "?code=forged&state=%C3%A9%00",
+                   f"?code=forged&state={query['state'][0]}&state=wrong", "?error=access_denied&state=wrong"]:
+        assert httpx.get(callback + attack, timeout=10).status_code == 400, attack
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # non-ASCII bytes as they come
+        raw.sendall(b"GET /callback?code=forged&state=\xc3\xa9\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert process.poll() is None, "still waiting for the real answer"
+    with httpx.Client(timeout=10) as browser:  # the real login still completes
+        to_login = browser.get(url)
+        to_callback = browser.get(to_login.headers["location"] + "&user=hank")
+        assert browser.get(to_callback.headers["location"]).status_code == 200
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "logged in: hank on cloud" in err
+
+
 def test_calls_carry_the_users_own_token_across_expiries(valet: Valet, auth_server: AuthServer) -> None:
     alice, _ = valet.new_key("alice", "a")
     bob, _ = valet.new_key("bob", "b")

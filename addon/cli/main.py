@@ -8,6 +8,7 @@ the proxy and the CLI agree on state only through that directory.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -46,6 +47,7 @@ def _listen(value: str) -> tuple[str, int]:
 @click.version_option(package_name="mcp-valet")
 def main() -> None:
     """Valet: the proxy that holds the keys so that AI agents don't."""
+    os.umask(0o077)  # whatever this command creates in the data dir is its owner's alone
 
 
 @main.command("run")
@@ -219,8 +221,10 @@ def _vault_errors() -> Iterator[None]:
 
 
 def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
+    from addon.datadir import lock_down
     from addon.secrets.vault import Vault, load_master_keys
 
+    lock_down(data_dir)  # files an older Valet left group- or world-readable
     with _vault_errors():
         vault = Vault(data_dir, load_master_keys(data_dir))
         vault.verify_keys()
@@ -245,10 +249,14 @@ def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None
     """Store a secret; the value is read from stdin or a no-echo prompt."""
     if name.startswith("OAUTH_"):
         raise click.ClickException("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
+    from addon.secrets.vault import check_value
+
     vault = _vault(data_dir)
     value = _read_secret_value()
     with _vault_errors():
+        check_value(value)  # no CR/LF/NUL/C0/DEL (header injection), at least 8 characters (scrubbing)
         row = vault.set(server, user, name, value)
+    assert row is not None
     click.echo(f"stored {name} for server {server} ({'user ' + user if user else 'shared'}), "
                f"fingerprint {row.fingerprint}")
 
@@ -299,8 +307,7 @@ def vault_rotate(prune: bool, data_dir: Path) -> None:
     """
     from addon.secrets.vault import rotate
 
-    _vault(data_dir)  # refuse to rotate a vault the current keys cannot open
-    with _vault_errors():
+    with _vault_errors():  # rotate() checks the current keys open the vault, under the vault lock
         version, count = rotate(data_dir, prune=prune)
     click.echo(f"master key version {version}: re-encrypted {count} secrets")
 
@@ -309,10 +316,11 @@ def vault_rotate(prune: bool, data_dir: Path) -> None:
 @data_dir_option
 def vault_reencrypt(data_dir: Path) -> None:
     """Re-encrypt every secret under the newest key version (after adding one to VALET_MASTER_KEY)."""
-    v = _vault(data_dir)
-    with _vault_errors():
-        count, _ = v.reencrypt()
-    click.echo(f"master key version {v.keys.current}: re-encrypted {count} secrets")
+    from addon.secrets.vault import reencrypt
+
+    with _vault_errors():  # under the vault lock, keys read inside it
+        version, count = reencrypt(data_dir)
+    click.echo(f"master key version {version}: re-encrypted {count} secrets")
 
 
 @vault.command("status")

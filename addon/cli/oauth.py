@@ -9,6 +9,7 @@ only thing printed on stdout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import secrets
@@ -103,28 +104,49 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_for_callback(port: int, timeout: float) -> dict[str, str]:
-    """Serve one GET /callback on the loopback interface; return its query parameters."""
+def _state_matches(params: dict[str, list[str]], state: str) -> bool:
+    """Exactly one ``state``, equal to ours (compared as bytes, in constant time: any text is safe to compare)."""
+    values = params.get("state", [])
+    return len(values) == 1 and hmac.compare_digest(values[0].encode("utf-8", "surrogatepass"), state.encode())
+
+
+async def _wait_for_callback(port: int, timeout: float, state: str) -> dict[str, str]:
+    """Serve GET /callback on the loopback interface until one arrives with our ``state``; return its parameters.
+
+    Anything else (another path, no state, a wrong or malformed one, as a
+    page on the same machine could send) is answered 400 and the wait goes on:
+    it neither ends nor decides the login.
+    """
     arrived: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+    def answer(writer: asyncio.StreamWriter, status: bytes, body: bytes) -> None:
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = (await asyncio.wait_for(reader.readline(), 10)).decode("latin-1")
+            headers = 0
             while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
+                headers += 1
+                if headers > 100:
+                    break
             target = line.split(" ")[1] if line.count(" ") >= 2 else ""
             parts = urlsplit(target)
             if parts.path != "/callback":
-                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                answer(writer, b"404 Not Found", b"")
                 return
-            params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-            body = b"Valet: you can close this window and go back to the terminal.\n"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            if not arrived.done():
-                arrived.set_result(params)
+            params = parse_qs(parts.query, keep_blank_values=True, errors="strict") if parts.query.isascii() else {}
+            if arrived.done() or not _state_matches(params, state):
+                answer(writer, b"400 Bad Request", b"Valet: this is not the answer to the login it is waiting for.\n")
+                return
+            answer(writer, b"200 OK", b"Valet: you can close this window and go back to the terminal.\n")
+            arrived.set_result({k: v[0] for k, v in params.items()})
+        except (TimeoutError, UnicodeDecodeError, ValueError, ConnectionError):
+            answer(writer, b"400 Bad Request", b"")
         finally:
-            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
@@ -136,8 +158,17 @@ async def _wait_for_callback(port: int, timeout: float) -> dict[str, str]:
         server.close()
 
 
+def _ca_file(config_path: Path) -> str | None:
+    """The operator's upstream CA also verifies authorization servers."""
+    from addon.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path).config.upstream_ca_file
+    except ConfigError:
+        return None
+
+
 async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeout: float) -> Grant:
-    import httpx2
 
     from addon.oauth import client as oauth
     from addon.cli.main import _vault
@@ -147,7 +178,7 @@ async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeou
     server = _server(config_path, name)
     vault = _vault(data_dir)
     cache = _cache(data_dir)
-    async with httpx2.AsyncClient(timeout=30) as http:
+    async with oauth.http_client(_ca_file(config_path), timeout=30) as http:
         try:
             endpoints = await oauth.discover(http, server.url, _overrides(server))
         except OAuthError as exc:
@@ -171,9 +202,7 @@ async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeou
         click.echo(url)
         sys.stdout.flush()
         port = urlsplit(redirect_uri).port or 80
-        params = await _wait_for_callback(port, timeout)
-        if not hmac.compare_digest(params.get("state", ""), state):
-            raise click.ClickException("the login answer's state does not match: refused (possible CSRF)")
+        params = await _wait_for_callback(port, timeout, state)  # only an answer with our state ends the wait
         if "error" in params:
             raise click.ClickException(f"the authorization server refused the login: {params['error']}")
         if "code" not in params:
@@ -222,8 +251,6 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
     @data_dir_option
     def import_(server: str, user: str, config_path: Path, data_dir: Path) -> None:
         """Store a token response (JSON on stdin) obtained by another front end."""
-        import httpx2
-
         from addon.oauth import client as oauth
         from addon.cli.main import _vault
         from addon.oauth.grants import Grant, Registration, read_registration, save_grant, save_registration
@@ -240,7 +267,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
             client = _configured_client(cache, server, cfg, None)
             if client is not None:
                 async def endpoints() -> Endpoints:
-                    async with httpx2.AsyncClient(timeout=30) as http:
+                    async with oauth.http_client(_ca_file(config_path), timeout=30) as http:
                         return await oauth.discover(http, cfg.url, _overrides(cfg))
 
                 try:
@@ -287,8 +314,6 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
     @data_dir_option
     def logout(server: str, user: str, data_dir: Path) -> None:
         """Drop USER's grant for SERVER, revoking its tokens at the server when it supports RFC 7009."""
-        import httpx2
-
         from addon.oauth import client as oauth
         from addon.cli.main import _vault
         from addon.oauth.grants import GRANT, read_grant, read_registration
@@ -302,7 +327,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
         revoked = False
         if registration is not None:
             async def revoke_all() -> bool:
-                async with httpx2.AsyncClient(timeout=30) as http:
+                async with oauth.http_client(None, timeout=30) as http:
                     done = False
                     if grant.refresh_token:
                         done = await oauth.revoke(http, registration.endpoints, registration.client,

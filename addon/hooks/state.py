@@ -72,7 +72,8 @@ class ValetState:
                 self.audit.close()
             self.audit = AuditWriter(data_dir / "audit.db")
             storage = self.snapshot.config.rate_limits.storage if self.snapshot else "memory://"
-            self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None)
+            self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None,
+                                       ca_file=lambda: self.snapshot.config.upstream_ca_file if self.snapshot else None)
 
     def _install(self, snapshot: Snapshot) -> None:
         """Make a snapshot current, with the mitmproxy options and the limiter it implies."""

@@ -8,6 +8,19 @@ which names the authorization server, whose metadata (RFC 8414 / OIDC
 discovery) gives the endpoints. Without a configured client id Valet registers
 itself (RFC 7591). Every request carries the RFC 8707 ``resource``.
 
+Discovery believes nothing it was not asked for: a ``resource_metadata`` URL
+in the 401 must be on the server's own origin (else any upstream could make
+Valet fetch an internal URL); the protected resource's ``resource`` must be the
+server URL or a parent of it (RFC 9728 §3.3); the authorization server's
+``issuer`` must be the URL its metadata was fetched for (RFC 8414 §3.3); and the
+token, registration and revocation endpoints must be on the issuer's origin,
+since that is where client secrets and refresh tokens go. Explicitly
+configured endpoints are trusted as the operator wrote them.
+
+Tokens and client secrets from a server are checked before they are stored:
+at least 8 characters (shorter ones cannot be scrubbed from responses) and
+visible ASCII only (a CR/LF in a token would add upstream headers).
+
 No function here logs or raises a token value; errors carry the OAuth error
 code and the endpoint, never a response body.
 """
@@ -21,7 +34,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx2
 from mcp.client.auth.utils import (
@@ -29,10 +42,41 @@ from mcp.client.auth.utils import (
     build_protected_resource_metadata_discovery_urls,
 )
 from mcp.shared.auth import OAuthMetadata, ProtectedResourceMetadata
+from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import ValidationError
 
 _RESOURCE_METADATA = re.compile(r'resource_metadata="([^"]+)"')
 CLIENT_NAME = "Valet (MCP credential proxy)"
+MIN_TOKEN_CHARS = 8
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what can go in a header, nothing that ends it
+
+
+def http_client(ca_file: str | None = None, timeout: float = 10) -> httpx2.AsyncClient:
+    """The HTTP client for authorization servers: no proxy from the environment, Valet's upstream CA.
+
+    ``HTTP(S)_PROXY`` in Valet's environment is for Valet's operator tools, not
+    a route for refresh tokens and client secrets; ``upstream_ca_file`` is the
+    trust the operator configured for upstreams, authorization servers included.
+    """
+    return httpx2.AsyncClient(timeout=timeout, trust_env=False, verify=ca_file or True)
+
+
+def check_token(value: str, what: str) -> str:
+    """A token or client secret from a server: refused (never echoed) unless at least 8 visible ASCII chars."""
+    if len(value) < MIN_TOKEN_CHARS or not _TOKEN_CHARS.fullmatch(value):
+        raise OAuthError(f"the authorization server sent an unusable {what} (shorter than {MIN_TOKEN_CHARS} "
+                         "characters, or with control, space or non-ASCII characters)", "invalid_token_response")
+    return value
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _same_url(a: str, b: str) -> bool:
+    return origin(a) == origin(b) and urlsplit(a).path.rstrip("/") == urlsplit(b).path.rstrip("/")
 
 
 class OAuthError(Exception):
@@ -88,6 +132,9 @@ class Tokens:
         lifetime = float(expires_in) if isinstance(expires_in, (int, float)) and expires_in > 0 else None
         refresh = body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else previous_refresh
         scope = body.get("scope") if isinstance(body.get("scope"), str) else None
+        check_token(access, "access token")
+        if refresh is not None:
+            check_token(refresh, "refresh token")
         return cls(access, refresh, time.time() + lifetime if lifetime else None, scope, lifetime)
 
 
@@ -99,31 +146,56 @@ def pkce_pair() -> tuple[str, str]:
 
 
 async def discover(http: httpx2.AsyncClient, server_url: str, overrides: dict[str, str | None]) -> Endpoints:
-    """Endpoints for an MCP server: explicit ones from the config win, the rest are discovered."""
+    """Endpoints for an MCP server: explicit ones from the config win, the rest are discovered and checked."""
     resource = overrides.get("resource") or server_url
     probe = await http.post(server_url, json={"jsonrpc": "2.0", "id": 0, "method": "ping"},
                             headers={"accept": "application/json, text/event-stream"})
     found = _RESOURCE_METADATA.search(probe.headers.get("www-authenticate", "")) if probe.status_code == 401 else None
+    if found is not None and origin(found.group(1)) != origin(server_url):
+        raise OAuthError(f"{server_url} names protected resource metadata on another origin: refused "
+                         "(configure the OAuth endpoints explicitly if this is intended)", "discovery")
     auth_server: str | None = None
     for url in build_protected_resource_metadata_discovery_urls(found.group(1) if found else None, server_url):
         prm = await _metadata(http, url, ProtectedResourceMetadata)
         if prm is not None:
+            if not check_resource_allowed(server_url, str(prm.resource)):
+                raise OAuthError(f"the protected resource metadata of {server_url} is for another resource "
+                                 "(RFC 9728 §3.3): refused", "discovery")
             resource = overrides.get("resource") or str(prm.resource)
             auth_server = str(prm.authorization_servers[0]) if prm.authorization_servers else None
             break
+    # Without protected resource metadata, the MCP spec's fallback: the server's origin is the issuer.
+    expected_issuer = auth_server or "{0}://{1}".format(*urlsplit(server_url)[:2])
     meta: OAuthMetadata | None = None
+    refused: str | None = None
     for url in build_oauth_authorization_server_metadata_discovery_urls(auth_server, server_url):
         meta = await _metadata(http, url, OAuthMetadata)
         if meta is not None:
+            if not _same_url(str(meta.issuer), expected_issuer):
+                # Not believed at all; explicitly configured endpoints can still do without it.
+                refused = (f"the authorization server metadata fetched for {expected_issuer} names another "
+                           "issuer (RFC 8414 §3.3): refused")
+                meta = None
             break
+    issuer = str(meta.issuer) if meta else (auth_server or "")
+
     def pick(name: str, discovered: Any) -> str | None:
         value = overrides.get(name)
-        return value or (str(discovered) if discovered is not None else None)
+        if value:
+            return value  # configured explicitly: the operator's choice
+        if discovered is None:
+            return None
+        url = str(discovered)
+        if origin(url) != origin(issuer):
+            raise OAuthError(f"the {name.replace('_', ' ')} is not on the issuer's origin ({issuer}): refused "
+                             f"(configure oauth.{name} explicitly if this is intended)", "discovery")
+        return url
 
     authorization = pick("authorization_endpoint", meta.authorization_endpoint if meta else None)
     token = pick("token_endpoint", meta.token_endpoint if meta else None)
     if not authorization or not token:
-        raise OAuthError(f"no OAuth endpoints found for {server_url}: configure them explicitly", "discovery")
+        raise OAuthError(refused or f"no OAuth endpoints found for {server_url}: configure them explicitly",
+                         "discovery")
     if meta is not None and meta.code_challenge_methods_supported is not None \
             and "S256" not in meta.code_challenge_methods_supported:
         raise OAuthError("the authorization server does not support PKCE S256", "discovery")
@@ -132,7 +204,7 @@ async def discover(http: httpx2.AsyncClient, server_url: str, overrides: dict[st
         registration_endpoint=pick("registration_endpoint", meta.registration_endpoint if meta else None),
         revocation_endpoint=pick("revocation_endpoint", meta.revocation_endpoint if meta else None),
         resource=resource,
-        issuer=str(meta.issuer) if meta else (auth_server or ""),
+        issuer=issuer,
         scopes_supported=tuple(meta.scopes_supported or ()) if meta else (),
     )
 
@@ -167,7 +239,12 @@ async def register(http: httpx2.AsyncClient, endpoints: Endpoints, redirect_uri:
     data = response.json()
     if not isinstance(data.get("client_id"), str):
         raise OAuthError("the registration response has no client_id", "registration")
-    return Client(data["client_id"], data.get("client_secret"), redirect_uri)
+    secret = data.get("client_secret")
+    if secret is not None:
+        if not isinstance(secret, str):
+            raise OAuthError("the registration response has a client_secret that is not a string", "registration")
+        check_token(secret, "client secret")
+    return Client(data["client_id"], secret, redirect_uri)
 
 
 def authorization_url(endpoints: Endpoints, client: Client, redirect_uri: str, state: str, challenge: str,

@@ -98,5 +98,21 @@ def save_grant(vault: Vault, server: str, user: str, grant: Grant) -> None:
     vault.set(server, user, GRANT, grant.dump())
 
 
+def save_grant_if(vault: Vault, server: str, user: str, grant: Grant, expected: Grant) -> bool:
+    """Compare-and-save: store ``grant`` only if the vault still holds ``expected`` (same tokens).
+
+    A refusal (``needs_login``) is about the tokens that were refused; if
+    another Valet or a new login stored a fresh grant meanwhile, the refusal
+    must not overwrite it. Read, compare and write are one vault transaction.
+    Returns False when the vault held something else.
+    """
+    def unchanged(current: str | None) -> bool:
+        held = parse_grant(current)
+        return held is not None and (held.access_token, held.refresh_token) == (
+            expected.access_token, expected.refresh_token)
+
+    return vault.set(server, user, GRANT, grant.dump(), expect=unchanged) is not None
+
+
 def save_registration(vault: Vault, server: str, registration: Registration) -> None:
     vault.set(server, None, CLIENT, registration.dump())

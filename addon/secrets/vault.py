@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
 import json
@@ -30,7 +31,7 @@ import re
 import secrets
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 ENV_VAR = "VALET_MASTER_KEY"
 KEY_FILE = "master.key"
 VAULT_FILE = "vault.db"
+LOCK_FILE = "vault.lock"
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MIN_SECRET_CHARS = 8
 _CHECK_PLAINTEXT = b"valet vault check value"
@@ -108,6 +110,43 @@ def _now() -> str:
 def check_name(name: str) -> None:
     if not SECRET_NAME.match(name):
         raise VaultError(f"secret names must match {SECRET_NAME.pattern}")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_value(value: str, what: str = "secret values") -> None:
+    """Refuse values that cannot be injected or scrubbed safely.
+
+    Control characters (CR, LF, NUL, any other C0, DEL): a CR/LF in a value
+    injected into a header would add headers of its own upstream. Shorter than
+    8 characters: the scrubber could not remove the value from responses
+    without mangling unrelated text (and 5 characters or fewer would never be
+    scrubbed at all). The message never contains the value.
+    """
+    if _CONTROL.search(value):
+        raise VaultError(f"{what} must not contain control characters (CR, LF, NUL, other C0 or DEL)")
+    if len(value) < MIN_SECRET_CHARS:
+        raise VaultError(f"{what} must be at least {MIN_SECRET_CHARS} characters "
+                         "(shorter ones cannot be redacted reliably)")
+
+
+@contextmanager
+def exclusive(data_dir: Path, shared: bool = False) -> Iterator[None]:
+    """``flock`` on ``<data-dir>/vault.lock``: exclusive for rotate/reencrypt, shared for single writes.
+
+    A rotation reads the keys, writes the key file and re-encrypts every row;
+    two at once (or one and a write with keys read before it) could leave rows
+    under a version the key file no longer holds. The lock is released by the
+    kernel if the process dies.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- master keys
@@ -195,9 +234,12 @@ def read_key_file(path: Path) -> MasterKeys:
     return MasterKeys(keys, str(path))
 
 
-def write_key_file(path: Path, keys: MasterKeys) -> None:
-    """Atomically replace the key file; it is never readable by anyone but its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_key_file(path: Path, keys: MasterKeys, exclusive: bool = False) -> None:
+    """Atomically replace the key file; it is never readable by anyone but its owner.
+
+    ``exclusive``: create it only if there is none (two first starts at once
+    must not each make a different version 1); the loser keeps the winner's."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -205,7 +247,14 @@ def write_key_file(path: Path, keys: MasterKeys) -> None:
             f.write(keys.dump())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # the rename itself survives a crash
@@ -229,7 +278,7 @@ def load_master_keys(data_dir: Path, create: bool = True) -> MasterKeys:
     if not path.exists():
         if not create:
             raise VaultError(f"no master key: set {ENV_VAR} or create {path} (any vault command does)")
-        write_key_file(path, MasterKeys({1: secrets.token_bytes(32)}, str(path)))
+        write_key_file(path, MasterKeys({1: secrets.token_bytes(32)}, str(path)), exclusive=True)
     return read_key_file(path)
 
 
@@ -250,7 +299,7 @@ class Vault:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         try:
             conn.executescript(_SCHEMA)
@@ -318,27 +367,50 @@ class Vault:
                     raise VaultError(f"master key version {version} from {self.keys.source} does not open "
                                      f"{self.path}: wrong key") from None
 
-    def set(self, server: str, user: str | None, name: str, value: str) -> SecretRow:
+    def set(self, server: str, user: str | None, name: str, value: str,
+            expect: Callable[[str | None], bool] | None = None) -> SecretRow | None:
+        """Store a secret. With ``expect``: only if it accepts the current value (None when absent),
+        read and replaced in one transaction (compare-and-save); returns None when it refused."""
         check_name(name)
-        if len(value) < MIN_SECRET_CHARS:
-            raise VaultError(f"secret values must be at least {MIN_SECRET_CHARS} characters "
-                             "(shorter ones cannot be redacted reliably)")
+        check_value(value)
         raw = value.encode("utf-8")
         owner = user or ""
-        version = self.keys.current
-        nonce, ct = self._encrypt(server, owner, name, raw, version)
-        now = _now()
-        with self._connect() as conn:
-            self._ensure_check(conn, version)
-            created = conn.execute(
-                "SELECT created_at FROM secrets WHERE server = ? AND user = ? AND name = ?", (server, owner, name)
-            ).fetchone()
-            row = SecretRow(server, owner, name, version, nonce, ct, self._fingerprint(conn, raw),
-                            created[0] if created else now, now)
-            conn.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (row.server, row.user, row.name, row.key_version, row.nonce, row.ciphertext,
-                          row.fingerprint, row.created_at, row.updated_at))
+        with exclusive(self.data_dir, shared=True):
+            self._follow_key_file()
+            version = self.keys.current
+            nonce, ct = self._encrypt(server, owner, name, raw, version)
+            now = _now()
+            with self._connect() as conn:
+                self._ensure_check(conn, version)
+                found = conn.execute(
+                    "SELECT * FROM secrets WHERE server = ? AND user = ? AND name = ?", (server, owner, name)
+                ).fetchone()
+                if expect is not None and not expect(self.decrypt(SecretRow(*found)) if found else None):
+                    return None
+                row = SecretRow(server, owner, name, version, nonce, ct, self._fingerprint(conn, raw),
+                                found[7] if found else now, now)
+                conn.execute("INSERT OR REPLACE INTO secrets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (row.server, row.user, row.name, row.key_version, row.nonce, row.ciphertext,
+                              row.fingerprint, row.created_at, row.updated_at))
         return row
+
+    put = set  # the name the issue uses
+
+    def _follow_key_file(self) -> None:
+        """Under the vault lock: pick up versions a rotation added since these keys were read.
+
+        Keys read before a rotation (a long-running proxy, a CLI that waited for
+        the lock) would otherwise write a row under a version the rotation has
+        just pruned from the key file. Versions already known are kept, so rows
+        this process can read stay readable."""
+        if self.keys.source == ENV_VAR:
+            return
+        path = self.data_dir / KEY_FILE
+        if not path.exists():
+            return
+        on_disk = read_key_file(path)
+        if on_disk.versions != self.keys.versions:
+            self.keys = MasterKeys({**self.keys._keys, **on_disk._keys}, self.keys.source)
 
     def delete(self, server: str, user: str | None, name: str) -> bool:
         with self._connect() as conn:
@@ -360,7 +432,13 @@ class Vault:
         return plain.decode("utf-8")
 
     def reencrypt(self, prune: bool = False) -> tuple[int, MasterKeys]:
-        """Re-encrypt every secret under the newest key version, in one transaction.
+        """:meth:`_reencrypt` under the vault's exclusive lock."""
+        with exclusive(self.data_dir):
+            self._follow_key_file()
+            return self._reencrypt(prune)
+
+    def _reencrypt(self, prune: bool = False) -> tuple[int, MasterKeys]:
+        """Re-encrypt every secret under the newest key version, in one transaction (caller holds the lock).
 
         Readers see either all old rows or all new rows. Returns the count and the
         keys still needed (without unused old versions when ``prune``).
@@ -427,21 +505,33 @@ def rotate(data_dir: Path, prune: bool = False) -> tuple[int, int]:
     Order matters for a running proxy: the key file gains the new version
     before any row uses it, and loses old versions only after no row does.
     """
-    keys = load_master_keys(data_dir)
-    if keys.source == ENV_VAR:
-        raise VaultError(
-            f"the master key comes from {ENV_VAR}: put a new key first, as "
-            f"'{keys.current + 1}:NEWKEY,{keys.current}:OLDKEY', then run 'valet vault reencrypt'"
-        )
-    path = data_dir / KEY_FILE
-    new_keys = keys.with_new_version()
-    write_key_file(path, new_keys)
-    vault = Vault(data_dir, new_keys)
-    vault.verify_keys()
-    count, kept = vault.reencrypt(prune=prune)
-    if prune:
-        write_key_file(path, kept)
-    return new_keys.current, count
+    with exclusive(data_dir):  # across reading the keys, writing the key file and re-encrypting
+        keys = load_master_keys(data_dir)
+        if keys.source == ENV_VAR:
+            raise VaultError(
+                f"the master key comes from {ENV_VAR}: put a new key first, as "
+                f"'{keys.current + 1}:NEWKEY,{keys.current}:OLDKEY', then run 'valet vault reencrypt'"
+            )
+        Vault(data_dir, keys).verify_keys()  # never rotate a vault the current keys cannot open
+        path = data_dir / KEY_FILE
+        new_keys = keys.with_new_version()
+        write_key_file(path, new_keys)
+        vault = Vault(data_dir, new_keys)
+        vault.verify_keys()
+        count, kept = vault._reencrypt(prune=prune)
+        if prune:
+            write_key_file(path, kept)
+        return new_keys.current, count
+
+
+def reencrypt(data_dir: Path) -> tuple[int, int]:
+    """``valet vault reencrypt``: every row under the newest version, under the same lock. Returns (version, count)."""
+    with exclusive(data_dir):
+        keys = load_master_keys(data_dir)
+        vault = Vault(data_dir, keys)
+        vault.verify_keys()
+        count, _ = vault._reencrypt()
+        return keys.current, count
 
 
 # ---------------------------------------------------------------- the proxy's view
@@ -469,12 +559,16 @@ class SecretCache:
         return self.signature() != self._signature
 
     def reload(self) -> None:
-        """Blocking. Rows first, then keys: a key version a row uses is always in the key file by then."""
-        signature = self.signature()
-        rows = {(r.server, r.user, r.name): r for r in read_rows(self.data_dir / VAULT_FILE)}
-        keys = load_master_keys(self.data_dir)
-        vault = Vault(self.data_dir, keys)
-        vault.verify_keys()
+        """Blocking. Rows first, then keys: a key version a row uses is always in the key file by then.
+
+        Under the vault's shared lock, so a rotation (which holds it exclusively)
+        is never seen half done: rows and keys come from the same side of it."""
+        with exclusive(self.data_dir, shared=True):
+            signature = self.signature()
+            rows = {(r.server, r.user, r.name): r for r in read_rows(self.data_dir / VAULT_FILE)}
+            keys = load_master_keys(self.data_dir)
+            vault = Vault(self.data_dir, keys)
+            vault.verify_keys()
         self._vault, self._rows, self._plain = vault, rows, {}
         self._signature = signature
         self.generation += 1

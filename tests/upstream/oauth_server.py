@@ -14,12 +14,21 @@ the client's redirect URI with a code. Tests drive it with an HTTP client.
 Test controls (not OAuth): ``GET /_oauth/stats`` counts token requests by grant
 type; ``POST /_oauth/revoke?user=NAME`` revokes that user's refresh tokens;
 ``POST /_oauth/down?seconds=N`` makes the token endpoint answer 503 for N
-seconds; ``POST /_oauth/expire?user=NAME`` expires that user's access tokens now.
+seconds; ``POST /_oauth/expire?user=NAME`` expires that user's access tokens now;
+``POST /_oauth/slow?seconds=N`` makes every token endpoint answer wait N seconds
+after the request was processed (a refresh token is spent at once, the answer
+comes late); ``POST /_oauth/ttl?seconds=N`` sets the lifetime of tokens issued
+from now on; ``POST /_oauth/grace?seconds=N`` makes the resource server accept
+access tokens N seconds past their announced expiry; ``POST /_oauth/issue?style=
+short|crlf|ok`` makes the token endpoint issue unusable tokens (5 characters, or
+with a CR/LF) from now on. ``token_requests`` in the stats counts every request
+to the token endpoint, 503s included.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -50,8 +59,12 @@ class MemoryProvider:
         self.codes: dict[str, AuthorizationCode] = {}
         self.access: dict[str, AccessToken] = {}
         self.refresh: dict[str, RefreshToken] = {}
-        self.stats: dict[str, int] = {"authorization_code": 0, "refresh_token": 0, "revoke": 0, "register": 0}
+        self.stats: dict[str, int] = {"authorization_code": 0, "refresh_token": 0, "revoke": 0, "register": 0,
+                                      "token_requests": 0}
         self.down_until = 0.0
+        self.slow = 0.0
+        self.grace = 0.0
+        self.style = "ok"
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
         return self.clients.get(client_id)
@@ -84,6 +97,10 @@ class MemoryProvider:
         self._check_up()
         access = "fake-at-" + secrets.token_urlsafe(24)
         refresh = "fake-rt-" + secrets.token_urlsafe(24)
+        if self.style == "short":
+            access = "fk-at"
+        elif self.style == "crlf":
+            access = "fake-at-x\r\nX-Injected: fake-header-" + secrets.token_urlsafe(8)
         expires = int(time.time() + self.access_ttl)
         self.access[access] = AccessToken(token=access, client_id=client_id, scopes=scopes, expires_at=expires,
                                           subject=subject, resource=resource)
@@ -116,7 +133,7 @@ class MemoryProvider:
 
     async def load_access_token(self, token: str) -> AccessToken | None:
         found = self.access.get(token)
-        if found is None or (found.expires_at is not None and found.expires_at < time.time()):
+        if found is None or (found.expires_at is not None and found.expires_at + self.grace < time.time()):
             return None
         return found
 
@@ -181,6 +198,26 @@ def build(port: int, access_ttl: float) -> Any:
                 at.expires_at = int(time.time()) - 1
         return JSONResponse({"ok": True})
 
+    @server.custom_route("/_oauth/slow", methods=["POST"])
+    async def slow(request: Request) -> Response:
+        provider.slow = float(request.query_params["seconds"])
+        return JSONResponse({"ok": True})
+
+    @server.custom_route("/_oauth/ttl", methods=["POST"])
+    async def ttl(request: Request) -> Response:
+        provider.access_ttl = float(request.query_params["seconds"])
+        return JSONResponse({"ok": True})
+
+    @server.custom_route("/_oauth/grace", methods=["POST"])
+    async def grace(request: Request) -> Response:
+        provider.grace = float(request.query_params["seconds"])
+        return JSONResponse({"ok": True})
+
+    @server.custom_route("/_oauth/issue", methods=["POST"])
+    async def issue(request: Request) -> Response:
+        provider.style = request.query_params["style"]
+        return JSONResponse({"ok": True})
+
     @server.custom_route("/_oauth/down", methods=["POST"])
     async def down(request: Request) -> Response:
         provider.down_until = time.time() + float(request.query_params["seconds"])
@@ -189,12 +226,23 @@ def build(port: int, access_ttl: float) -> Any:
     app = server.streamable_http_app()
 
     async def guarded(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        """The token endpoint answers 503 while 'down'."""
-        if scope["type"] == "http" and scope["path"] == "/token" and time.time() < provider.down_until:
-            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
+        """The token endpoint answers 503 while 'down', and late while 'slow'."""
+        if scope["type"] != "http" or scope["path"] != "/token":
+            await app(scope, receive, send)
+            return
+        provider.stats["token_requests"] += 1
+        delay = provider.slow
+
+        async def late(message):  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start" and delay:
+                await asyncio.sleep(delay)
+            await send(message)
+
+        if time.time() < provider.down_until:
+            await late({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"down for a test"})
             return
-        await app(scope, receive, send)
+        await app(scope, receive, late)
 
     return guarded
 
