@@ -236,6 +236,14 @@ class ValetConfig(Strict):
         description="forward mode only: host or host:port that agents may reach without a server entry",
     )
     upstream_ca_file: str | None = None
+    allowed_origins: list[str] | None = Field(
+        None, description="globs of Origin values agents may send (absent Origin is always fine); "
+        "default: http(s)://localhost, 127.0.0.1 and [::1] on any port",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None, description="reverse mode: Host values naming Valet itself (name, name:port, globs); "
+        "default: the listen address, localhost, 127.0.0.1 and [::1] with the listen port",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("servers")

@@ -5,7 +5,7 @@ addon implements the event or not, and that walk is most of what an addon
 costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
-    open the exchange -> authenticate -> route -> check the session -> parse
+    open the exchange -> check Origin/Host -> authenticate -> route -> check the session -> parse
     -> decide (policy, rate) -> inject -> (upstream) -> filter the response -> record
 
 Every stage hook returns at once when an earlier stage already answered the
@@ -26,6 +26,7 @@ from mitmproxy.proxy import server_hooks
 from addon.hooks.authenticate import Authenticator
 from addon.hooks.inject import Injector
 from addon.hooks.oauthretry import OAuthReplay
+from addon.hooks.origin import OriginGuard
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.gate import PolicyGate
 from addon.hooks.parse import RpcInspector
@@ -46,6 +47,7 @@ class Valet:
         state = self.state = ValetState()
         stages = [
             ExchangeOpener(state),
+            OriginGuard(state),
             Authenticator(state),
             Router(state),
             SessionGuard(state),

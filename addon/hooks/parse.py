@@ -39,9 +39,6 @@ class RpcInspector:
             if len(request.headers.get_all(name)) > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
-        if "upgrade" in request.headers or "upgrade" in request.headers.get("connection", "").lower():
-            refuse(flow, Refusal(Cause.INVALID_REQUEST, "protocol upgrades (WebSocket, h2c) are not proxied"))
-            return
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))

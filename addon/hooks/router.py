@@ -12,6 +12,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.request_checks import check_request_line, check_upgrade
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -43,6 +44,9 @@ class Router:
             return
         routes = exchange.snapshot.routes
         try:
+            # Every kind of server and passthrough alike: nothing may leave HTTP or be read as another request.
+            check_upgrade(request.headers.items(multi=True))
+            check_request_line(request.headers.items(multi=True), request.query.items(multi=True))
             if self.state.mode == "reverse":
                 route = routes.reverse(request.path)
             else:
@@ -72,6 +76,21 @@ class Router:
             raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
         if (host.lower(), port or flow.request.port) != tunnel:
             raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target")
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """An upstream that switches protocols on its own is not followed: mark the exchange before any relay."""
+        exchange = exchange_of(flow)
+        if exchange is not None and flow.response is not None and flow.response.status_code == 101:
+            exchange.decision, exchange.reason = "error", Cause.UPSTREAM_ERROR.reason
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A ``101`` never reaches the agent: with it the connection would stop being HTTP (and unjudged)."""
+        if flow.response is not None and flow.response.status_code == 101:
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream tried to switch protocols; Valet relays HTTP only"),
+                   "error")
+            flow.response.headers["connection"] = "close"
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The upstream TLS name is the host Valet routed to, never an SNI the agent chose."""
