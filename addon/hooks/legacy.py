@@ -79,7 +79,8 @@ class LegacyEndpoints:
                     event, params = rewrite_event(event, mount)
                 except EndpointRefused:
                     refused = True
-                    exchange.reason = "legacy_endpoint_refused"
+                    # "deny": the refusal is the story, also when the agent then goes away (see recorder)
+                    exchange.decision, exchange.reason = "deny", "legacy_endpoint_refused"
                     out.append(REFUSED_ENDPOINT)
                     break
                 if params and key_id is not None:
