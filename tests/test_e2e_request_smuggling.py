@@ -297,3 +297,50 @@ def test_agent_mcp_param_headers_never_go_upstream_unverified(valet: Valet, upst
     assert r.status_code == 200, r.text
     assert "forged-header-value" not in r.text
     assert '\\"mcp-param-api-key\\": \\"from-the-body\\"' in r.text
+
+
+# -- item 7: path ARGUMENTS (normalized by addon/policy/arguments.py, with the shared check of protocol/paths.py) --
+
+FILES_POLICY = """
+servers:
+  notes: {default: deny}
+rules:
+  - id: files
+    effect: allow
+    servers: [notes]
+    tools: [read_file]
+    arguments:
+      path: {under: /srv/data}
+"""
+# Cases the policy engine refuses today; the others need addon/policy/arguments.py to call
+# addon.protocol.paths.is_ambiguous_path (the policy engineer's file: see the lead's merge notes).
+_TODAY = {"/srv/data/%2e%2e/secret", "/srv/data/\uff0e\uff0e/secret", "/srv/data/a\uff0fb"}
+
+
+@pytest.fixture(scope="module")
+def files(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valet]:
+    proxy = start_valet(tmp_path_factory.mktemp("files"), {"notes": upstream.url}, policy=FILES_POLICY)
+    yield proxy
+    assert proxy.stop() == 0
+    assert_clean_log(proxy)
+
+
+@pytest.mark.parametrize("path", [
+    "/srv/data/%2e%2e/secret", "/srv/data/\uff0e\uff0e/secret", "/srv/data/a\uff0fb",
+    "/srv/data/%252e%252e/secret", "/srv/data/%c0%ae%c0%ae/secret", "/srv/data/%u2215etc", "/srv/data/a\u2215b",
+    "/srv/data/secret./x", "/srv/data/secret /x",
+])
+def test_path_arguments_a_lenient_decoder_reads_differently_are_refused(files: Valet, upstream: Upstream,
+                                                                        path: str, request) -> None:
+    if path not in _TODAY:
+        from addon.policy import arguments
+        if "is_ambiguous_path" not in open(arguments.__file__).read():
+            request.applymarker(pytest.mark.xfail(reason="needs arguments.py to call protocol.paths.is_ambiguous_path",
+                                                  strict=True))
+    key, _ = files.new_key("alice", "files")
+    headers = _session(files, key)
+    before = upstream.requests_seen()
+    r = post(files.base + "/notes", jsonrpc("tools/call", {"name": "read_file", "arguments": {"path": path}}, 9),
+             key, headers=headers)
+    assert r.status_code == 403 and reason(r) == "denied", r.text
+    assert upstream.requests_seen() == before

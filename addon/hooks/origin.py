@@ -1,7 +1,10 @@
 """Refuse requests from foreign browser origins and, in reverse mode, for names that are not Valet's own.
 
 Runs before authentication: a DNS-rebinding page learns nothing, not even
-whether a key is valid. The rules are :mod:`addon.protocol.origin`'s; the
+whether a key is valid. An allowed ``Origin`` is then removed: Valet is the
+server its agents' browsers talk to, and upstream it is a non-browser client
+(an upstream with its own Origin allow-list would otherwise refuse what Valet's
+configuration allowed). The rules are :mod:`addon.protocol.origin`'s; the
 refusal is audited like any other.
 """
 
@@ -34,6 +37,8 @@ class OriginGuard:
             if len(origins) > 1 or not origin_allowed(origins[0], allowed):
                 refuse(flow, Refusal(Cause.ORIGIN_NOT_ALLOWED, "requests from this Origin are not allowed"))
                 return
+            # Valet answered for the origin; upstream, Valet is the (non-browser) client.
+            headers.pop("origin", None)
         if self.state.mode != "reverse":
             return  # forward mode: Host names the destination, which routing checks
         # (keep_host_header is on: this is the Host the agent sent, not mitmproxy's reverse placeholder)

@@ -13,13 +13,15 @@ the upstream can no longer check either, so Valet does:
   (``allowed_hosts``): by default the listen address, ``localhost``,
   ``127.0.0.1`` and ``[::1]``, with the listen port.
 
-Patterns are case-insensitive shell globs (``http://localhost:*``). A host
-pattern without a port matches any port.
+Patterns are case-insensitive globs where only ``*`` (any run of characters)
+and ``?`` (one character) are special, so ``[::1]`` is literal
+(``http://localhost:*``). A host pattern without a port matches any port.
 """
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
+import re
+from functools import lru_cache
 
 DEFAULT_ORIGINS = (
     "http://localhost", "http://localhost:*", "http://127.0.0.1", "http://127.0.0.1:*",
@@ -40,9 +42,16 @@ def default_hosts(listen_host: str, listen_port: int) -> tuple[str, ...]:
     return tuple(f"{name}:{listen_port}" for name in dict.fromkeys(names))
 
 
+_SERIALIZED_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(?:\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+
+
 def origin_allowed(origin: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """Whether an Origin header value is a well-formed origin (scheme://host[:port], nothing else) that a
+    pattern allows; ``null`` only if a pattern says exactly ``null``."""
     value = origin.strip().lower()
-    if not value or any(ord(c) < 0x21 or ord(c) > 0x7E for c in value):
+    if value == "null":
+        return "null" in (p.strip().lower() for p in patterns)
+    if not _SERIALIZED_ORIGIN.fullmatch(value):
         return False
     return any(fnmatchcase(value, pattern.strip().lower()) for pattern in patterns)
 
@@ -85,3 +94,13 @@ def host_allowed(authority: str, patterns: tuple[str, ...] | list[str], default_
 def _has_port(pattern: str) -> bool:
     tail = pattern.rsplit("]", 1)[-1] if pattern.startswith("[") else pattern
     return ":" in tail
+
+
+@lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), re.DOTALL)
+
+
+def fnmatchcase(value: str, pattern: str) -> bool:
+    """``*`` and ``?`` globbing only: brackets are literal (IPv6 hosts)."""
+    return _glob(pattern).fullmatch(value) is not None

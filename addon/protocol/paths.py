@@ -40,8 +40,8 @@ def character_problem(char: str) -> str | None:
         return None
     if char in _CONFUSABLES or _SEPARATORS & set(unicodedata.normalize("NFKC", char)):
         return f"a look-alike of '.', '/' or '\\\\' (U+{ord(char):04X})"
-    if unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-        return f"an invisible or unassigned character (U+{ord(char):04X})"
+    if unicodedata.category(char) in ("Cs", "Zl", "Zp"):
+        return f"a surrogate or line separator (U+{ord(char):04X})"
     return None
 
 
