@@ -8,6 +8,7 @@ raw bytes, quoting the credential Valet injected.
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
 import time
@@ -191,6 +192,24 @@ def test_a_valet_key_anywhere_else_in_the_request_is_refused(valet: Valet, api: 
         assert key not in r.text and other not in r.text
     assert api.requests_seen() == before
     assert valet.rows("key_id = ? AND reason = 'key_misplaced'", (key_id,), expect=len(attempts))
+
+
+def test_a_valet_key_in_a_json_rpc_body_is_refused_and_never_audited(valet: Valet, upstream: Upstream) -> None:
+    key, key_id = valet.new_key("alice", "body-leak")
+    headers = _session(valet, key)
+    before = upstream.requests_seen()
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+    for text in (f"my key is {key}", None):
+        if text is None:
+            body = ('{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"echo","arguments":'
+                    '{"text":"' + escaped + '"}}}').encode()
+        else:
+            body = jsonrpc("tools/call", {"name": "echo", "arguments": {"text": text}}, 11)
+        r = post(valet.base + "/notes", body, key, headers=headers)
+        assert r.status_code == 400 and reason(r) == "key_misplaced" and r.json()["id"] == 11, r.text
+    assert upstream.requests_seen() == before
+    rows = valet.rows("key_id = ? AND reason = 'key_misplaced'", (key_id,), expect=2)
+    assert all(key not in json.dumps(row) for row in rows)
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "basic"])

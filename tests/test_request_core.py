@@ -48,6 +48,15 @@ def test_keys_are_found_in_any_form() -> None:
     assert misplaced_key(KEY, [("x-a", "1")], [("q", "2")], "/p") is None
 
 
+def test_keys_in_json_bodies() -> None:
+    from addon.protocol.keyleak import body_carries_key
+
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY).encode()
+    assert body_carries_key(b'{"a":"' + KEY.encode() + b'"}', lambda: b"")
+    assert body_carries_key(b'{"a":"' + escaped + b'"}', lambda: ('{"a":"' + KEY + '"}').encode())
+    assert not body_carries_key(b'{"a":"vk_ but not a key"}', lambda: b"")
+
+
 def mount(mode: str, path: str = "") -> Mount:
     return Mount(mode, "legacy", Upstream("legacy", "http", "127.0.0.1", 9000, path), "http://127.0.0.1:9000/sse")
 

@@ -5,7 +5,9 @@ library) may put it in more places than the one Valet reads: a query parameter
 (``?api_key=vk_...``), a custom header, a cookie, ``Authorization`` in forward
 mode. Valet removes the header it authenticates with; everything else that
 carries the caller's key, or any token shaped like a valet key (someone
-else's key must not travel either), is refused. Values are checked as sent
+else's key must not travel either), is refused; so is a JSON-RPC body holding
+one (checked before the body is described in the audit row, which must never
+hold a key either). Values are checked as sent
 and percent-decoded (``+`` as space too), so an encoded key is found as well.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote, unquote_plus
 
 from addon.identity import KEY_PREFIX
@@ -69,3 +71,18 @@ def misplaced_key(
     if carries_key(raw_path, key):
         return "the path"
     return None
+
+
+def body_carries_key(raw: bytes, canonical: Callable[[], bytes]) -> bool:
+    """True when a JSON-RPC body holds anything shaped like a valet key, raw or behind JSON escapes.
+
+    ``canonical`` (the re-serialization that would be forwarded, escapes resolved)
+    is only computed when the raw text has a backslash, i.e. could hide one.
+    """
+    text = raw.decode("utf-8", "replace")
+    if KEY_SHAPE.search(text) or KEY_SHAPE.search(unquote(text)):
+        return True
+    if "\\" in text:
+        resolved = canonical().decode("utf-8", "replace")
+        return bool(KEY_SHAPE.search(resolved) or KEY_SHAPE.search(unquote(resolved)))
+    return False
