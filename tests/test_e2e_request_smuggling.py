@@ -170,6 +170,16 @@ def test_upgrades_to_passthrough_hosts_are_refused_too(forward: Valet, api: Upst
     assert api.requests_seen() == before + 1
 
 
+def test_forward_mode_host_must_name_the_url(forward: Valet, api: Upstream) -> None:
+    key, _ = forward.new_key("alice", "fronting")
+    before = api.requests_seen()
+    with httpx.Client(proxy=f"http://agent:{key}@127.0.0.1:{forward.port}", timeout=10) as client:
+        for url in (f"http://127.0.0.1:{api.port}/plain", f"http://localhost:{api.port}/v1/items"):
+            r = client.get(url, headers={"host": "evil.example.com"})
+            assert r.status_code == 403 and reason(r) == "destination_not_allowed", r.text
+    assert api.requests_seen() == before
+
+
 # -- item 5: the valet key never goes upstream ----------------------------------------------------------------------
 
 def test_a_valet_key_anywhere_else_in_the_request_is_refused(valet: Valet, api: Upstream) -> None:

@@ -65,10 +65,12 @@ class Router:
         request.headers["accept-encoding"] = "identity"
 
     def _check_tunnel_host(self, flow: http.HTTPFlow) -> None:
-        """Inside a tunnel the Host header must name the CONNECT target (no domain fronting)."""
+        """The Host header must name the CONNECT target, or the absolute URL's host (no domain fronting)."""
         tunnel = self._tunnels.get(flow.client_conn.id)
         if tunnel is None:
-            return
+            # A plain-HTTP proxy request: the Host header must name the absolute URL's authority, or a
+            # passthrough upstream (forwarded as is) would serve the Host the agent chose instead.
+            tunnel = (flow.request.host.lower(), flow.request.port)
         authority = flow.request.host_header or ""
         try:
             host, port = url.parse_authority(authority, check=True)
