@@ -170,6 +170,12 @@ def test_upgrades_to_passthrough_hosts_are_refused_too(forward: Valet, api: Upst
     assert api.requests_seen() == before + 1
 
 
+def test_an_http_apis_own_session_parameter_is_not_a_legacy_session(valet: Valet) -> None:
+    key, _ = valet.new_key("alice", "api-session")
+    r = httpx.get(valet.base + "/api/items?session_id=abc", headers=auth(key), timeout=10)
+    assert r.status_code == 200 and r.json()["query"] == "session_id=abc"
+
+
 def test_forward_mode_host_must_name_the_url(forward: Valet, api: Upstream) -> None:
     key, _ = forward.new_key("alice", "fronting")
     before = api.requests_seen()

@@ -59,8 +59,9 @@ class LegacyEndpoints:
         framer = SSEFramer()
         events = framer.feed(response.content or b"")
         rest = framer.flush()
-        rewrite = self._wrap(lambda chunk: events + ([rest] if rest else []) if chunk else [], exchange, mount)
-        response.content = b"".join(rewrite(b"x"))
+        whole = events + ([rest] if rest else [])
+        rewrite = self._wrap(lambda _chunk: whole, exchange, mount)  # the whole body is one "chunk"
+        response.content = b"".join(rewrite(b""))
 
     def _wrap(self, relay: Callable[[bytes], Any], exchange: Exchange, mount: Mount) -> Callable[[bytes], list[bytes]]:
         refused = False

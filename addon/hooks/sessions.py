@@ -44,7 +44,8 @@ class SessionGuard:
             session_id = flow.request.headers.get("mcp-session-id")
             if session_id is not None:
                 self.owners.check(exchange.server, session_id, exchange.key_id)
-            self._check_legacy(flow, exchange.server, exchange.key_id)
+            if exchange.snapshot.config.servers[exchange.server].kind == "mcp":  # an HTTP API's own query is its own
+                self._check_legacy(flow, exchange.server, exchange.key_id)
         except Refusal as refusal:
             refuse(flow, refusal)
 

@@ -77,12 +77,10 @@ def body_carries_key(raw: bytes, canonical: Callable[[], bytes]) -> bool:
     """True when a JSON-RPC body holds anything shaped like a valet key, raw or behind JSON escapes.
 
     ``canonical`` (the re-serialization that would be forwarded, escapes resolved)
-    is only computed when the raw text has a backslash, i.e. could hide one.
+    is only computed when the raw text has a backslash, i.e. could hide one; the
+    percent-decoded forms only when there is a ``%`` or ``+``.
     """
     text = raw.decode("utf-8", "replace")
-    if KEY_SHAPE.search(text) or KEY_SHAPE.search(unquote(text)):
-        return True
     if "\\" in text:
-        resolved = canonical().decode("utf-8", "replace")
-        return bool(KEY_SHAPE.search(resolved) or KEY_SHAPE.search(unquote(resolved)))
-    return False
+        text = canonical().decode("utf-8", "replace")
+    return any(KEY_SHAPE.search(form) for form in _forms(text))
