@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -101,12 +102,18 @@ class Agent:
 
 
 def test_the_sdk_legacy_client_works_and_sees_only_allowed_tools(valet: Valet, legacy: Upstream) -> None:
-    if valet.mode == "forward":
-        pytest.skip("the SDK's SSE client takes no proxy; forward mode is driven raw below")
-    key, _ = valet.new_key("alice", "legacy-sdk")
+    key, _ = valet.new_key("alice", f"legacy-sdk-{valet.mode}")
+    if valet.mode == "reverse":
+        url, headers, factory = f"{valet.base}/legacy/sse", {"authorization": f"Bearer {key}"}, None
+    else:  # the agent talks to the upstream's own URL, through Valet as its HTTP proxy
+        url, headers = f"http://127.0.0.1:{legacy.port}/sse", None
+        proxy = f"http://agent:{key}@127.0.0.1:{valet.port}"
+
+        def factory(headers=None, timeout=None, auth=None):  # type: ignore[no-untyped-def]
+            return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, proxy=proxy)
 
     async def scenario() -> tuple[list[str], str]:
-        transport = sse_client(f"{valet.base}/legacy/sse", headers={"authorization": f"Bearer {key}"})
+        transport = sse_client(url, headers=headers, **({"httpx_client_factory": factory} if factory else {}))
         async with Client(transport, mode="legacy") as client:
             names = [t.name for t in (await client.list_tools()).tools]
             echoed = (await client.call_tool("echo", {"text": "hi"})).content[0].text
