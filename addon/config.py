@@ -246,6 +246,14 @@ class ValetConfig(Strict):
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
+    @field_validator("allowed_origins", "allowed_hosts")
+    @classmethod
+    def _check_patterns(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
+            if not pattern or not pattern.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in pattern):
+                raise ValueError(f"{pattern!r}: patterns are non-empty printable ASCII without spaces")
+        return value
+
     @field_validator("servers")
     @classmethod
     def _check_names(cls, value: dict[str, ServerConfig]) -> dict[str, ServerConfig]:

@@ -77,7 +77,7 @@ class Router:
         except ValueError:
             raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
         if (host.lower(), port or flow.request.port) != tunnel:
-            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target")
+            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target or URL")
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
