@@ -238,7 +238,23 @@ class ValetConfig(Strict):
         description="forward mode only: host or host:port that agents may reach without a server entry",
     )
     upstream_ca_file: str | None = None
+    allowed_origins: list[str] | None = Field(
+        None, description="globs of Origin values agents may send (absent Origin is always fine); "
+        "default: http(s)://localhost, 127.0.0.1 and [::1] on any port",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None, description="reverse mode: Host values naming Valet itself (name, name:port, globs); "
+        "default: the listen address, localhost, 127.0.0.1 and [::1] with the listen port",
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("allowed_origins", "allowed_hosts")
+    @classmethod
+    def _check_patterns(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
+            if not pattern or not pattern.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in pattern):
+                raise ValueError(f"{pattern!r}: patterns are non-empty printable ASCII without spaces")
+        return value
 
     @field_validator("servers")
     @classmethod

@@ -22,6 +22,14 @@ from addon.hooks import valet_addons
 # routed request before any connection is made (lazy connection strategy).
 _REVERSE_PLACEHOLDER = "reverse:http://127.0.0.1:9"
 
+# Nothing may leave mitmproxy's HTTP layer unparsed: every byte Valet relays goes through its hooks.
+# rawtcp: a 101 answer (or a non-HTTP tunnel) would otherwise become a raw TCP pipe no hook sees;
+# websocket: frames Valet neither parses nor judges; http3: QUIC/UDP, never offered to agents;
+# tcp_hosts / ignore_hosts: hosts relayed without HTTP parsing (kept empty, as their defaults are).
+NOTHING_UNPARSED: dict[str, object] = {
+    "rawtcp": False, "websocket": False, "http3": False, "tcp_hosts": [], "ignore_hosts": [],
+}
+
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,9 @@ def build_master(settings: Settings, on_running: Callable[[], None] | None = Non
     master_ = master.Master(opts, with_termlog=False)
     master_.addons.add(*_mitmproxy_addons())
     # Options owned by built-in addons exist only once the master is built.
-    # websocket=False: an Upgrade would carry JSON-RPC that Valet neither parses nor audits.
-    opts.update(connection_strategy="lazy", websocket=False)
+    # keep_host_header: the Host the agent sent is checked against Valet's own names (hooks/origin.py);
+    # routing then sets the upstream's (Host follows request.host).
+    opts.update(connection_strategy="lazy", keep_host_header=True, **NOTHING_UNPARSED)
     master_.addons.add(*valet_addons(on_running))
     opts.update(
         valet_mode=settings.mode,

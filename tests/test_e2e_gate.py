@@ -235,17 +235,17 @@ def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
 @pytest.mark.parametrize(
     ("request_bytes", "status", "reason"),
     [
-        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\n"
+        (b"POST /notes HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\n"
          b"Content-Length: 2\r\n\r\n{}", b"401", b"unknown_key"),
-        (b"GET /notes/\xff/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
-        (b"GET /notes/..;/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
-        (b"GET /nosuch HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: \xff\r\n\r\n", b"401", b"missing_key"),
-        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nContent-Type: application/json\r\n"
+        (b"GET /notes/\xff/x HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
+        (b"GET /notes/..;/x HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer KEY\r\n\r\n", b"400", b"bad_path"),
+        (b"GET /nosuch HTTP/1.1\r\nHost: HOST\r\nMcp-Session-Id: \xff\r\n\r\n", b"401", b"missing_key"),
+        (b"POST /notes HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer KEY\r\nContent-Type: application/json\r\n"
          b"Content-Length: %d\r\n\r\n%s" % (len(SURROGATE_BODY), SURROGATE_BODY), b"400", b"parse_error"),
-        (b"GET /notes/_echo_headers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nConnection: Upgrade\r\n"
+        (b"GET /notes/_echo_headers HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer KEY\r\nConnection: Upgrade\r\n"
          b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-         b"400", b"invalid_request"),
-        (b"POST /notes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\nAuthorization: Bearer KEY\r\n"
+         b"400", b"upgrade_not_allowed"),
+        (b"POST /notes HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer KEY\r\nAuthorization: Bearer KEY\r\n"
          b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", b"400", b"invalid_request"),
     ],
 )
@@ -253,6 +253,7 @@ def test_hostile_bytes_fail_closed_and_are_audited(valet: Valet, upstream: Upstr
                                                      reason) -> None:
     before = upstream.requests_seen()
     count = len(valet.rows("1=1", expect=0))
+    request_bytes = request_bytes.replace(b"HOST", b"127.0.0.1:%d" % valet.port)
     answer = raw_exchange(valet.port, request_bytes.replace(b"KEY", key[0].encode()))
     assert answer.split(b" ", 2)[1] == status, answer[:300]
     assert reason in answer

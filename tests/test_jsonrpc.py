@@ -119,3 +119,26 @@ def test_legacy_body_with_contradicting_header_is_refused() -> None:
     batch = parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', LIMIT)
     with pytest.raises(Refusal):
         check_headers(batch, None, "ping", None)
+
+
+@pytest.mark.parametrize("params", [
+    {"name": "echo", "Name": "x"},
+    {"name": "echo", "arguments": {"path": "/a", "PATH": "/b"}},
+    {"name": "echo", "arguments": {"deep": [{"k": 1, "K": 2}]}},
+    {"name": "echo", "arguments": {"stra\u00dfe": 1, "STRASSE": 2, "Stra\u00dfe": 3}},
+])
+def test_members_differing_only_by_case_are_refused(params) -> None:
+    from addon.protocol.jsonrpc import parse_body as parse
+
+    body = json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": params}).encode()
+    with pytest.raises(Refusal) as info:
+        parse(body, 1 << 20)
+    assert info.value.cause is Cause.CASE_TWIN and info.value.rpc_id == 4
+
+
+def test_distinct_members_pass() -> None:
+    from addon.protocol.jsonrpc import parse_body as parse
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"a": 1, "b": {"a": 2}, "ab": [{"a": 1}, {"A": 1}]}}}
+    assert parse(json.dumps(body).encode(), 1 << 20).messages[0].arguments["b"] == {"a": 2}

@@ -72,3 +72,24 @@ def test_connect_targets() -> None:
     assert routes.allows_host("pypi.org", 443)
     assert not routes.allows_host("api.example.com", 8443)
     assert not routes.allows_host("evil.example.com", 443)
+
+
+@pytest.mark.parametrize(
+    "raw", ["/%252e%252e/x", "/a%252fb", "/%25u002e", "/%c0%ae%c0%ae/x", "/%e0%80%ae", "/%u2215", "/%U002E",
+            "/%EF%BC%8E%EF%BC%8E/x", "/a%EF%BC%8Fb", "/a%EF%BC%BCb", "/a%E2%88%95b", "/a%E2%81%84b", "/a%E2%80%A4",
+            "/a./b", "/a.", "/a%20/b", "/a%20", "/..%20/x", "/.%2e./x", "/a%C2%85b", "/a%E2%80%A8b"]
+)
+def test_normalize_refuses_what_a_lenient_decoder_reads_differently(raw: str) -> None:
+    with pytest.raises(Refusal) as info:
+        normalize_path(raw)
+    assert info.value.cause is Cause.BAD_PATH
+
+
+def test_shared_path_argument_check() -> None:
+    from addon.protocol.paths import is_ambiguous_path, path_argument_problem
+
+    for fine in ["/srv/data/a.txt", "/srv/data/../b", "/srv/caf\u00e9/x", "/srv/a b/c", "relative/x", "/srv/a\u200b"]:
+        assert path_argument_problem(fine) is None, fine
+    for ambiguous in ["/srv/%2e%2e/x", "/srv/%252e%252e", "/srv/%u2215etc", "/srv/\uff0e\uff0e/x", "/srv/a\u2215b",
+                      "/srv/a\uff0fb", "/srv/data./x", "/srv/data /x", "/srv/a\x00b", "/srv/...."]:
+        assert is_ambiguous_path(ambiguous), ambiguous

@@ -5,8 +5,9 @@ addon implements the event or not, and that walk is most of what an addon
 costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
-    open the exchange -> authenticate -> route -> check the session -> parse
-    -> decide (policy, rate) -> inject -> (upstream) -> filter the response -> record
+    open the exchange -> check Origin/Host -> authenticate -> route -> check the session -> parse
+    -> decide (policy, rate) -> inject -> rebuild Mcp-Param-* -> (upstream) -> filter the response
+    -> rewrite legacy SSE endpoints -> record
 
 Every stage hook returns at once when an earlier stage already answered the
 flow, and every hook, the stages' and this dispatcher's, fails closed
@@ -25,7 +26,10 @@ from mitmproxy.proxy import server_hooks
 
 from addon.hooks.authenticate import Authenticator
 from addon.hooks.inject import Injector
+from addon.hooks.legacy import LegacyEndpoints
 from addon.hooks.oauthretry import OAuthReplay
+from addon.hooks.origin import OriginGuard
+from addon.hooks.paramheaders import ParamHeaderGuard
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.gate import PolicyGate
 from addon.hooks.parse import RpcInspector
@@ -44,16 +48,21 @@ class Valet:
     def __init__(self, on_running: Callable[[], None] | None = None) -> None:
         self.on_running = on_running
         state = self.state = ValetState()
+        injector = Injector(state)
+        sessions = SessionGuard(state)
         stages = [
             ExchangeOpener(state),
+            OriginGuard(state),
             Authenticator(state),
             Router(state),
-            SessionGuard(state),
+            sessions,
             RpcInspector(state),
             PolicyGate(state),
-            Injector(state),
+            injector,
+            ParamHeaderGuard(state, injector.schemas),
             OAuthReplay(state),
             ResponseFilter(state),
+            LegacyEndpoints(state, sessions),  # wraps the relay ResponseFilter installed
             ExchangeRecorder(state),
         ]
         self.stages = stages

@@ -15,6 +15,7 @@ import binascii
 from mitmproxy import connection, http
 
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.keyleak import bearer_or_basic_key, carries_key, misplaced_key
 from addon.filewatch import reload_if_stale
 from addon.identity import KeyRecord
 from addon.hooks.failsafe import fail_closed
@@ -103,10 +104,25 @@ class Authenticator:
         headers.pop("proxy-authorization", None)
         try:
             await self._verify(flow, key, missing)
+            self._strip_key(flow, key)
         except Refusal as refusal:
             if proxy_auth and refusal.cause.status == 401:
                 refusal.status = 407  # credentials given to the proxy itself were refused
             refuse(flow, refusal)
+
+    @staticmethod
+    def _strip_key(flow: http.HTTPFlow, key: str | None) -> None:
+        """Remove the forward-mode Authorization that carries a valet key; refuse a key anywhere else."""
+        headers = flow.request.headers
+        for value in headers.get_all("authorization"):
+            token = bearer_or_basic_key(value)
+            if (token and carries_key(token, key)) or carries_key(value, key):
+                headers.pop("authorization", None)
+        where = misplaced_key(key, headers.items(multi=True), flow.request.query.items(multi=True),
+                              flow.request.path.partition("?")[0])
+        if where is not None:
+            raise Refusal(Cause.KEY_MISPLACED, f"a valet key was found in {where}; send it only as the "
+                          "proxy or bearer credential (it never goes upstream)")
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnel_keys.pop(client.id, None)

@@ -38,33 +38,37 @@ class PolicyGate:
         server = snapshot.config.servers[exchange.server]
         request = flow.request
         path = request.path.partition("?")[0]
+        calls: list[Call] = []
+        messages: list = []
         if server.kind == "http" or not _mcp_request(request.method, path, server.url, body is not None):
             # A plain HTTP API, or anything on an MCP server other than JSON-RPC POSTs and the session's
             # GET stream and DELETE on its endpoint: judged as an HTTP request, by `http` rules (default deny).
             if any(h in request.headers for h in _METHOD_OVERRIDES):
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, "method-override headers are not accepted"))
                 return
-            calls = [Call(*_ids(base), http_method=request.method.upper(), http_path=matching_path(path),
-                          is_http_api=True)]
-            messages: list = [None]
-        elif body is None:  # the session's GET stream or DELETE
-            calls, messages = [base], [None]
-        else:
-            messages = list(body.messages)
-            calls = []
-            for message in messages:
+            calls.append(Call(*_ids(base), http_method=request.method.upper(), http_path=matching_path(path),
+                              is_http_api=True))
+            messages.append(None)
+        if server.kind != "http" and body is not None:
+            # JSON-RPC is judged as JSON-RPC wherever it is sent (a legacy /messages endpoint, any sub-path),
+            # on top of the HTTP judgement above: a server default never lets a denied tool through.
+            for message in body.messages:
                 if message.tool is not None and not TOOL_NAME.match(message.tool):
                     refuse(flow, Refusal(Cause.INVALID_TOOL_NAME,
                                          "tool names are 1 to 128 of A-Z a-z 0-9 _ - .", message.id))
                     return
                 calls.append(Call(*_ids(base), method=message.method, tool=message.tool,
                                   arguments=message.arguments))
+                messages.append(message)
+        elif not calls:  # the session's GET stream or DELETE
+            calls, messages = [base], [None]
         decisions = [policy.decide(call) for call in calls]
         for message, decision in zip(messages, decisions, strict=True):
             if not decision.allowed:
                 refuse(flow, _refusal(decision, message, body is not None and body.is_batch))
                 return
-        exchange.rule = decisions[0].rule if len(decisions) == 1 else None
+        single = len(decisions) == 1 or (len(decisions) == 2 and messages[0] is None)  # (HTTP +) one message
+        exchange.rule = decisions[-1].rule if single else None
         for message, decision in zip(messages, decisions, strict=True):
             for argument, normalized in decision.rewrites:
                 message.raw["params"]["arguments"][argument] = normalized

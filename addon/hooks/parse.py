@@ -11,6 +11,7 @@ from mitmproxy import http
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
 from addon.protocol.jsonrpc import Body, check_headers, parse_body
+from addon.protocol.keyleak import body_carries_key
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -39,9 +40,6 @@ class RpcInspector:
             if len(request.headers.get_all(name)) > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
-        if "upgrade" in request.headers or "upgrade" in request.headers.get("connection", "").lower():
-            refuse(flow, Refusal(Cause.INVALID_REQUEST, "protocol upgrades (WebSocket, h2c) are not proxied"))
-            return
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
@@ -73,6 +71,9 @@ class RpcInspector:
             return
         try:
             body = parse_body(raw, exchange.snapshot.config.limits.max_body_bytes)
+            if body_carries_key(raw, body.serialize):  # before describe(): a key never lands in the audit row
+                raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
+                              None if body.is_batch else body.messages[0].id)
             describe(exchange, body)
             headers = request.headers
             check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))

@@ -12,6 +12,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.request_checks import check_request_line, check_upgrade
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -43,6 +44,9 @@ class Router:
             return
         routes = exchange.snapshot.routes
         try:
+            # Every kind of server and passthrough alike: nothing may leave HTTP or be read as another request.
+            check_upgrade(request.headers.items(multi=True))
+            check_request_line(request.headers.items(multi=True), request.query.items(multi=True))
             if self.state.mode == "reverse":
                 route = routes.reverse(request.path)
             else:
@@ -61,17 +65,34 @@ class Router:
         request.headers["accept-encoding"] = "identity"
 
     def _check_tunnel_host(self, flow: http.HTTPFlow) -> None:
-        """Inside a tunnel the Host header must name the CONNECT target (no domain fronting)."""
+        """The Host header must name the CONNECT target, or the absolute URL's host (no domain fronting)."""
         tunnel = self._tunnels.get(flow.client_conn.id)
         if tunnel is None:
-            return
+            # A plain-HTTP proxy request: the Host header must name the absolute URL's authority, or a
+            # passthrough upstream (forwarded as is) would serve the Host the agent chose instead.
+            tunnel = (flow.request.host.lower(), flow.request.port)
         authority = flow.request.host_header or ""
         try:
             host, port = url.parse_authority(authority, check=True)
         except ValueError:
             raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
         if (host.lower(), port or flow.request.port) != tunnel:
-            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target")
+            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target or URL")
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """An upstream that switches protocols on its own is not followed: mark the exchange before any relay."""
+        exchange = exchange_of(flow)
+        if exchange is not None and flow.response is not None and flow.response.status_code == 101:
+            exchange.decision, exchange.reason = "error", Cause.UPSTREAM_ERROR.reason
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A ``101`` never reaches the agent: with it the connection would stop being HTTP (and unjudged)."""
+        if flow.response is not None and flow.response.status_code == 101:
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream tried to switch protocols; Valet relays HTTP only"),
+                   "error")
+            flow.response.headers["connection"] = "close"
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The upstream TLS name is the host Valet routed to, never an SNI the agent chose."""

@@ -1,32 +1,74 @@
-"""Enforce the session-to-key binding of :mod:`addon.protocol.sessions` on live flows."""
+"""Enforce the session-to-key binding of :mod:`addon.protocol.sessions` on live flows.
+
+Two kinds of session id: the streamable HTTP transport's ``Mcp-Session-Id``
+header (bound when the upstream issues it), and the legacy HTTP+SSE
+transport's query parameter (``?session_id=``, bound when the ``endpoint``
+event that carries it is relayed on the stream the key opened; see
+:mod:`.legacy`). Either, presented with another key or never seen, is
+refused on ANY path of the server, before anything is judged or forwarded.
+Every GET event stream of an MCP server also gets its ``tools/list`` answers
+filtered: on the legacy transport the answer to a POSTed tools/list arrives
+there.
+"""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from addon.protocol.errors import Refusal
+from addon.protocol.errors import Cause, Refusal
 from addon.protocol.sessions import SessionOwners
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
+
+# Query parameters naming a legacy session (the Python SDK's and the TypeScript SDK's), compared lowercased;
+# names seen in relayed endpoint events are added (bounded).
+LEGACY_SESSION_PARAMS = frozenset({"session_id", "sessionid"})
+MAX_LEARNED_PARAMS = 16
+STREAM_TOOLS_LIST = "valet:any-tools-list-on-this-stream"
 
 
 class SessionGuard:
     def __init__(self, state: ValetState) -> None:
         self.state = state
         self.owners = SessionOwners()
+        self.legacy_params: set[str] = set(LEGACY_SESSION_PARAMS)
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if answered(flow):
             return
         exchange = exchange_of(flow)
-        session_id = flow.request.headers.get("mcp-session-id")
-        if exchange is None or exchange.server is None or session_id is None:
+        if exchange is None or exchange.server is None:
             return
         try:
-            self.owners.check(exchange.server, session_id, exchange.key_id)
+            session_id = flow.request.headers.get("mcp-session-id")
+            if session_id is not None:
+                self.owners.check(exchange.server, session_id, exchange.key_id)
+            if exchange.snapshot.config.servers[exchange.server].kind == "mcp":  # an HTTP API's own query is its own
+                self._check_legacy(flow, exchange.server, exchange.key_id)
         except Refusal as refusal:
             refuse(flow, refusal)
+
+    def _check_legacy(self, flow: http.HTTPFlow, server: str, key_id: str | None) -> None:
+        seen: set[str] = set()
+        for name, value in flow.request.query.items(multi=True):
+            lowered = name.strip().lower()
+            if lowered not in self.legacy_params:
+                continue
+            if lowered in seen:  # one reader takes the first, another the last
+                raise Refusal(Cause.INVALID_REQUEST, f"the {lowered} query parameter is given more than once")
+            seen.add(lowered)
+            self.owners.check(server, _legacy_id(lowered, value), key_id)
+
+    def bind_legacy(self, server: str, params: list[tuple[str, str]], key_id: str) -> None:
+        """An endpoint event was relayed on a stream ``key_id`` opened: its session parameters are that key's."""
+        for name, value in params:
+            lowered = name.strip().lower()
+            if lowered not in self.legacy_params and len(self.legacy_params) < len(LEGACY_SESSION_PARAMS) + \
+                    MAX_LEARNED_PARAMS:
+                self.legacy_params.add(lowered)
+            if lowered in self.legacy_params:
+                self.owners.bind(server, _legacy_id(lowered, value), key_id)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -42,3 +84,13 @@ class SessionGuard:
         if presented and (flow.response.status_code == 404 or
                           (flow.request.method == "DELETE" and flow.response.status_code < 300)):
             self.owners.end(exchange.server, presented)
+        outbound = exchange.outbound
+        media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if (flow.request.method == "GET" and media == "text/event-stream" and outbound is not None
+                and not outbound.tools_list_ids):
+            # A GET stream answers requests POSTed elsewhere (legacy transport): filter every tools list on it.
+            outbound.tools_list_ids = frozenset({STREAM_TOOLS_LIST})
+
+
+def _legacy_id(name: str, value: str) -> str:
+    return f"?{name}={value}"

@@ -25,6 +25,8 @@ from typing import Any
 
 import re2
 
+from addon.protocol.paths import is_ambiguous_path
+
 # Percent-escapes of any byte (a lenient decoder would decode them, once or twice: %252e, %c0%ae),
 # and IIS's %uXXXX. A filesystem path argument is not a URL: Valet refuses to guess which reading wins.
 _PERCENT_ESCAPE = re.compile(r"%([0-9a-f]{2}|u[0-9a-f]{4})", re.IGNORECASE)
@@ -61,6 +63,8 @@ def normalize_fs_path(value: Any) -> str | None:
     its file system.
     """
     if not isinstance(value, str) or not value.startswith("/"):
+        return None
+    if is_ambiguous_path(value):  # the same check as HTTP paths: look-alikes NFKC keeps (U+2215 ...)
         return None
     if "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return None

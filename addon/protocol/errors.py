@@ -41,6 +41,15 @@ class Cause(Enum):
     INVALID_TOOL_NAME = ("invalid_tool_name", -32032, 400)
     REAUTH_REQUIRED = ("reauth_required", -32040, 403)
     OAUTH_UNAVAILABLE = ("oauth_unavailable", -32041, 503)
+    # The request side (issue 8): what could reach an upstream read differently, or not at all through Valet.
+    UPGRADE_REFUSED = ("upgrade_not_allowed", -32050, 400)
+    METHOD_OVERRIDE = ("method_override", -32051, 400)
+    REWRITE_HEADER = ("rewrite_header", -32052, 400)
+    KEY_MISPLACED = ("key_misplaced", -32053, 400)
+    ORIGIN_NOT_ALLOWED = ("origin_not_allowed", -32054, 403)
+    HOST_NOT_ALLOWED = ("host_not_allowed", -32055, 403)
+    PARAM_HEADERS_UNVERIFIED = ("param_headers_unverified", -32056, 400)
+    CASE_TWIN = ("case_twin_members", -32057, 400)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

@@ -3,7 +3,10 @@
 Valet decides on what it parsed and forwards what it re-serialized from that
 parse, so this parser must be at least as strict as any upstream's: it refuses
 invalid UTF-8, a byte-order mark, duplicate object keys, NaN/Infinity, members
-JSON-RPC does not define, and bodies over the size limit. Anything an upstream
+JSON-RPC does not define, members of ``params`` (``arguments`` included, at any
+depth) that differ only by letter case (``name`` and ``Name``: a case-insensitive
+upstream, .NET's or Jackson's with the option on, reads the one the policy did
+not), and bodies over the size limit. Anything an upstream
 might read differently from us is refused here rather than forwarded.
 """
 
@@ -127,6 +130,8 @@ def _message(obj: Any) -> Message:
             raise Refusal(Cause.INVALID_REQUEST, '"params" must be an object or an array', rpc_id)
         if method == "tools/call":
             _check_tool_call(obj.get("params"), rpc_id)
+        if "params" in obj:
+            _no_case_twins(obj["params"], rpc_id)
     else:
         extra = obj.keys() - _RESPONSE_KEYS
         method = None
@@ -142,6 +147,28 @@ def _check_tool_call(params: Any, rpc_id: Any) -> None:
         raise Refusal(Cause.INVALID_REQUEST, 'tools/call needs params.name as a string', rpc_id)
     if "arguments" in params and not isinstance(params["arguments"], dict):
         raise Refusal(Cause.INVALID_REQUEST, 'tools/call params.arguments must be an object', rpc_id)
+
+
+MAX_DEPTH = 64
+
+
+def _no_case_twins(value: Any, rpc_id: Any, depth: int = 0) -> None:
+    """Refuse objects whose member names collide when case is ignored, at any depth of ``params``."""
+    if depth > MAX_DEPTH:
+        raise Refusal(Cause.INVALID_REQUEST, f"params nest deeper than {MAX_DEPTH} levels", rpc_id)
+    if isinstance(value, dict):
+        for fold in (str.lower, str.upper):
+            folded = {fold(key) for key in value}
+            if len(folded) != len(value):
+                twins = sorted(key for key in value if sum(fold(k) == fold(key) for k in value) > 1)
+                raise Refusal(Cause.CASE_TWIN, f"members differ only by letter case: {twins[0][:64]!r}", rpc_id)
+        for item in value.values():
+            if isinstance(item, (dict, list)):
+                _no_case_twins(item, rpc_id, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)):
+                _no_case_twins(item, rpc_id, depth + 1)
 
 
 def _safe_id(value: Any) -> Any:

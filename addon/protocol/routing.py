@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from addon.config import ServerConfig, ValetConfig
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.paths import segment_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,10 @@ def normalize_path(path: str) -> str:
 
     Each segment is fully percent-decoded for the checks: ``.`` and ``..``
     (also as ``..;params``, which Java servers resolve), encoded ``/`` or
-    ``\\``, control characters and invalid UTF-8 are refused. What is
+    ``\\``, control characters and invalid UTF-8 (overlong forms included) are
+    refused, and so is whatever :func:`addon.protocol.paths.segment_problem`
+    finds a lenient decoder could read differently (double encoding, ``%u``,
+    NFKC look-alikes of ``.`` ``/`` ``\\``, trailing dots or spaces). What is
     forwarded keeps every reserved character as the agent encoded it
     (``;`` and ``%3B`` stay different), decodes only unreserved characters,
     upper-cases the remaining escapes and collapses empty segments (``//``).
@@ -120,6 +124,9 @@ def normalize_path(path: str) -> str:
             raise Refusal(Cause.BAD_PATH, "path may not contain '.' or '..' segments")
         if "/" in segment or "\\" in segment or any(ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
             raise Refusal(Cause.BAD_PATH, "path may not contain encoded separators or control characters")
+        problem = segment_problem(segment.partition(";")[0]) or segment_problem(segment)
+        if problem:
+            raise Refusal(Cause.BAD_PATH, f"path is ambiguous: {problem}")
         if raw:
             out.append(_ESCAPE.sub(_normal_escape, _UNSAFE.sub(_escape_char, raw)))
     trailing = "/" if path.endswith("/") and out else ""

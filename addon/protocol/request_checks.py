@@ -1,0 +1,54 @@
+"""Request shapes that make an upstream (or something in front of it) read another request than Valet judged.
+
+Pure functions on header pairs and query pairs, refused before routing matters:
+
+- protocol upgrades (``Upgrade``, ``Connection: upgrade``): after a ``101`` the
+  connection is no longer HTTP, so nothing after it could be parsed, judged,
+  scrubbed or audited. Refused for every server kind and for passthrough.
+- method overrides (``?_method=DELETE``, ``X-HTTP-Method-Override``...): many
+  frameworks act on them, so the policy would judge a GET that runs as a DELETE.
+- URL-rewrite and forwarding headers (``X-Original-URL``, ``X-Rewrite-URL``,
+  ``X-Forwarded-Prefix``, ``X-Forwarded-Host``, ``Forwarded``...): IIS, Symfony,
+  Spring and many reverse proxies route on them instead of the request line, and
+  URL builders (a legacy SSE ``endpoint``, a redirect) use them to name an origin.
+
+Refusing rather than stripping tells a misconfigured client why, and no
+legitimate MCP client sends any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from addon.protocol.errors import Cause, Refusal
+
+METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+METHOD_OVERRIDE_PARAMS = frozenset({"_method", "_httpmethod", "x-http-method-override", "x-http-method",
+                                    "x-method-override"})
+REWRITE_HEADERS = frozenset({
+    "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-prefix", "x-forwarded-path",
+    "x-forwarded-uri", "x-envoy-original-path", "x-forwarded-host", "x-forwarded-server", "x-forwarded-proto",
+    "x-forwarded-port", "x-forwarded-scheme", "x-url-scheme", "x-host", "x-http-host-override", "forwarded",
+})
+
+
+def check_upgrade(headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse any request asking to leave HTTP (WebSocket, h2c, anything else)."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "upgrade" or (lowered == "connection" and "upgrade" in value.lower()) or \
+                lowered in ("http2-settings", "sec-websocket-key"):
+            raise Refusal(Cause.UPGRADE_REFUSED, "protocol upgrades (WebSocket, h2c) are not proxied")
+
+
+def check_request_line(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> None:
+    """Refuse method overrides and URL-rewrite headers: the request line is the only request."""
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered in METHOD_OVERRIDE_HEADERS:
+            raise Refusal(Cause.METHOD_OVERRIDE, f"method-override header {lowered!r} is not accepted")
+        if lowered in REWRITE_HEADERS:
+            raise Refusal(Cause.REWRITE_HEADER, f"URL-rewrite or forwarding header {lowered!r} is not accepted")
+    for name, _ in query:
+        if name.strip().lower() in METHOD_OVERRIDE_PARAMS:
+            raise Refusal(Cause.METHOD_OVERRIDE, "method-override query parameters are not accepted")
