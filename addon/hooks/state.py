@@ -39,6 +39,8 @@ class ValetState:
         self.secrets: SecretCache | None = None
         self.refresher: Refresher | None = None
         self.mode = "reverse"
+        self.draining = False  # SIGTERM: no new exchanges, the open ones may finish
+        self.open_exchanges = 0  # written ahead, outcome not yet recorded
 
     def load(self, loader: Loader) -> None:
         loader.add_option("valet_config", str, "", "Path of Valet's YAML configuration.")
@@ -69,7 +71,8 @@ class ValetState:
             self.secrets = secrets
             if self.audit is not None:
                 self.audit.close()
-            self.audit = AuditWriter(data_dir / "audit.db")
+            timeout = self.snapshot.config.audit.commit_timeout_seconds if self.snapshot else 1.0
+            self.audit = AuditWriter(data_dir / "audit.db", commit_timeout=timeout, recover=True)
             storage = self.snapshot.config.rate_limits.storage if self.snapshot else "memory://"
             self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None)
 
@@ -84,6 +87,8 @@ class ValetState:
         ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
+        if self.audit is not None:
+            self.audit.commit_timeout = config.audit.commit_timeout_seconds
         if previous is None or previous.config.rate_limits != config.rate_limits or self.limiter is None:
             self.limiter = RateLimiter(config.rate_limits.storage)
 
@@ -142,8 +147,21 @@ class ValetState:
             self.audit.submit({"ts": _utc_now(), "mode": self.mode, **row})
 
     def record(self, exchange: Exchange, status: int | None) -> None:
-        if not exchange.recorded and self.audit is not None:
-            self.audit.submit(exchange.finish(status))
+        """The exchange is over: complete its row written ahead, or write it whole (then ``committed``)."""
+        if exchange.recorded or self.audit is None:
+            return
+        row = exchange.finish(status)
+        if exchange.row is not None:
+            self.open_exchanges -= 1
+            self.audit.complete(exchange.row, row)
+        else:
+            exchange.committed = self.audit.submit(row, wait=True)
+
+    def write_ahead(self, exchange: Exchange) -> None:
+        """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
+        assert self.audit is not None
+        exchange.row, exchange.committed = self.audit.begin(exchange.request_row())
+        self.open_exchanges += 1
 
 
     def record_refused_connect(self, flow: http.HTTPFlow) -> None:
