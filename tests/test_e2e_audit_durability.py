@@ -10,33 +10,17 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .support import MCP_HEADERS, PYTHON, ROOT, Upstream, Valet, free_port, start_valet, wait_for_port
+from .audit_support import recording, upstream_ids  # noqa: F401 - a fixture
+from .support import MCP_HEADERS, Upstream, Valet, start_valet
 
 CLIENTS = 16
-
-
-@pytest.fixture
-def recording() -> Iterator[Upstream]:
-    port = free_port()
-    process = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/recording_api.py"), "--port", str(port)], cwd=ROOT)
-    wait_for_port(port)
-    upstream = Upstream(port, process)
-    yield upstream
-    upstream.stop()
-
-
-def upstream_ids(upstream: Upstream) -> set[str]:
-    ids = httpx.get(f"http://127.0.0.1:{upstream.port}/_ids", timeout=10).json()["ids"]
-    return {json.dumps(i) for i in ids}
 
 
 class Load:

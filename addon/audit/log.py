@@ -184,6 +184,7 @@ class AuditWriter:
         # Fail at startup, not on the first request, if it cannot be opened.
         self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
         self._identity = _identity(path)
+        self._owner = recover
         if recover:  # the proxy (not a CLI command) owns the pending rows of earlier processes
             interrupted = self._conn.execute(_INTERRUPT).rowcount
             if interrupted:
@@ -259,7 +260,7 @@ class AuditWriter:
                 last_check = time.monotonic()
             ok = self._commit(conn, batch, stopping) if batch else True
             _resolve([item[3] for item in batch if item[3] is not None], ok)
-        if self.lost is None:
+        if self.lost is None and self._owner:
             try:
                 interrupted = conn.execute(_INTERRUPT).rowcount
                 if interrupted:
