@@ -113,6 +113,10 @@ CREATE INDEX IF NOT EXISTS exchanges_key ON exchanges (key_id, id);
 _INDEXES_AFTER_MIGRATION = """
 CREATE INDEX IF NOT EXISTS exchanges_ts_unix ON exchanges (ts_unix);
 CREATE INDEX IF NOT EXISTS exchanges_pending ON exchanges (state) WHERE state = 'pending';
+-- ``ts`` stays ISO 8601 (2026-11-21T09:01:02.113Z); SQLite's datetime() writes '2026-11-21 09:01:02',
+-- which compares wrongly with it as text. ``at`` is the same instant in SQLite's own format.
+CREATE VIEW IF NOT EXISTS exchanges_at AS
+    SELECT *, strftime('%Y-%m-%d %H:%M:%f', ts_unix, 'unixepoch') AS at FROM exchanges;
 """
 
 _INSERT = f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"

@@ -4,7 +4,8 @@ The durability tests kill Valet under load and then account for every request:
 each one the agent got an answer to, and each one that reached this upstream,
 must have an audit row (matched by JSON-RPC id). ``GET /_ids`` returns the ids
 received so far. A ``tools/call`` whose arguments hold ``"sleep": N`` is
-answered N seconds later (to keep requests in flight).
+answered N seconds later (to keep requests in flight); one with ``"die": true`` gets
+headers and part of a body, then the connection is dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     arguments = (request.get("params") or {}).get("arguments") or {}
     delay = arguments.get("sleep", 0.01) if isinstance(arguments, dict) else 0.01
     await asyncio.sleep(float(delay))
+    if isinstance(arguments, dict) and arguments.get("die"):  # promise a body, send part of it, hang up
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b'{"jsonrpc": "2.0", "id": ', "more_body": True})
+        raise RuntimeError("the upstream dies mid-answer")
     await _send(send, 200, {"jsonrpc": "2.0", "id": request.get("id"),
                             "result": {"content": [{"type": "text", "text": "ok"}], "isError": False}})
 
