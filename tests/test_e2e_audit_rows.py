@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def test_ts_unix_makes_datetime_now_ranges_right(tmp: Path, recording: Upstream)
     via_view = conn.execute("SELECT count(*) FROM exchanges_at WHERE rpc_method = 'tools/call' "
                             "AND at > datetime('now', '-3 minutes')").fetchone()[0]
     assert via_view == 2
+    exported = [json.loads(line) for line in valet.cli("audit", "export", "--format", "jsonl",
+                                                        "--since", "3m").stdout.splitlines()]
+    assert sorted(r["rpc_id"] for r in exported if r["rpc_method"] == "tools/call") == ["1", "2"]
+    last = max(r["id"] for r in exported)
+    assert valet.cli("audit", "export", "--after-id", str(last)).stdout == ""
+    old = valet.cli("audit", "export", "--since", "2026-01-01T00:00:00Z", "--until", "1h").stdout.splitlines()
+    assert [json.loads(line)["rpc_id"] for line in old] == ["0"]
+    csv_out = valet.cli("audit", "query", "--format", "csv", "SELECT rpc_id, state FROM exchanges "
+                        "WHERE rpc_method = 'tools/call' ORDER BY id").stdout.splitlines()
+    assert csv_out == ["rpc_id,state", "0,done", "1,done", "2,done"]
     in_range = conn.execute("SELECT count(*) FROM exchanges_at WHERE rpc_method = 'tools/call' AND at "
                             "BETWEEN datetime('now', '-3 hours') AND datetime('now', '-1 hour')").fetchone()[0]
     assert in_range == 1

@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 log = logging.getLogger("valet.audit")
 
 COLUMNS: tuple[str, ...] = (
@@ -145,11 +147,12 @@ def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Logs written by an older Valet gain the newer columns; ``ts_unix`` is filled from ``ts``."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(exchanges)")}
+    """Logs written by an older Valet gain the newer columns (sqlite-utils); ``ts_unix`` is filled from ``ts``."""
+    table = sqlite_utils.Database(conn).table("exchanges")
+    present = set(table.columns_dict)
     for column in COLUMNS:
         if column not in present:
-            conn.execute(f"ALTER TABLE exchanges ADD COLUMN {column} {COLUMN_TYPES.get(column, 'TEXT')}")
+            table.add_column(column, COLUMN_TYPES.get(column, "TEXT"))
     if "ts_unix" not in present:
         conn.execute("UPDATE exchanges SET ts_unix = (julianday(replace(ts, 'Z', '')) - 2440587.5) * 86400.0 "
                      "WHERE ts_unix IS NULL")
