@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.audit.log import COLUMNS, Pending, utc_iso
+from addon.audit.columns import COLUMNS
+from addon.audit.log import Pending, utc_iso
 
 
 def _utc_now() -> str:

@@ -37,47 +37,8 @@ import sqlite_utils
 
 log = logging.getLogger("valet.audit")
 
-COLUMNS: tuple[str, ...] = (
-    "ts",
-    "ts_unix",
-    "duration_ms",
-    "key_id",
-    "user",
-    "agent",
-    "server",
-    "mode",
-    "http_method",
-    "http_path",
-    "http_status",
-    "rpc_method",
-    "rpc_id",
-    "tool",
-    "arguments",
-    "decision",
-    "rule",
-    "reason",
-    "error_code",
-    "session_id",
-    "bytes_in",
-    "bytes_out",
-    "injected",
-    "overridden",
-    "state",
-)
-
-# What the end of an exchange may change in its row (the rest is fixed when it is written ahead).
-OUTCOME: tuple[str, ...] = (
-    "duration_ms",
-    "http_status",
-    "decision",
-    "reason",
-    "error_code",
-    "session_id",
-    "bytes_out",
-)
-
-COLUMN_TYPES = {"ts_unix": "REAL", "duration_ms": "REAL", "http_status": "INTEGER", "error_code": "INTEGER",
-                "bytes_in": "INTEGER", "bytes_out": "INTEGER"}
+from addon.audit import chain
+from addon.audit.columns import COLUMN_TYPES, COLUMNS, OUTCOME
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -124,9 +85,9 @@ CREATE VIEW IF NOT EXISTS exchanges_at AS
 _INSERT = f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _COMPLETE = f"UPDATE exchanges SET {', '.join(c + ' = ?' for c in OUTCOME)}, state = 'done' WHERE id = ?"
 _INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(reason, 'interrupted') "
-              "WHERE state = 'pending'")
-_OUTCOME_INDEX = tuple(COLUMNS.index(c) for c in OUTCOME)
+              "WHERE state = 'pending' RETURNING id, " + ", ".join(OUTCOME))
 
+CHECKPOINT_SECONDS = 5.0  # how often a signed checkpoint (count, head MAC) is appended, if the chain grew
 IDENTITY_CHECK_SECONDS = 0.25  # the file deleted or replaced is noticed within this (plus a commit)
 RETRY_SECONDS = 0.1
 
@@ -143,6 +104,7 @@ def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     conn.executescript(SCHEMA)
     _add_missing_columns(conn)
     conn.executescript(_INDEXES_AFTER_MIGRATION)
+    chain.start_chain(conn)
     return conn
 
 
@@ -177,8 +139,15 @@ class AuditWriter:
     """Owns the only writing connection; every public method is safe to call from the event loop."""
 
     def __init__(self, path: Path, commit_timeout: float = 1.0, max_batch: int = 1000,
-                 max_queue: int = 100_000, recover: bool = False) -> None:
+                 max_queue: int = 100_000, recover: bool = False, keys: chain.ChainKeys | None = None) -> None:
         self.path = path
+        if keys is None:  # the vault's master keys (key file or VALET_MASTER_KEY) key the MAC chain
+            from addon.secrets.vault import load_master_keys
+
+            keys = chain.ChainKeys(load_master_keys(path.parent))
+        self._chain = chain.Appender(keys)
+        self._checkpoints = path.with_name(chain.CHECKPOINT_FILE)
+        self._checkpointed: tuple[int, float] = (-1, time.monotonic())
         self.commit_timeout = commit_timeout
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -193,7 +162,7 @@ class AuditWriter:
         self._identity = _identity(path)
         self._owner = recover
         if recover:  # the proxy (not a CLI command) owns the pending rows of earlier processes
-            interrupted = self._conn.execute(_INTERRUPT).rowcount
+            interrupted = self._interrupt(self._conn)
             if interrupted:
                 log.warning("audit: %d exchanges of a previous run had no outcome; marked interrupted",
                             interrupted)
@@ -267,14 +236,53 @@ class AuditWriter:
                 last_check = time.monotonic()
             ok = self._commit(conn, batch, stopping) if batch else True
             _resolve([item[3] for item in batch if item[3] is not None], ok)
+            if ok and self._owner:
+                try:
+                    self._checkpoint(conn)
+                except (sqlite3.Error, OSError) as exc:
+                    log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
         if self.lost is None and self._owner:
             try:
-                interrupted = conn.execute(_INTERRUPT).rowcount
+                interrupted = self._interrupt(conn)
                 if interrupted:
                     log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
-            except sqlite3.Error as exc:
+                self._checkpoint(conn, force=True)
+            except (sqlite3.Error, OSError) as exc:
                 log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
         conn.close()
+
+    def _interrupt(self, conn: sqlite3.Connection) -> int:
+        """Rows written ahead whose outcome never came: ``interrupted``, chained like any outcome."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._chain.start(conn)
+            rows = conn.execute(_INTERRUPT).fetchall()
+            for row_id, *outcome in rows:
+                self._chain.outcome(row_id, (*outcome, "interrupted"))
+            self._chain.flush(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
+        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew."""
+        last_seq, last_time = self._checkpointed
+        if not force and time.monotonic() - last_time < CHECKPOINT_SECONDS:
+            return
+        row = conn.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, head = (row[0], row[1]) if row else (0, chain.GENESIS)
+        self._checkpointed = (seq, time.monotonic())
+        if seq == last_seq:
+            return
+        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head)
+        with open(self._checkpoints, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("audit checkpoint: %s", line)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any], stopping: bool) -> bool:
         """One transaction for the whole batch; retried until it succeeds (or the file is lost)."""
@@ -288,13 +296,21 @@ class AuditWriter:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
+                        appender = self._chain
+                        appender.start(conn)
                         for sql, values, pending, _future in batch:
                             if sql is _INSERT:
                                 row_id = conn.execute(_INSERT, values).lastrowid
+                                assert row_id is not None
+                                appender.request(row_id, values)
                                 if pending is not None:
                                     pending.row_id = row_id
+                                else:  # a whole row: its outcome is known already
+                                    appender.outcome(row_id, [values[i] for i in chain.OUTCOME_INDEX_IN_ROW])
                             elif pending is not None and pending.row_id is not None:
                                 conn.execute(_COMPLETE, (*values, pending.row_id))
+                                appender.outcome(pending.row_id, (*values, "done"))
+                        appender.flush(conn)
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:

@@ -126,5 +126,34 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
         except (sqlite3.Error, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
 
+    @audit_group.command("verify")
+    @data_dir_option
+    def audit_verify(data_dir: Path) -> None:
+        """Check the MAC chain: broken links, deleted, edited or inserted rows, a truncated tail.
+
+        Needs the vault's master key (the key file in the data dir, or VALET_MASTER_KEY). Exit 0 when
+        the log is intact, 1 when it is not.
+        """
+        from addon.audit.chain import CHECKPOINT_FILE, ChainKeys, verify
+        from addon.secrets.vault import VaultError, load_master_keys
+
+        try:
+            keys = ChainKeys(load_master_keys(data_dir, create=False))
+            conn = audit.open_readonly(data_dir / "audit.db")
+            report = verify(conn, keys, data_dir / CHECKPOINT_FILE)
+        except (VaultError, sqlite3.Error, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        checkpoint = report.checkpoint
+        where = (f"; last checkpoint {checkpoint['ts']} at record {checkpoint['seq']}" if checkpoint
+                 else "; no checkpoint yet")
+        click.echo(f"{report.rows} rows, {report.records} chain records, head {report.head[:16]}{where}")
+        for problem in report.problems:
+            click.echo(f"TAMPERED: {problem}")
+        if not report.ok:
+            sys.exit(1)
+        click.echo("ok: the audit log is intact")
+
 
 __all__ = ["parse_since", "register"]
