@@ -92,8 +92,12 @@ def _canonical(column: str, value: Any) -> Any:
 
 
 def mac(key: bytes, prev_mac: str, seq: int, exchange_id: int, kind: str,
-        columns: Iterable[str], values: Iterable[Any]) -> str:
-    payload = [prev_mac, seq, exchange_id, kind, [_canonical(c, v) for c, v in zip(columns, values, strict=True)]]
+        columns: Iterable[str], values: Iterable[Any], uses: Iterable[Iterable[Any]] | None = None) -> str:
+    """``uses``: a request's secret-usage ledger rows (name, fingerprint, scope, server, host), chained with it."""
+    payload: list[Any] = [prev_mac, seq, exchange_id, kind,
+                          [_canonical(c, v) for c, v in zip(columns, values, strict=True)]]
+    if kind == "request":
+        payload.append([[_canonical("", v) for v in use] for use in (uses or ())])
     message = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
@@ -112,16 +116,17 @@ class Appender:
         self.seq, self.head = (row[0], row[1]) if row else (0, GENESIS)
         self.appended = []
 
-    def request(self, exchange_id: int, row_values: tuple[Any, ...]) -> None:
-        self._append(exchange_id, "request", REQUEST_FIELDS, [row_values[i] for i in REQUEST_INDEX])
+    def request(self, exchange_id: int, row_values: tuple[Any, ...], uses: Iterable[Iterable[Any]] | None) -> None:
+        self._append(exchange_id, "request", REQUEST_FIELDS, [row_values[i] for i in REQUEST_INDEX], uses)
 
     def outcome(self, exchange_id: int, outcome_values: Iterable[Any]) -> None:
         self._append(exchange_id, "outcome", OUTCOME_FIELDS, list(outcome_values))
 
-    def _append(self, exchange_id: int, kind: str, columns: tuple[str, ...], values: list[Any]) -> None:
+    def _append(self, exchange_id: int, kind: str, columns: tuple[str, ...], values: list[Any],
+                uses: Iterable[Iterable[Any]] | None = None) -> None:
         version = self.keys.current
         seq = self.seq + 1
-        record_mac = mac(self.keys.key(version), self.head, seq, exchange_id, kind, columns, values)
+        record_mac = mac(self.keys.key(version), self.head, seq, exchange_id, kind, columns, values, uses)
         self.appended.append((seq, exchange_id, kind, version, self.head, record_mac))
         self.seq, self.head = seq, record_mac
 
@@ -198,7 +203,10 @@ def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, 
                 problems.append(f"row {exchange_id} was deleted (chain record {seq})")
             continue
         columns = REQUEST_FIELDS if kind == "request" else OUTCOME_FIELDS
-        if mac(key, prev_mac, seq, exchange_id, kind, columns, [row[c] for c in columns]) != record_mac:
+        uses = conn.execute("SELECT name, fingerprint, scope, server, host FROM secret_uses WHERE exchange_id = ? "
+                            "ORDER BY rowid", (exchange_id,)).fetchall() if kind == "request" else None
+        if mac(key, prev_mac, seq, exchange_id, kind, columns, [row[c] for c in columns],
+               [tuple(u) for u in uses or ()]) != record_mac:
             problems.append(f"row {exchange_id} was edited (its {kind} part; chain record {seq})")
         if len(problems) > limit:
             problems.append("(stopped: too many problems)")

@@ -37,7 +37,7 @@ import sqlite_utils
 
 log = logging.getLogger("valet.audit")
 
-from addon.audit import chain
+from addon.audit import chain, ledger
 from addon.audit.columns import COLUMN_TYPES, COLUMNS, OUTCOME
 
 SCHEMA = """
@@ -83,6 +83,7 @@ CREATE VIEW IF NOT EXISTS exchanges_at AS
 """
 
 _INSERT = f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_TS_UNIX = COLUMNS.index("ts_unix")
 _COMPLETE = f"UPDATE exchanges SET {', '.join(c + ' = ?' for c in OUTCOME)}, state = 'done' WHERE id = ?"
 _INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(reason, 'interrupted') "
               "WHERE state = 'pending' RETURNING id, " + ", ".join(OUTCOME))
@@ -105,6 +106,7 @@ def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     _add_missing_columns(conn)
     conn.executescript(_INDEXES_AFTER_MIGRATION)
     chain.start_chain(conn)
+    conn.executescript(ledger.SCHEMA)
     return conn
 
 
@@ -187,21 +189,25 @@ class AuditWriter:
     def commits(self) -> int:
         return self._commits
 
-    def begin(self, row: dict[str, Any]) -> tuple[Pending, asyncio.Future[bool]]:
-        """Queue the row of an exchange about to be forwarded or refused; the future says if it is committed."""
+    def begin(self, row: dict[str, Any], uses: list[tuple[Any, ...]] | None = None
+              ) -> tuple[Pending, asyncio.Future[bool]]:
+        """Queue the row of an exchange about to be forwarded or refused; the future says if it is committed.
+
+        ``uses``: the secrets it carries upstream, (name, fingerprint, scope, server, host) each (the ledger).
+        """
         pending = Pending()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put((_INSERT, _values(row, "pending"), pending, future))
+        self._queue.put((_INSERT, _values(row, "pending"), pending, future, uses))
         return pending, future
 
     def complete(self, pending: Pending, row: dict[str, Any]) -> None:
         """The outcome of an exchange written ahead (not awaited: the exchange is over)."""
-        self._queue.put((_COMPLETE, tuple(row.get(c) for c in OUTCOME), pending, None))
+        self._queue.put((_COMPLETE, tuple(row.get(c) for c in OUTCOME), pending, None, None))
 
     def submit(self, row: dict[str, Any], wait: bool = False) -> asyncio.Future[bool] | None:
         """A whole row at once (its outcome is known already); with ``wait``, a future for its commit."""
         future = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put((_INSERT, _values(row, "done"), None, future))
+        self._queue.put((_INSERT, _values(row, "done"), None, future, None))
         return future
 
     def close(self, timeout: float = 10.0) -> None:
@@ -298,11 +304,14 @@ class AuditWriter:
                     try:
                         appender = self._chain
                         appender.start(conn)
-                        for sql, values, pending, _future in batch:
+                        for sql, values, pending, _future, uses in batch:
                             if sql is _INSERT:
                                 row_id = conn.execute(_INSERT, values).lastrowid
                                 assert row_id is not None
-                                appender.request(row_id, values)
+                                appender.request(row_id, values, uses)
+                                if uses:
+                                    ts_unix = values[_TS_UNIX]
+                                    conn.executemany(ledger.INSERT, [(row_id, ts_unix, *use) for use in uses])
                                 if pending is not None:
                                     pending.row_id = row_id
                                 else:  # a whole row: its outcome is known already
@@ -330,7 +339,7 @@ class AuditWriter:
                         self._failing = True
                         log.error("audit rows could not be stored (%s); refusing traffic", exc.__class__.__name__)
                         return False
-                    batch = [(q, _storable(v), p, f) for q, v, p, f in batch]
+                    batch = [(q, _storable(v), p, f, u) for q, v, p, f, u in batch]
                     sanitized = True
                 else:
                     self._written += sum(1 for item in batch if item[0] is _INSERT)

@@ -155,5 +155,27 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
             sys.exit(1)
         click.echo("ok: the audit log is intact")
 
+    secret_group = main.commands.get("secret")
+    if isinstance(secret_group, click.Group):
+
+        @secret_group.command("usage")
+        @click.argument("name")
+        @click.option("--since", default="7d", show_default=True,
+                      help="From then on: 15m, 2h, 7d or an ISO 8601 date/time.")
+        @data_dir_option
+        @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+        def secret_usage(name: str, since: str, data_dir: Path, as_json: bool) -> None:
+            """Where a secret went: every exchange that carried it, to which host, for which key (never values)."""
+            from addon.audit.ledger import USAGE_SQL
+
+            try:
+                conn = audit.open_readonly(data_dir / "audit.db")
+                cursor = conn.execute(USAGE_SQL, (name, parse_since(since)))
+                columns = [d[0] for d in cursor.description or ()]
+                rows = [dict(row) for row in cursor]
+            except (sqlite3.Error, FileNotFoundError) as exc:
+                raise click.ClickException(str(exc)) from None
+            print_rows(rows, as_json, columns)
+
 
 __all__ = ["parse_since", "register"]

@@ -5,10 +5,12 @@ what the agent actually got when the flow ends (:class:`ExchangeRecorder`, last 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
+from addon.audit import ledger
 from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
@@ -74,7 +76,11 @@ class WriteAhead:
             if not audit.healthy:
                 refuse(flow, UNAVAILABLE, "error")
                 return
-            self.state.write_ahead(exchange)
+            uses = None
+            if exchange.injected and flow.response is None and exchange.server is not None:
+                uses = ledger.uses(self.state.secrets, exchange.server, exchange.user or "",
+                                   json.loads(exchange.injected), flow.request.pretty_host)
+            self.state.write_ahead(exchange, uses)
         future = exchange.committed
         if future is None:
             return

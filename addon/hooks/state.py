@@ -9,6 +9,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError
 from addon.protocol.errors import Refusal
@@ -72,7 +73,8 @@ class ValetState:
             if self.audit is not None:
                 self.audit.close()
             timeout = self.snapshot.config.audit.commit_timeout_seconds if self.snapshot else 1.0
-            self.audit = AuditWriter(data_dir / "audit.db", commit_timeout=timeout, recover=True)
+            self.audit = AuditWriter(data_dir / "audit.db", commit_timeout=timeout, recover=True,
+                                     keys=ChainKeys(secrets.vault.keys))
             storage = self.snapshot.config.rate_limits.storage if self.snapshot else "memory://"
             self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None)
 
@@ -157,10 +159,10 @@ class ValetState:
         else:
             exchange.committed = self.audit.submit(row, wait=True)
 
-    def write_ahead(self, exchange: Exchange) -> None:
+    def write_ahead(self, exchange: Exchange, uses: list[tuple[object, ...]] | None = None) -> None:
         """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
         assert self.audit is not None
-        exchange.row, exchange.committed = self.audit.begin(exchange.request_row())
+        exchange.row, exchange.committed = self.audit.begin(exchange.request_row(), uses)
         self.open_exchanges += 1
 
 
