@@ -108,6 +108,8 @@ def test_sigkill_under_load_leaves_no_answered_or_forwarded_request_without_a_ro
         assert "marked interrupted" in valet2.log.read_text() or not pending_before
     finally:
         assert valet2.stop() == 0
+    verified = valet2.cli("audit", "verify", check=False)
+    assert verified.returncode == 0, verified.stdout
 
 
 def test_sigterm_drains_in_flight_calls_records_the_rest_interrupted_and_exits_0(
@@ -157,3 +159,5 @@ def test_sigterm_drains_in_flight_calls_records_the_rest_interrupted_and_exits_0
     assert rows['"slow"']["state"] == "interrupted" and rows['"slow"']["reason"] == "interrupted"
     refused = [r for r in rows.values() if r["reason"] == "shutting_down"]
     assert all(r["http_status"] == 503 for r in refused)
+    verified = valet.cli("audit", "verify", check=False)
+    assert verified.returncode == 0, verified.stdout

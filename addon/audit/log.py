@@ -159,6 +159,8 @@ class AuditWriter:
         self.lost: str | None = None  # why the file can no longer be written (deleted, replaced): stays closed
         self._written = 0
         self._commits = 0
+        self._dropped = 0
+        self._dropped_logged = 0.0
         # Fail at startup, not on the first request, if it cannot be opened.
         self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
         self._identity = _identity(path)
@@ -297,7 +299,10 @@ class AuditWriter:
         try:
             while True:
                 if self.lost is not None:
-                    log.error("audit: %d records not written: %s", len(batch), self.lost)
+                    self._dropped += len(batch)
+                    if time.monotonic() - self._dropped_logged > 10.0:
+                        self._dropped_logged = time.monotonic()
+                        log.error("audit: %d records not written so far: %s", self._dropped, self.lost)
                     return False
                 try:
                     conn.execute("BEGIN IMMEDIATE")

@@ -64,7 +64,7 @@ class WriteAhead:
     async def commit(self, flow: http.HTTPFlow, forwarding: bool) -> None:
         exchange = exchange_of(flow)
         audit = self.state.audit
-        if exchange is None or audit is None:
+        if exchange is None or audit is None or not self.state.write_ahead_enabled:
             return
         if exchange.committed is None:
             if exchange.recorded or (flow.response is None and not forwarding) or flow.error is not None:

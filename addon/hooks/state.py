@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -42,6 +43,8 @@ class ValetState:
         self.mode = "reverse"
         self.draining = False  # SIGTERM: no new exchanges, the open ones may finish
         self.open_exchanges = 0  # written ahead, outcome not yet recorded
+        # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
+        self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
 
     def load(self, loader: Loader) -> None:
         loader.add_option("valet_config", str, "", "Path of Valet's YAML configuration.")
