@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+
+import httpx
 from pathlib import Path
 
 from .audit_support import recording, upstream_ids  # noqa: F401 - a fixture
-from .support import Upstream, jsonrpc, post, running_valet
+from .support import MCP_HEADERS, Upstream, jsonrpc, post, running_valet
 
 
 def test_an_upstream_dying_mid_answer_is_recorded_as_the_502_the_agent_got(tmp: Path, recording: Upstream) -> None:
@@ -20,6 +22,21 @@ def test_an_upstream_dying_mid_answer_is_recorded_as_the_502_the_agent_got(tmp: 
         assert row["decision"] == "error" and row["reason"] == "upstream_error"
         assert row["bytes_out"] == len(r.content)
         assert row["state"] == "done"
+
+
+def test_the_session_id_is_recorded_when_the_agent_leaves_right_after_initialize(
+        tmp: Path, recording: Upstream) -> None:
+    with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}) as valet:
+        key, _ = valet.new_key()
+        init = jsonrpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                      "clientInfo": {"name": "raw", "version": "0"}}, 1)
+        with httpx.stream("POST", f"{valet.base}/notes", json=init, timeout=10,
+                          headers={**MCP_HEADERS, "authorization": f"Bearer {key}"}) as r:
+            assert r.headers["mcp-session-id"] == "sess-recording-1"
+            next(r.iter_raw())  # the first event, then the agent leaves
+        row = valet.rows("rpc_method = 'initialize'")[0]
+        assert row["session_id"] == "sess-recording-1"
+        assert row["reason"] == "client_disconnected" and row["http_status"] == 200 and row["decision"] == "allow"
 
 
 def test_ts_unix_makes_datetime_now_ranges_right(tmp: Path, recording: Upstream) -> None:

@@ -5,7 +5,8 @@ each one the agent got an answer to, and each one that reached this upstream,
 must have an audit row (matched by JSON-RPC id). ``GET /_ids`` returns the ids
 received so far. A ``tools/call`` whose arguments hold ``"sleep": N`` is
 answered N seconds later (to keep requests in flight); one with ``"die": true`` gets
-headers and part of a body, then the connection is dropped.
+headers and part of a body, then the connection is dropped. ``initialize`` is answered with a
+session id and one SSE event on a stream then left open for 3 s.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         await _send(send, 400, {"error": "not json"})
         return
     RECEIVED.append(request.get("id"))
+    if request.get("method") == "initialize":  # a session id, one SSE event, then a stream left open
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"mcp-session-id", b"sess-recording-1")]})
+        event = json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "result": {"protocolVersion": "2025-11-25"}})
+        await send({"type": "http.response.body", "body": f"event: message\ndata: {event}\n\n".encode(),
+                    "more_body": True})
+        await asyncio.sleep(3)
+        await send({"type": "http.response.body", "body": b""})
+        return
     arguments = (request.get("params") or {}).get("arguments") or {}
     delay = arguments.get("sleep", 0.01) if isinstance(arguments, dict) else 0.01
     await asyncio.sleep(float(delay))
