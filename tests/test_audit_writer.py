@@ -112,3 +112,17 @@ def test_a_deleted_file_is_noticed_its_contents_saved_and_the_writer_stays_close
     time.sleep(0.5)
     assert not writer.healthy, "stays closed until an operator restarts Valet"
     writer.close()
+
+
+def test_a_replaced_file_is_noticed_too(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, recover=True)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()
+    os.replace(other, path)
+    deadline = time.monotonic() + 1.5
+    while writer.healthy:
+        assert time.monotonic() < deadline, "replacement not noticed"
+        time.sleep(0.02)
+    assert "replaced" in (writer.lost or "")
+    writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -89,3 +90,29 @@ def test_a_read_only_audit_db_refuses_traffic(tmp: Path, recording: Upstream) ->
     (valet.data_dir / "audit.db").chmod(0o444)
     with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}) as valet:
         assert _status(f"{valet.base}/notes", key) == (503, "audit_unavailable")
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="prlimit is Linux-only")
+def test_a_disk_that_refuses_writes_refuses_traffic_until_it_accepts_them_again(
+        tmp: Path, recording: Upstream) -> None:
+    """A full disk without privileges: RLIMIT_FSIZE on the running proxy makes every write past 4 KiB fail
+    (EFBIG; Python ignores SIGXFSZ), as a full disk would; lifting it is freeing space."""
+    with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}) as valet:
+        key, _ = valet.new_key()
+        url = f"{valet.base}/notes"
+        assert _status(url, key)[0] == 200
+        _soft, hard = resource.prlimit(valet.process.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(valet.process.pid, resource.RLIMIT_FSIZE, (4096, hard))  # the soft limit only
+        try:
+            started = time.monotonic()
+            while _status(url, key) != (503, "audit_unavailable"):
+                assert time.monotonic() - started < 10, "writes fail but traffic still flows"
+            seen = len(upstream_ids(recording))
+            assert _status(url, key) == (503, "audit_unavailable")
+            assert len(upstream_ids(recording)) == seen, "nothing forwarded while the log cannot be written"
+        finally:
+            resource.prlimit(valet.process.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        deadline = time.monotonic() + 10
+        while _status(url, key)[0] != 200:
+            assert time.monotonic() < deadline, "no automatic recovery once writes succeed again"
+            time.sleep(0.1)
