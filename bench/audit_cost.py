@@ -18,8 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from bench.bench import (  # noqa: E402
+from bench import (  # noqa: E402  (bench/bench.py, the shared benchmark)
     BENCH_API_KEY, BENCH_TOKEN, Result, _start_bare, _valet_config, _valet_policy, measure,
 )
 from tests.support import start_upstream, start_valet  # noqa: E402
