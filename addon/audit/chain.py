@@ -53,7 +53,6 @@ CREATE TABLE IF NOT EXISTS chain (
     prev_mac    TEXT NOT NULL,        -- the previous record's mac (GENESIS for the first)
     mac         TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chain_exchange ON chain (exchange_id);
 CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT);
 """
 

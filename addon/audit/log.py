@@ -209,7 +209,12 @@ class AuditWriter:
 
     def submit(self, row: dict[str, Any], wait: bool = False) -> asyncio.Future[bool] | None:
         """A whole row at once (its outcome is known already); with ``wait``, a future for its commit."""
-        future = asyncio.get_running_loop().create_future() if wait else None
+        future = None
+        if wait:
+            try:
+                future = asyncio.get_running_loop().create_future()
+            except RuntimeError:  # no event loop (shutting down, or a CLI): nobody can wait anyway
+                future = None
         self._queue.put((_INSERT, _values(row, "done"), None, future, None))
         return future
 
