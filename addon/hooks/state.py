@@ -42,7 +42,7 @@ class ValetState:
         self.refresher: Refresher | None = None
         self.mode = "reverse"
         self.draining = False  # SIGTERM: no new exchanges, the open ones may finish
-        self.open_exchanges = 0  # written ahead, outcome not yet recorded
+        self.open_exchanges = 0  # written ahead, outcome not yet recorded (GET streams not counted)
         # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
         self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
 
@@ -157,7 +157,8 @@ class ValetState:
             return
         row = exchange.finish(status)
         if exchange.row is not None:
-            self.open_exchanges -= 1
+            if exchange.http_method != "GET":
+                self.open_exchanges -= 1
             self.audit.complete(exchange.row, row)
         else:
             exchange.committed = self.audit.submit(row, wait=True)
@@ -166,7 +167,8 @@ class ValetState:
         """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
         assert self.audit is not None
         exchange.row, exchange.committed = self.audit.begin(exchange.request_row(), uses)
-        self.open_exchanges += 1
+        if exchange.http_method != "GET":  # a GET is a standing stream: a shutdown does not wait for it
+            self.open_exchanges += 1
 
 
     def record_refused_connect(self, flow: http.HTTPFlow) -> None:
