@@ -20,7 +20,8 @@ def recording() -> Iterator[Upstream]:
     wait_for_port(port)
     upstream = Upstream(port, process)
     yield upstream
-    upstream.stop()
+    process.kill()  # it may hold a deliberately slow request: no graceful wait
+    process.wait(10)
 
 
 def upstream_ids(upstream: Upstream) -> set[str]:
