@@ -212,6 +212,17 @@ class LimitsConfig(Strict):
         return self
 
 
+class AuditConfig(Strict):
+    commit_timeout_seconds: float = Field(
+        1.0, gt=0, le=60,
+        description="an audit commit not done within this refuses new requests (503 audit_unavailable)",
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, le=600,
+        description="on SIGTERM, how long in-flight exchanges may finish before they are recorded interrupted",
+    )
+
+
 class RateLimitsConfig(Strict):
     storage: str = Field("memory://", description="memory:// (one process) or redis://HOST:PORT[/DB] (shared)")
     max_keys_per_rule: int = Field(10_000, gt=0, description="distinct budgets (e.g. argument values) one rate "
@@ -247,6 +258,7 @@ class ValetConfig(Strict):
         "default: the listen address, localhost, 127.0.0.1 and [::1] with the listen port",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("allowed_origins", "allowed_hosts")
     @classmethod

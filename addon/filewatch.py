@@ -12,27 +12,75 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+REOPEN_SECONDS = 0.1  # how soon a file *replaced* (a new inode at the path) is noticed
+
+
+class _Open:
+    __slots__ = ("fd", "ino", "checked")
+
+    def __init__(self, fd: int, ino: int, checked: float) -> None:
+        self.fd, self.ino, self.checked = fd, ino, checked
+
+
+_OPEN: dict[Path, _Open] = {}
+
+
 def signature(path: Path, sqlite: bool = True) -> tuple[int, ...]:
+    """(inode, mtime, size, SQLite change counter). For SQLite files the file is kept open: an ``fstat``
+    and a ``pread`` of the header per call instead of ``stat``, ``open``, ``read``, ``close``. A write in
+    place (what SQLite and the CLI do) is seen at once; a file replaced by another at the same path is
+    seen within ``REOPEN_SECONDS``, when the path is looked up again."""
+    if not sqlite:
+        return _stat_signature(path)
+    now = time.monotonic()
+    entry = _OPEN.get(path)
+    if entry is not None and now - entry.checked > REOPEN_SECONDS:
+        try:
+            replaced = os.stat(path).st_ino != entry.ino
+        except OSError:
+            replaced = True
+        if replaced:
+            _close(path, entry)
+            entry = None
+        else:
+            entry.checked = now
+    if entry is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return _stat_signature(path)
+        entry = _OPEN[path] = _Open(fd, os.fstat(fd).st_ino, now)
+    try:
+        st = os.fstat(entry.fd)
+        header = os.pread(entry.fd, 28, 0) if st.st_size >= 100 else b""
+    except OSError:
+        _close(path, entry)
+        return _stat_signature(path)
+    counter = int.from_bytes(header[24:28], "big") if header.startswith(_SQLITE_MAGIC) else 0
+    return (st.st_ino, st.st_mtime_ns, st.st_size, counter)
+
+
+def _close(path: Path, entry: _Open) -> None:
+    _OPEN.pop(path, None)
+    try:
+        os.close(entry.fd)
+    except OSError:
+        pass
+
+
+def _stat_signature(path: Path) -> tuple[int, ...]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return (0, 0, 0, 0)
-    counter = 0
-    if sqlite and st.st_size >= 100:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                header = f.read(28)
-            if header.startswith(_SQLITE_MAGIC):
-                counter = int.from_bytes(header[24:28], "big")
-        except OSError:
-            pass
-    return (st.st_ino, st.st_mtime_ns, st.st_size, counter)
+    return (st.st_ino, st.st_mtime_ns, st.st_size, 0)
 
 
 class Reloadable(Protocol):

@@ -96,11 +96,50 @@ def _announce(s: Settings) -> None:
     )
 
 
+async def _drain(proxy: master.Master) -> None:
+    """SIGTERM: stop accepting, let open exchanges finish for the grace period, then stop.
+
+    New connections are no longer accepted; requests on kept-alive connections get 503
+    ``shutting_down``. What is still open when the grace period ends is recorded ``interrupted``
+    by the audit writer as it closes (addon.audit.log).
+    """
+    valet = next((a for a in proxy.addons.chain if hasattr(a, "state") and hasattr(a, "write_ahead")), None)
+    try:
+        server = proxy.addons.get("proxyserver")
+        if server is not None:
+            await server.servers.update([])
+        if valet is not None:
+            state = valet.state
+            state.draining = True
+            grace = state.snapshot.config.audit.shutdown_grace_seconds if state.snapshot else 10.0
+            deadline = loop_time() + grace
+            while state.open_exchanges > 0 and loop_time() < deadline:
+                await asyncio.sleep(0.05)
+            if state.open_exchanges > 0:
+                logging.getLogger("valet").warning(
+                    "shutdown: %d exchanges still open after the %.1f s grace period; recorded as interrupted",
+                    state.open_exchanges, grace)
+    finally:
+        proxy.shutdown()
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 async def serve(settings: Settings) -> None:
     proxy = build_master(settings, on_running=lambda: _announce(settings))
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if draining:  # a second signal: stop now (what is open is recorded interrupted)
+            proxy.shutdown()
+        else:
+            draining.append(loop.create_task(_drain(proxy)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, proxy.shutdown)
+        loop.add_signal_handler(sig, on_signal)
     await proxy.run()
 
 

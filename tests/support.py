@@ -119,8 +119,14 @@ class Valet:
         return key, key.split("_")[1]
 
     def rows(self, where: str = "1=1", params: tuple[Any, ...] = (), expect: int = 1,
-             timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Audit rows matching ``where``; waits until at least ``expect`` exist (the writer is async)."""
+             timeout: float = 10.0, settled: bool = True) -> list[dict[str, Any]]:
+        """Audit rows matching ``where``; waits until at least ``expect`` exist (the writer is async).
+
+        Rows are written ahead and completed when the exchange ends; ``settled`` (the default) counts
+        only completed rows, so that assertions on the outcome do not race the completion.
+        """
+        if settled:
+            where = f"({where}) AND coalesce(state, 'done') != 'pending'"
         deadline = time.monotonic() + timeout
         rows: list[dict[str, Any]] = []
         while time.monotonic() < deadline:

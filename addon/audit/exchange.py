@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from addon.audit.log import COLUMNS
+from addon.audit.columns import COLUMNS
+from addon.audit.log import Pending, utc_iso
 
 
 def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(time.time())
 
 
 @dataclass(slots=True)
@@ -19,7 +19,8 @@ class Exchange:
     mode: str
     http_method: str
     http_path: str
-    ts: str = field(default_factory=_utc_now)
+    ts_unix: float = field(default_factory=time.time)
+    ts: str = ""
     started: float = field(default_factory=time.monotonic)
     key_id: str | None = None
     user: str | None = None
@@ -41,6 +42,8 @@ class Exchange:
     injected: str | None = None  # JSON list of the secret names injected
     overridden: str | None = None  # JSON list of injected arguments the agent had set itself
     recorded: bool = False
+    row: Pending | None = None  # the row written ahead (None until then)
+    committed: Any = None  # asyncio future: the row (written ahead, or whole) is committed
     # Not audited: what later stages need from earlier ones.
     snapshot: Any = None  # the configuration and policy in force when the request arrived (addon.snapshot)
     body: Any = None  # the parsed JSON-RPC body (addon.protocol.jsonrpc.Body), forwarded after injection
@@ -50,9 +53,17 @@ class Exchange:
     replayed: bool = False  # the request was sent again after an OAuth refresh
     rewritten: bool = False  # the policy forwarded an argument in its normalized form
 
+    def __post_init__(self) -> None:
+        if not self.ts:
+            self.ts = utc_iso(self.ts_unix)
+
+    def request_row(self) -> dict[str, Any]:
+        """The row as written ahead: everything known before the request leaves Valet."""
+        return {column: getattr(self, column) for column in COLUMNS if column != "state"}
+
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""
         self.recorded = True
         self.http_status = status
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
-        return {column: getattr(self, column) for column in COLUMNS}
+        return {column: getattr(self, column) for column in COLUMNS if column != "state"}

@@ -1,55 +1,50 @@
 """The audit log: one row per exchange in ``<data-dir>/audit.db``, table ``exchanges``.
 
-Rows are written by one background thread, in batches, in WAL mode, so the
-proxy's event loop never waits for the disk and readers (``valet audit``,
-``sqlite3``) never block the writer. If the database cannot be written, the
-writer keeps the batch, retries, and reports itself unhealthy; the proxy then
-refuses new requests (fail closed) rather than forwarding unrecorded traffic.
+Write-ahead: an exchange's row (who, what, decision) is *committed* before the
+request is forwarded or refused (:meth:`AuditWriter.begin` returns a future the
+event loop awaits); the outcome (status, bytes, duration) completes the same
+row when the exchange ends (:meth:`AuditWriter.complete`). A crash therefore
+leaves a ``state = 'pending'`` row, never a forwarded request without a row;
+the next start marks those rows ``interrupted``.
+
+Group commit: one background thread owns the only writing connection; it takes
+everything queued since its last commit and commits it in one transaction, then
+resolves the waiting futures. The event loop never touches the disk.
+
+Fail closed, fast: if a commit has not completed within ``commit_timeout``
+(a lock held by another process, a failing disk) the writer reports itself
+unhealthy and the proxy refuses new requests until a commit succeeds again. If
+the file is deleted or replaced under the writer (its device/inode no longer
+match the path's) the writer keeps a copy of what the open file holds and stays
+closed: a log that silently forks is worse than a refusal (see docs/audit.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 log = logging.getLogger("valet.audit")
 
-COLUMNS: tuple[str, ...] = (
-    "ts",
-    "duration_ms",
-    "key_id",
-    "user",
-    "agent",
-    "server",
-    "mode",
-    "http_method",
-    "http_path",
-    "http_status",
-    "rpc_method",
-    "rpc_id",
-    "tool",
-    "arguments",
-    "decision",
-    "rule",
-    "reason",
-    "error_code",
-    "session_id",
-    "bytes_in",
-    "bytes_out",
-    "injected",
-    "overridden",
-)
+from addon.audit import chain, ledger
+from addon.audit.columns import COLUMN_TYPES, COLUMNS, OUTCOME
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     ts          TEXT NOT NULL,     -- UTC ISO 8601, when the request arrived
+    ts_unix     REAL,              -- the same instant in seconds since the epoch (for ranges and datetime())
     duration_ms REAL,              -- until the response (or stream) ended
     key_id      TEXT,              -- valet key id; NULL when no valid key was presented
     user        TEXT,
@@ -65,110 +60,376 @@ CREATE TABLE IF NOT EXISTS exchanges (
     arguments   TEXT,              -- JSON: tools/call arguments; for a batch, the list of messages
     decision    TEXT NOT NULL,     -- allow | deny | error
     rule        TEXT,              -- the policy rule id (or switch, or default:SERVER) that decided
-    reason      TEXT,              -- stable reason code (see README), e.g. unknown_key
-    error_code  INTEGER,           -- JSON-RPC error code Valet answered with, if any
+    reason      TEXT,              -- stable reason code (see docs/errors.md), e.g. unknown_key
+    error_code  INTEGER,           -- JSON-RPC error code the agent got, if any
     session_id  TEXT,              -- Mcp-Session-Id
     bytes_in    INTEGER,           -- request body bytes from the agent
     bytes_out   INTEGER,           -- response body bytes to the agent
     injected    TEXT,              -- JSON list of secret names Valet injected
-    overridden  TEXT               -- JSON list of injected arguments the agent had set itself
+    overridden  TEXT,              -- JSON list of injected arguments the agent had set itself
+    state       TEXT               -- pending (written ahead) | done | interrupted
 );
 CREATE INDEX IF NOT EXISTS exchanges_ts ON exchanges (ts);
 CREATE INDEX IF NOT EXISTS exchanges_key ON exchanges (key_id, id);
 """
 
+_INDEXES_AFTER_MIGRATION = """
+CREATE INDEX IF NOT EXISTS exchanges_ts_unix ON exchanges (ts_unix);
+CREATE INDEX IF NOT EXISTS exchanges_pending ON exchanges (state) WHERE state = 'pending';
+-- ``ts`` stays ISO 8601 (2026-11-21T09:01:02.113Z); SQLite's datetime() writes '2026-11-21 09:01:02',
+-- which compares wrongly with it as text. ``at`` is the same instant in SQLite's own format.
+CREATE VIEW IF NOT EXISTS exchanges_at AS
+    SELECT *, strftime('%Y-%m-%d %H:%M:%f', ts_unix, 'unixepoch') AS at FROM exchanges;
+"""
+
 _INSERT = f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_TS_UNIX = COLUMNS.index("ts_unix")
+_COMPLETE = f"UPDATE exchanges SET {', '.join(c + ' = ?' for c in OUTCOME)}, state = 'done' WHERE id = ?"
+_INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(reason, 'interrupted') "
+              "WHERE state = 'pending' RETURNING id, " + ", ".join(OUTCOME))
+
+CHECKPOINT_SECONDS = 5.0  # how often a signed checkpoint (count, head MAC) is appended, if the chain grew
+LINGER_SECONDS = 0.05  # outcomes wait at most this long for a row written ahead to share its commit
+IDENTITY_CHECK_SECONDS = 0.25  # the file deleted or replaced is noticed within this (plus a commit)
+RETRY_SECONDS = 0.1
+
 _STOP = object()
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit is durable against a crash of the process (the case write-ahead is
+    # about); FULL would also survive a power cut at the price of an fsync per group commit.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
     _add_missing_columns(conn)
+    conn.executescript(_INDEXES_AFTER_MIGRATION)
+    chain.start_chain(conn)
+    conn.executescript(ledger.SCHEMA)
     return conn
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Logs written by an older Valet gain the newer columns (NULL in old rows)."""
-    present = {row[1] for row in conn.execute("PRAGMA table_info(exchanges)")}
+    """Logs written by an older Valet gain the newer columns (sqlite-utils); ``ts_unix`` is filled from ``ts``."""
+    table = sqlite_utils.Database(conn).table("exchanges")
+    present = set(table.columns_dict)
     for column in COLUMNS:
         if column not in present:
-            conn.execute(f"ALTER TABLE exchanges ADD COLUMN {column} TEXT")
+            table.add_column(column, COLUMN_TYPES.get(column, "TEXT"))
+    if "ts_unix" not in present:
+        conn.execute("UPDATE exchanges SET ts_unix = (julianday(replace(ts, 'Z', '')) - 2440587.5) * 86400.0 "
+                     "WHERE ts_unix IS NULL")
+    if "state" not in present:
+        conn.execute("UPDATE exchanges SET state = 'done' WHERE state IS NULL")
+
+
+def utc_iso(ts_unix: float) -> str:
+    return datetime.fromtimestamp(ts_unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Pending:
+    """The handle of a row written ahead: the writer thread fills in its row id once inserted."""
+
+    __slots__ = ("row_id",)
+
+    def __init__(self) -> None:
+        self.row_id: int | None = None
 
 
 class AuditWriter:
-    """Owns the only writing connection; ``submit`` is safe to call from the event loop."""
+    """Owns the only writing connection; every public method is safe to call from the event loop."""
 
-    def __init__(self, path: Path, max_batch: int = 500, max_queue: int = 100_000, linger: float = 0.05) -> None:
+    def __init__(self, path: Path, commit_timeout: float = 1.0, max_batch: int = 1000,
+                 max_queue: int = 100_000, recover: bool = False, keys: chain.ChainKeys | None = None) -> None:
         self.path = path
-        self.linger = linger
+        if keys is None:  # the vault's master keys (key file or VALET_MASTER_KEY) key the MAC chain
+            from addon.secrets.vault import load_master_keys
+
+            keys = chain.ChainKeys(load_master_keys(path.parent))
+        self._chain = chain.Appender(keys)
+        self._checkpoints = path.with_name(chain.CHECKPOINT_FILE)
+        self._checkpointed: tuple[int, float] = (-1, time.monotonic())
+        self.commit_timeout = commit_timeout
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._healthy = True
+        self._failing = False
+        self._busy_since: float | None = None  # when the commit in progress began (None: idle)
+        self.lost: str | None = None  # why the file can no longer be written (deleted, replaced): stays closed
         self._written = 0
-        connect(path).close()  # fail at startup, not on the first request, if it cannot be opened
+        self._commits = 0
+        self._dropped = 0
+        self._dropped_logged = 0.0
+        # Fail at startup, not on the first request, if it cannot be opened.
+        self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
+        self._identity = _identity(path)
+        self._owner = recover
+        if recover:  # the proxy (not a CLI command) owns the pending rows of earlier processes
+            interrupted = self._interrupt(self._conn)
+            if interrupted:
+                log.warning("audit: %d exchanges of a previous run had no outcome; marked interrupted",
+                            interrupted)
         self._thread = threading.Thread(target=self._run, name="valet-audit", daemon=True)
         self._thread.start()
 
+    # --- the event loop's side ---
     @property
     def healthy(self) -> bool:
-        return self._healthy and self._thread.is_alive() and self._queue.qsize() < self.max_queue
+        if self.lost is not None or self._failing or not self._thread.is_alive():
+            return False
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.commit_timeout:
+            return False
+        return self._queue.qsize() < self.max_queue
 
     @property
     def written(self) -> int:
         return self._written
 
-    def submit(self, row: dict[str, Any]) -> None:
-        self._queue.put(tuple(row.get(c) for c in COLUMNS))
+    @property
+    def commits(self) -> int:
+        return self._commits
+
+    def begin(self, row: dict[str, Any], uses: list[tuple[Any, ...]] | None = None
+              ) -> tuple[Pending, asyncio.Future[bool]]:
+        """Queue the row of an exchange about to be forwarded or refused; the future says if it is committed.
+
+        ``uses``: the secrets it carries upstream, (name, fingerprint, scope, server, host) each (the ledger).
+        """
+        pending = Pending()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put((_INSERT, _values(row, "pending"), pending, future, uses))
+        return pending, future
+
+    def complete(self, pending: Pending, row: dict[str, Any]) -> None:
+        """The outcome of an exchange written ahead (not awaited: the exchange is over)."""
+        self._queue.put((_COMPLETE, tuple(row.get(c) for c in OUTCOME), pending, None, None))
+
+    def submit(self, row: dict[str, Any], wait: bool = False) -> asyncio.Future[bool] | None:
+        """A whole row at once (its outcome is known already); with ``wait``, a future for its commit."""
+        future = None
+        if wait:
+            try:
+                future = asyncio.get_running_loop().create_future()
+            except RuntimeError:  # no event loop (shutting down, or a CLI): nobody can wait anyway
+                future = None
+        self._queue.put((_INSERT, _values(row, "done"), None, future, None))
+        return future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush everything submitted so far, then stop."""
+        """Flush everything submitted so far, mark what is still pending ``interrupted``, then stop."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
 
+    # --- the writer thread ---
     def _run(self) -> None:
-        conn = connect(self.path)
+        conn = self._conn
+        last_check = time.monotonic()
         stopping = False
         while not stopping:
-            batch = [self._queue.get()]
-            # Linger briefly so that a steady trickle of rows shares one transaction.
-            deadline = time.monotonic() + self.linger
+            try:
+                first = self._queue.get(timeout=IDENTITY_CHECK_SECONDS)
+            except queue.Empty:
+                self._check_identity(conn)
+                last_check = time.monotonic()
+                continue
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if not any(item is _STOP or item[3] is not None for item in batch):
+                # Only outcomes: nobody waits for them. Let them ride along with the next row written
+                # ahead (or LINGER_SECONDS at most), which halves the commits of sequential traffic.
+                deadline = time.monotonic() + LINGER_SECONDS
+                while len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    batch.append(item)
+                    if item is _STOP or item[3] is not None:
+                        break
             if _STOP in batch:
                 stopping = True
-                batch = [row for row in batch if row is not _STOP]
-            sanitized = False
-            while batch:
+                batch = [item for item in batch if item is not _STOP]
+            if time.monotonic() - last_check > IDENTITY_CHECK_SECONDS:
+                self._check_identity(conn)
+                last_check = time.monotonic()
+            ok = self._commit(conn, batch, stopping) if batch else True
+            _resolve([item[3] for item in batch if item[3] is not None], ok)
+            if ok and self._owner:
                 try:
-                    with conn:
-                        conn.executemany(_INSERT, batch)
-                except sqlite3.Error as exc:  # the disk or the database: keep the batch, retry, refuse meanwhile
-                    self._healthy = False
-                    log.error("audit write failed (%s); retrying", exc.__class__.__name__)
-                    time.sleep(0.5)
-                    if stopping:
-                        break
+                    self._checkpoint(conn)
+                except (sqlite3.Error, OSError) as exc:
+                    log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
+        if self.lost is None and self._owner:
+            try:
+                interrupted = self._interrupt(conn)
+                if interrupted:
+                    log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
+                self._checkpoint(conn, force=True)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
+        conn.close()
+
+    def _interrupt(self, conn: sqlite3.Connection) -> int:
+        """Rows written ahead whose outcome never came: ``interrupted``, chained like any outcome."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._chain.start(conn)
+            rows = conn.execute(_INTERRUPT).fetchall()
+            for row_id, *outcome in rows:
+                self._chain.outcome(row_id, (*outcome, "interrupted"))
+            self._chain.flush(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
+        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew."""
+        last_seq, last_time = self._checkpointed
+        if not force and time.monotonic() - last_time < CHECKPOINT_SECONDS:
+            return
+        row = conn.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, head = (row[0], row[1]) if row else (0, chain.GENESIS)
+        self._checkpointed = (seq, time.monotonic())
+        if seq == last_seq:
+            return
+        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head)
+        with open(self._checkpoints, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("audit checkpoint: %s", line)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Any], stopping: bool) -> bool:
+        """One transaction for the whole batch; retried until it succeeds (or the file is lost)."""
+        self._busy_since = time.monotonic()
+        sanitized = False
+        try:
+            while True:
+                if self.lost is not None:
+                    self._dropped += len(batch)
+                    if time.monotonic() - self._dropped_logged > 10.0:
+                        self._dropped_logged = time.monotonic()
+                        log.error("audit: %d records not written so far: %s", self._dropped, self.lost)
+                    return False
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        appender = self._chain
+                        appender.start(conn)
+                        for sql, values, pending, _future, uses in batch:
+                            if sql is _INSERT:
+                                row_id = conn.execute(_INSERT, values).lastrowid
+                                assert row_id is not None
+                                appender.request(row_id, values, uses)
+                                if uses:
+                                    ts_unix = values[_TS_UNIX]
+                                    conn.executemany(ledger.INSERT, [(row_id, ts_unix, *use) for use in uses])
+                                if pending is not None:
+                                    pending.row_id = row_id
+                                else:  # a whole row: its outcome is known already
+                                    appender.outcome(row_id, [values[i] for i in chain.OUTCOME_INDEX_IN_ROW])
+                            elif pending is not None and pending.row_id is not None:
+                                conn.execute(_COMPLETE, (*values, pending.row_id))
+                                appender.outcome(pending.row_id, (*values, "done"))
+                        appender.flush(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as exc:  # locked, read-only, disk full: keep the batch, retry, refuse meanwhile
+                    if not self._failing:
+                        log.error("audit write failed (%s: %s); refusing traffic until it succeeds",
+                                  exc.__class__.__name__, _sqlite_reason(exc))
+                    self._failing = True
+                    if stopping and time.monotonic() - self._busy_since > 5.0:
+                        return False
+                    time.sleep(RETRY_SECONDS)
+                    self._check_identity(conn)
                 except Exception as exc:  # a value SQLite cannot store (e.g. a lone surrogate from an agent)
                     if sanitized:
-                        self._healthy = False  # cannot happen with _storable rows; refuse traffic rather than spin
+                        self._failing = True
                         log.error("audit rows could not be stored (%s); refusing traffic", exc.__class__.__name__)
-                        batch = []
-                        break
-                    batch, sanitized = [_storable(row) for row in batch], True
+                        return False
+                    batch = [(q, _storable(v), p, f, u) for q, v, p, f, u in batch]
+                    sanitized = True
                 else:
-                    self._written += len(batch)
-                    self._healthy = True
-                    batch = []
-        conn.close()
+                    self._written += sum(1 for item in batch if item[0] is _INSERT)
+                    self._commits += 1
+                    if self._failing:
+                        log.warning("audit writes succeed again; accepting traffic")
+                    self._failing = False
+                    return True
+        finally:
+            self._busy_since = None
+
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        """Deleted or replaced under us: everything written from now on would go nowhere anyone looks."""
+        if self.lost is not None:
+            return
+        try:
+            now = _identity(self.path)
+        except OSError:
+            now = None
+        if now == self._identity:
+            return
+        self.lost = f"{self.path} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
+        keep = self.path.with_name(f"audit-recovered-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db")
+        try:
+            with sqlite3.connect(keep) as copy:
+                conn.backup(copy)
+            saved = f"what the old file held is saved in {keep}"
+        except sqlite3.Error as exc:
+            saved = f"its contents could not be saved ({exc.__class__.__name__})"
+        log.error("audit: %s; %s; refusing all traffic until Valet is restarted (see docs/audit.md, "
+                  "'Recovery')", self.lost, saved)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _values(row: dict[str, Any], state: str) -> tuple[Any, ...]:
+    ts_unix = row.get("ts_unix")
+    if ts_unix is None:
+        ts_unix = time.time()
+        row = {**row, "ts_unix": ts_unix}
+    if row.get("ts") is None:
+        row = {**row, "ts": utc_iso(ts_unix)}
+    return tuple(state if c == "state" else row.get(c) for c in COLUMNS)
+
+
+def _resolve(futures: list[asyncio.Future[bool]], ok: bool) -> None:
+    if not futures:
+        return
+    loop = futures[0].get_loop()
+
+    def settle() -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(ok)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
+
+
+def _sqlite_reason(exc: sqlite3.Error) -> str:
+    """SQLite's own message names the condition (locked, readonly, full), never row data."""
+    return getattr(exc, "sqlite_errorname", None) or "error"
 
 
 def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:

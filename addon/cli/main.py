@@ -120,54 +120,6 @@ def _last_used(path: Path) -> dict[str, str]:
     return {k: ts for k, ts in rows}
 
 
-@main.group("audit")
-def audit_group() -> None:
-    """Read the audit log (also plain SQLite: sqlite3 DATA_DIR/audit.db)."""
-
-
-@audit_group.command("query")
-@click.argument("sql")
-@data_dir_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def audit_query(sql: str, data_dir: Path, as_json: bool) -> None:
-    """Run one read-only SQL statement against the audit log."""
-    try:
-        conn = audit.open_readonly(data_dir / "audit.db")
-        cursor = conn.execute(sql)
-        columns = [d[0] for d in cursor.description or ()]
-        rows = [dict(zip(columns, row, strict=True)) for row in cursor]
-    except (sqlite3.Error, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _print_rows(rows, as_json, columns)
-
-
-@audit_group.command("tail")
-@data_dir_option
-@click.option("-n", "--lines", default=20, show_default=True, help="How many recent rows to show first.")
-@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep printing new rows.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def audit_tail(data_dir: Path, lines: int, follow: bool, as_json: bool) -> None:
-    """Show the latest exchanges, then follow new ones (Ctrl-C to stop)."""
-    path = data_dir / "audit.db"
-    while not path.exists():
-        if not follow:
-            raise click.ClickException(f"no audit log at {path}")
-        time.sleep(0.5)
-    conn = audit.open_readonly(path)
-    (max_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM exchanges").fetchone()
-    last = max(0, max_id - lines)
-    try:
-        while True:
-            for row in audit.rows_after(conn, last):
-                last = row["id"]
-                click.echo(json.dumps(dict(row), ensure_ascii=True) if as_json else _tail_line(dict(row)))
-            if not follow:
-                return
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-
-
 def _tail_line(row: dict[str, Any]) -> str:
     parts = [
         row["ts"], row["decision"], str(row["http_status"]), row["user"] or "-", row["agent"] or "-",
@@ -440,6 +392,15 @@ def _register_oauth() -> None:
 
 
 _register_oauth()
+
+
+def _register_audit() -> None:
+    from addon.cli.audit import register
+
+    register(main, data_dir_option, _print_rows, _tail_line)
+
+
+_register_audit()
 
 
 @main.group("config")

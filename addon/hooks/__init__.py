@@ -6,8 +6,12 @@ costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
     open the exchange -> check Origin/Host -> authenticate -> route -> check the session -> parse
-    -> decide (policy, rate) -> inject -> rebuild Mcp-Param-* -> (upstream) -> filter the response
-    -> rewrite legacy SSE endpoints -> record
+    -> decide (policy, rate) -> inject -> rebuild Mcp-Param-* -> write ahead -> (upstream)
+    -> filter the response -> rewrite legacy SSE endpoints -> record
+
+The write-ahead step is not a stage in the list: the dispatcher runs it after the request-side
+stages of every request hook, so that a refusal's row is committed before the refusal is sent
+and a forwarded request's row before it is forwarded (:class:`~addon.hooks.recorder.WriteAhead`).
 
 Every stage hook returns at once when an earlier stage already answered the
 flow, and every hook, the stages' and this dispatcher's, fails closed
@@ -33,7 +37,7 @@ from addon.hooks.paramheaders import ParamHeaderGuard
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.gate import PolicyGate
 from addon.hooks.parse import RpcInspector
-from addon.hooks.recorder import ExchangeOpener, ExchangeRecorder
+from addon.hooks.recorder import ExchangeOpener, ExchangeRecorder, WriteAhead
 from addon.hooks.relay import ResponseFilter
 from addon.hooks.router import Router
 from addon.hooks.sessions import SessionGuard
@@ -66,6 +70,7 @@ class Valet:
             ExchangeRecorder(state),
         ]
         self.stages = stages
+        self.write_ahead = WriteAhead(state)
         self._http_connect = _chain(stages, "http_connect")
         self._requestheaders = _chain(stages, "requestheaders")
         self._request = _chain(stages, "request")
@@ -98,14 +103,17 @@ class Valet:
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await _run(self._http_connect, flow)
+        await self.write_ahead.commit(flow, forwarding=False)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         await _run(self._requestheaders, flow)
+        await self.write_ahead.commit(flow, forwarding=False)
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         await _run(self._request, flow)
+        await self.write_ahead.commit(flow, forwarding=True)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -1,15 +1,24 @@
-"""Opens an Exchange for every flow (first addon) and writes its audit row when the flow ends (last addon)."""
+"""Opens an Exchange for every flow (first stage), writes its row ahead before the flow leaves Valet
+(:class:`WriteAhead`, run by the dispatcher after every request-side stage) and completes the row with
+what the agent actually got when the flow ends (:class:`ExchangeRecorder`, last stage)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
-from addon.protocol.errors import Cause, Refusal
+from addon.audit import ledger
 from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
+from addon.protocol.errors import Cause, Refusal
+from addon.protocol.mitm_errors import error_page
 
 MAX_PATH_CHARS = 2048
+UNAVAILABLE = Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written; refusing to forward")
 
 
 class ExchangeOpener:
@@ -36,14 +45,67 @@ class ExchangeOpener:
         exchange = self._open(flow)
         exchange.snapshot = await self.state.current()
         if self.state.audit is None or not self.state.audit.healthy:
-            refuse(flow, Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written; refusing to forward"), "error")
+            refuse(flow, UNAVAILABLE, "error")
+SHUTTING_DOWN = Refusal(Cause.SHUTTING_DOWN, "Valet is shutting down", headers={"connection": "close"})
 
 
-class ExchangeRecorder:
-    """Runs after every other addon's response hook, so the row sees what the agent received."""
+class WriteAhead:
+    """Nothing leaves Valet, forwarded or refused, before its exchange's row is committed.
+
+    The dispatcher calls :meth:`commit` after the request-side stages of each hook, so the row holds
+    the final decision and the arguments as forwarded (after injection, secrets redacted). If the
+    commit does not complete within the configured bound, the agent gets 503 ``audit_unavailable``
+    instead of what it would have got, and nothing is forwarded.
+    """
 
     def __init__(self, state: ValetState) -> None:
         self.state = state
+
+    async def commit(self, flow: http.HTTPFlow, forwarding: bool) -> None:
+        exchange = exchange_of(flow)
+        audit = self.state.audit
+        if exchange is None or audit is None or not self.state.write_ahead_enabled:
+            return
+        if exchange.committed is None:
+            if exchange.recorded or (flow.response is None and not forwarding) or flow.error is not None:
+                return
+            if flow.response is None and self.state.draining:  # refused here, so the row names the call
+                refuse(flow, SHUTTING_DOWN, "error")
+            if exchange.reason == Cause.AUDIT_UNAVAILABLE.reason:
+                return  # the refusal that says the log cannot be written cannot wait for the log
+            if not audit.healthy:
+                refuse(flow, UNAVAILABLE, "error")
+                return
+            uses = None
+            if exchange.injected and flow.response is None and exchange.server is not None:
+                uses = ledger.uses(self.state.secrets, exchange.server, exchange.user or "",
+                                   json.loads(exchange.injected), flow.request.pretty_host)
+            self.state.write_ahead(exchange, uses)
+        future = exchange.committed
+        if future is None:
+            return
+        if future.done():
+            ok = future.result()
+        else:
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(future), audit.commit_timeout)
+            except TimeoutError:
+                ok = False
+        if not ok:
+            refuse(flow, UNAVAILABLE, "error")
+
+
+class ExchangeRecorder:
+    """Runs after every other stage's response hook, so the row sees what the agent received."""
+
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The session id is known here; the agent may leave before the body ends (right after initialize)."""
+        exchange = exchange_of(flow)
+        if exchange is not None and exchange.session_id is None and flow.response is not None:
+            exchange.session_id = flow.response.headers.get("mcp-session-id")
 
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
@@ -61,18 +123,37 @@ class ExchangeRecorder:
         exchange = exchange_of(flow)
         if exchange is None or exchange.recorded:
             return
+        response = flow.response
+        if exchange.session_id is None and response is not None:
+            exchange.session_id = response.headers.get("mcp-session-id")
         if exchange.decision == "deny":  # refused, then the client went away: the refusal is the story
-            self.state.record(exchange, flow.response.status_code if flow.response else None)
+            self.state.record(exchange, response.status_code if response else None)
             return
         message = (flow.error.msg if flow.error else "").lower()
+        headers_sent = response is not None and bool(response.stream)  # streamed: the agent has the status
         if "client" in message and "disconnect" in message:
             # The agent went away. With SSE that is routine once it has its answer: the exchange
-            # stands as it was (allowed, with the status it got); only the reason says so.
-            exchange.reason = "client_disconnected"
-            if flow.response is None:
+            # stands as it was (allowed, with the status it got); only the reason says so, unless
+            # Valet itself had already cut the stream (revoked key, oversized event): that stays the reason.
+            exchange.reason = exchange.reason or "client_disconnected"
+            if not headers_sent:
                 exchange.decision = "error"
-        else:
-            exchange.decision = "error"
-            exchange.reason = Cause.UPSTREAM_ERROR.reason
-        status = flow.response.status_code if flow.response else 502
+            self.state.record(exchange, response.status_code if headers_sent and response else None)
+            return
+        exchange.decision = "error"
+        if flow.error is not None and flow.error.msg == mitmflow.Error.KILLED_MESSAGE:
+            exchange.reason = exchange.reason or Cause.INTERNAL_ERROR.reason  # Valet cut it (fail closed)
+            self.state.record(exchange, response.status_code if headers_sent and response else None)
+            return
+        if headers_sent and response is not None:
+            # The agent got the upstream's status and part of the stream (counted by the relay), then a cut.
+            exchange.reason = exchange.reason or Cause.UPSTREAM_ERROR.reason
+            self.state.record(exchange, response.status_code)
+            return
+        # The agent got mitmproxy's own error page (addon.protocol.mitm_errors), whatever the upstream sent.
+        status = 413 if "request body exceeds" in message else 502
+        cause, body = error_page(status)
+        exchange.reason = cause.reason
+        exchange.error_code = cause.code
+        exchange.bytes_out = len(body)
         self.state.record(exchange, status)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError
 from addon.protocol.errors import Refusal
@@ -40,6 +42,10 @@ class ValetState:
         self.secrets: SecretCache | None = None
         self.refresher: Refresher | None = None
         self.mode = "reverse"
+        self.draining = False  # SIGTERM: no new exchanges, the open ones may finish
+        self.open_exchanges = 0  # written ahead, outcome not yet recorded (GET streams not counted)
+        # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
+        self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
 
     def load(self, loader: Loader) -> None:
         loader.add_option("valet_config", str, "", "Path of Valet's YAML configuration.")
@@ -70,7 +76,9 @@ class ValetState:
             self.secrets = secrets
             if self.audit is not None:
                 self.audit.close()
-            self.audit = AuditWriter(data_dir / "audit.db")
+            timeout = self.snapshot.config.audit.commit_timeout_seconds if self.snapshot else 1.0
+            self.audit = AuditWriter(data_dir / "audit.db", commit_timeout=timeout, recover=True,
+                                     keys=ChainKeys(secrets.vault.keys))
             storage = self.snapshot.config.rate_limits.storage if self.snapshot else "memory://"
             self.refresher = Refresher(secrets, self.audit_event, storage if storage.startswith("redis") else None,
                                        ca_file=lambda: self.snapshot.config.upstream_ca_file if self.snapshot else None)
@@ -86,6 +94,8 @@ class ValetState:
         ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
+        if self.audit is not None:
+            self.audit.commit_timeout = config.audit.commit_timeout_seconds
         if previous is None or previous.config.rate_limits != config.rate_limits or self.limiter is None:
             self.limiter = RateLimiter(config.rate_limits.storage, config.rate_limits.max_keys_per_rule)
 
@@ -161,8 +171,23 @@ class ValetState:
             self.audit.submit({"ts": _utc_now(), "mode": self.mode, **row})
 
     def record(self, exchange: Exchange, status: int | None) -> None:
-        if not exchange.recorded and self.audit is not None:
-            self.audit.submit(exchange.finish(status))
+        """The exchange is over: complete its row written ahead, or write it whole (then ``committed``)."""
+        if exchange.recorded or self.audit is None:
+            return
+        row = exchange.finish(status)
+        if exchange.row is not None:
+            if exchange.http_method != "GET":
+                self.open_exchanges -= 1
+            self.audit.complete(exchange.row, row)
+        else:
+            exchange.committed = self.audit.submit(row, wait=True)
+
+    def write_ahead(self, exchange: Exchange, uses: list[tuple[object, ...]] | None = None) -> None:
+        """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
+        assert self.audit is not None
+        exchange.row, exchange.committed = self.audit.begin(exchange.request_row(), uses)
+        if exchange.http_method != "GET":  # a GET is a standing stream: a shutdown does not wait for it
+            self.open_exchanges += 1
 
 
     def record_refused_connect(self, flow: http.HTTPFlow) -> None:

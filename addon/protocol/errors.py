@@ -35,6 +35,7 @@ class Cause(Enum):
     HEADER_MISMATCH = ("header_mismatch", -32020, 400)
     AUDIT_UNAVAILABLE = ("audit_unavailable", -32010, 503)
     UPSTREAM_ERROR = ("upstream_error", -32011, 502)
+    SHUTTING_DOWN = ("shutting_down", -32012, 503)
     RATE_LIMITED = ("rate_limited", -32029, 429)
     DENIED = ("denied", -32030, 403)
     DISABLED = ("disabled", -32031, 403)

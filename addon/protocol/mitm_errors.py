@@ -24,10 +24,15 @@ _CAUSE_BY_STATUS = {400: Cause.INVALID_REQUEST, 413: Cause.BODY_TOO_LARGE}
 _MESSAGES = {400: "the request could not be read", 413: "the body is too large"}
 
 
+def error_page(status_code: int) -> tuple[Cause, bytes]:
+    """The cause and body of the page mitmproxy sends for this status (the audit row records the same)."""
+    cause = _CAUSE_BY_STATUS.get(status_code, Cause.UPSTREAM_ERROR)
+    return cause, Refusal(cause, _MESSAGES.get(status_code, "the upstream failed to answer")).body()
+
+
 def _json_error_response(status_code: int, message: str = "") -> bytes:
     """A fixed text per status: mitmproxy's own message can quote raw upstream bytes (a secret, say)."""
-    cause = _CAUSE_BY_STATUS.get(status_code, Cause.UPSTREAM_ERROR)
-    body = Refusal(cause, _MESSAGES.get(status_code, "the upstream failed to answer")).body()
+    _cause, body = error_page(status_code)
     response = http.Response.make(
         status_code, body, http.Headers(content_type="application/json", connection="close")
     )

@@ -178,6 +178,18 @@ class MasterKeys:
         except KeyError:
             raise VaultError(f"no master key version {version} in {self.source}") from None
 
+    def derive(self, version: int, purpose: bytes) -> bytes:
+        """A 32-byte key for another purpose (e.g. the audit log's MAC chain), derived with HKDF-SHA256:
+        it needs no key file of its own and works with ``VALET_MASTER_KEY`` too."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        try:
+            key = self._keys[version]
+        except KeyError:
+            raise VaultError(f"no master key version {version} in {self.source}") from None
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
     def with_new_version(self) -> MasterKeys:
         return MasterKeys({**self._keys, self.current + 1: secrets.token_bytes(32)}, self.source)
 

@@ -1,0 +1,246 @@
+"""Tamper evidence for the audit log: an HMAC chain over every row, keyed outside the database.
+
+Each exchange contributes two records to the ``chain`` table, appended in the same
+transaction as the change they cover:
+
+- ``request``: the immutable part of the row (who, key, server, method, tool,
+  arguments as forwarded, rule, injected names, ts...), appended when the row is
+  written ahead;
+- ``outcome``: what the end of the exchange filled in (status, decision, reason,
+  error code, bytes, duration, session id, state), appended when it completes
+  (or is marked ``interrupted``).
+
+So completing a row never rewrites a chained record, while ``exchanges`` stays
+one row per exchange for SQL users. Each record's MAC is
+``HMAC-SHA256(key, canonical JSON of [prev_mac, seq, exchange_id, kind, values])``,
+with ``seq`` counting 1, 2, 3... The key is derived (HKDF) from the vault's
+master key version named in the record, so it lives with the vault's keys (the
+key file or ``VALET_MASTER_KEY``), never in ``audit.db``. Whoever can write
+``audit.db`` but not read the master key cannot edit, delete or insert a row
+without breaking the chain; cutting off the newest records is caught against
+signed checkpoints (record count and head MAC) appended periodically to
+``<data-dir>/audit.checkpoints`` and to the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from addon.audit.columns import COLUMN_TYPES, COLUMNS, OUTCOME
+
+PURPOSE = b"valet audit chain v1"
+GENESIS = "0" * 64
+CHECKPOINT_FILE = "audit.checkpoints"
+
+REQUEST_FIELDS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in OUTCOME and c != "state")
+OUTCOME_FIELDS: tuple[str, ...] = (*OUTCOME, "state")
+REQUEST_INDEX = tuple(COLUMNS.index(c) for c in REQUEST_FIELDS)
+OUTCOME_INDEX_IN_ROW = tuple(COLUMNS.index(c) for c in OUTCOME_FIELDS)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chain (
+    seq         INTEGER PRIMARY KEY,  -- 1, 2, 3...: a gap is a deleted record
+    exchange_id INTEGER NOT NULL,     -- exchanges.id
+    kind        TEXT NOT NULL,        -- request | outcome
+    key_version INTEGER NOT NULL,     -- the master key version the MAC key is derived from
+    prev_mac    TEXT NOT NULL,        -- the previous record's mac (GENESIS for the first)
+    mac         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class ChainKeys:
+    """MAC keys derived from the vault's master key versions (cached: one HKDF per version)."""
+
+    def __init__(self, master: Any) -> None:
+        self._master = master
+        self._keys: dict[int, bytes] = {}
+
+    @property
+    def current(self) -> int:
+        return int(self._master.current)
+
+    def key(self, version: int) -> bytes:
+        key = self._keys.get(version)
+        if key is None:
+            key = self._keys[version] = self._master.derive(version, PURPOSE)
+        return key
+
+    def __repr__(self) -> str:  # never show key bytes
+        return f"ChainKeys(current={self.current})"
+
+
+def _canonical(column: str, value: Any) -> Any:
+    """The value as SQLite gives it back (column affinity), so the MAC recomputes from a read row."""
+    if value is None:
+        return None
+    kind = COLUMN_TYPES.get(column, "TEXT")
+    if kind == "REAL":
+        return float(value)
+    if kind == "INTEGER":
+        return int(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def mac(key: bytes, prev_mac: str, seq: int, exchange_id: int, kind: str,
+        columns: Iterable[str], values: Iterable[Any], uses: Iterable[Iterable[Any]] | None = None) -> str:
+    """``uses``: a request's secret-usage ledger rows (name, fingerprint, scope, server, host), chained with it."""
+    payload: list[Any] = [prev_mac, seq, exchange_id, kind,
+                          [_canonical(c, v) for c, v in zip(columns, values, strict=True)]]
+    if kind == "request":
+        payload.append([[_canonical("", v) for v in use] for use in (uses or ())])
+    message = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Appender:
+    """Appends records inside the writer's transaction; reads the head first (another writer may have appended)."""
+
+    keys: ChainKeys
+    seq: int = 0
+    head: str = GENESIS
+    appended: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def start(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        self.seq, self.head = (row[0], row[1]) if row else (0, GENESIS)
+        self.appended = []
+
+    def request(self, exchange_id: int, row_values: tuple[Any, ...], uses: Iterable[Iterable[Any]] | None) -> None:
+        self._append(exchange_id, "request", REQUEST_FIELDS, [row_values[i] for i in REQUEST_INDEX], uses)
+
+    def outcome(self, exchange_id: int, outcome_values: Iterable[Any]) -> None:
+        self._append(exchange_id, "outcome", OUTCOME_FIELDS, list(outcome_values))
+
+    def _append(self, exchange_id: int, kind: str, columns: tuple[str, ...], values: list[Any],
+                uses: Iterable[Iterable[Any]] | None = None) -> None:
+        version = self.keys.current
+        seq = self.seq + 1
+        record_mac = mac(self.keys.key(version), self.head, seq, exchange_id, kind, columns, values, uses)
+        self.appended.append((seq, exchange_id, kind, version, self.head, record_mac))
+        self.seq, self.head = seq, record_mac
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        if self.appended:
+            conn.executemany("INSERT INTO chain VALUES (?, ?, ?, ?, ?, ?)", self.appended)
+            self.appended = []
+
+
+def start_chain(conn: sqlite3.Connection) -> None:
+    """Create the tables; a log that predates the chain records which rows the chain does not cover."""
+    conn.executescript(SCHEMA)
+    if conn.execute("SELECT 1 FROM audit_meta WHERE name = 'chain_from_id'").fetchone() is None:
+        (max_id,) = conn.execute("SELECT coalesce(max(id), 0) FROM exchanges").fetchone()
+        conn.execute("INSERT INTO audit_meta VALUES ('chain_from_id', ?)", (str(max_id),))
+
+
+def checkpoint_line(keys: ChainKeys, ts: str, seq: int, head: str) -> str:
+    version = keys.current
+    signature = hmac.new(keys.key(version), f"checkpoint|{ts}|{seq}|{head}".encode(), hashlib.sha256).hexdigest()
+    return json.dumps({"ts": ts, "seq": seq, "head": head, "key_version": version, "sig": signature})
+
+
+# ---------------------------------------------------------------- verify
+
+
+@dataclass
+class Report:
+    records: int = 0
+    rows: int = 0
+    head: str = GENESIS
+    checkpoint: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, limit: int = 50) -> Report:
+    """Walk the chain: broken links, deleted, edited and unchained rows, and a tail cut before a checkpoint."""
+    report = Report()
+    conn.row_factory = sqlite3.Row
+    problems = report.problems
+    from_row = conn.execute("SELECT value FROM audit_meta WHERE name = 'chain_from_id'").fetchone()
+    chain_from = int(from_row[0]) if from_row else 0
+    if chain_from:
+        report.notes.append(f"rows 1..{chain_from} were written before the chain existed and are not covered")
+    expected, prev = 1, GENESIS
+    requested: set[int] = set()
+    completed: set[int] = set()
+    macs: dict[int, str] = {}
+    for seq, exchange_id, kind, version, prev_mac, record_mac in conn.execute(
+            "SELECT seq, exchange_id, kind, key_version, prev_mac, mac FROM chain ORDER BY seq"):
+        report.records += 1
+        if seq != expected:
+            problems.append(f"chain records {expected}..{seq - 1} are missing (deleted)")
+        if prev_mac != prev:
+            problems.append(f"broken link at chain record {seq}: it does not follow the record before it")
+        prev, expected = record_mac, seq + 1
+        macs[seq] = record_mac
+        if exchange_id <= chain_from:
+            problems.append(f"chain record {seq} covers row {exchange_id}, which the chain says predates it")
+        try:
+            key = keys.key(version)
+        except Exception:  # noqa: BLE001 - a pruned or unknown key version: say so, keep walking
+            problems.append(f"chain record {seq}: master key version {version} is not available to verify it")
+            continue
+        row = conn.execute("SELECT * FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
+        (requested if kind == "request" else completed).add(exchange_id)
+        if row is None:
+            if kind == "request":
+                problems.append(f"row {exchange_id} was deleted (chain record {seq})")
+            continue
+        columns = REQUEST_FIELDS if kind == "request" else OUTCOME_FIELDS
+        uses = conn.execute("SELECT name, fingerprint, scope, server, host FROM secret_uses WHERE exchange_id = ? "
+                            "ORDER BY rowid", (exchange_id,)).fetchall() if kind == "request" else None
+        if mac(key, prev_mac, seq, exchange_id, kind, columns, [row[c] for c in columns],
+               [tuple(u) for u in uses or ()]) != record_mac:
+            problems.append(f"row {exchange_id} was edited (its {kind} part; chain record {seq})")
+        if len(problems) > limit:
+            problems.append("(stopped: too many problems)")
+            break
+    report.head = prev
+    for (row_id, state) in conn.execute("SELECT id, state FROM exchanges WHERE id > ? ORDER BY id", (chain_from,)):
+        report.rows += 1
+        if row_id not in requested:
+            problems.append(f"row {row_id} is not in the chain (added without the key)")
+        elif state != "pending" and row_id not in completed:
+            problems.append(f"row {row_id} has an outcome that is not in the chain (edited)")
+        if len(problems) > limit:
+            break
+    if checkpoints is not None and checkpoints.exists():
+        last: dict[str, Any] | None = None
+        for number, line in enumerate(checkpoints.read_text().splitlines(), 1):
+            try:
+                point = json.loads(line)
+                key = keys.key(int(point["key_version"]))
+                expect = hmac.new(key, f"checkpoint|{point['ts']}|{point['seq']}|{point['head']}".encode(),
+                                  hashlib.sha256).hexdigest()
+            except Exception:  # noqa: BLE001 - unreadable or unverifiable line
+                problems.append(f"{checkpoints.name} line {number} cannot be read or verified")
+                continue
+            if not hmac.compare_digest(expect, str(point["sig"])):
+                problems.append(f"{checkpoints.name} line {number} has a bad signature (forged)")
+                continue
+            if last is None or point["seq"] >= last["seq"]:
+                last = point
+        report.checkpoint = last
+        if last is not None:
+            seq = int(last["seq"])
+            if seq > report.records and seq not in macs:
+                problems.append(f"truncated: the checkpoint of {last['ts']} counted {seq} chain records, "
+                                f"the log ends at {max(macs) if macs else 0}")
+            elif seq and macs.get(seq) != last["head"]:
+                problems.append(f"chain record {seq} differs from the checkpoint of {last['ts']} (rewritten)")
+    return report

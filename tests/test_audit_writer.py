@@ -1,0 +1,128 @@
+"""The audit writer alone: write-ahead, group commit, fail closed fast, a file deleted under it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from addon.audit.log import AuditWriter
+
+ROW = {"mode": "reverse", "http_method": "POST", "http_path": "/notes", "decision": "allow"}
+
+
+def test_rows_arriving_together_share_a_commit_and_complete_in_place(tmp_path: Path) -> None:
+    writer = AuditWriter(tmp_path / "audit.db", recover=True)
+
+    async def burst() -> list:
+        handles = [writer.begin({**ROW, "rpc_id": str(i)}) for i in range(200)]
+        assert all(await asyncio.gather(*(f for _, f in handles)))
+        for i, (pending, _) in enumerate(handles):
+            writer.complete(pending, {"http_status": 200, "decision": "allow", "bytes_out": i, "duration_ms": 1.0})
+        return handles
+
+    asyncio.run(burst())
+    writer.close()
+    assert writer.commits < 50, f"{writer.commits} commits for 200 rows: not grouped"
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    rows = conn.execute("SELECT rpc_id, state, http_status, bytes_out, ts, ts_unix FROM exchanges").fetchall()
+    assert len(rows) == 200
+    assert {(r[1], r[2]) for r in rows} == {("done", 200)}
+    assert all(int(r[0]) == r[3] for r in rows)
+    assert all(r[4].endswith("Z") and r[5] > 1.7e9 for r in rows)
+
+
+def test_pending_rows_of_a_previous_run_are_marked_interrupted(tmp_path: Path) -> None:
+    writer = AuditWriter(tmp_path / "audit.db", recover=True)
+
+    async def begin_only() -> None:
+        _, future = writer.begin({**ROW, "rpc_id": "1"})
+        assert await future
+
+    asyncio.run(begin_only())
+    writer._thread.join(0.5)  # not closed: as if the process had died here
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    assert conn.execute("SELECT state FROM exchanges").fetchone() == ("pending",)
+    AuditWriter(tmp_path / "audit.db").close()  # a CLI writer must not touch the proxy's pending rows
+    assert conn.execute("SELECT state FROM exchanges").fetchone() == ("pending",)
+    AuditWriter(tmp_path / "audit.db", recover=True).close()
+    assert conn.execute("SELECT state, reason FROM exchanges").fetchone() == ("interrupted", "interrupted")
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def test_a_lock_held_by_another_process_makes_it_unhealthy_within_the_bound_then_it_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, commit_timeout=0.5, recover=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), "3"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+
+    async def during_lock() -> tuple[bool, float]:
+        started = time.monotonic()
+        _, future = writer.begin({**ROW, "rpc_id": "locked"})
+        while writer.healthy:
+            await asyncio.sleep(0.02)
+            assert time.monotonic() - started < 2.5, "still healthy with the log locked"
+        return future.done(), time.monotonic() - started
+
+    done, after = asyncio.run(during_lock())
+    assert not done and after < 2.5
+    holder.wait(10)
+    deadline = time.monotonic() + 5
+    while not writer.healthy:
+        assert time.monotonic() < deadline, "did not recover after the lock was released"
+        time.sleep(0.05)
+    writer.close()
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM exchanges").fetchone() == (1,)
+
+
+def test_a_deleted_file_is_noticed_its_contents_saved_and_the_writer_stays_closed(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, recover=True)
+
+    async def one() -> bool:
+        _, future = writer.begin({**ROW, "rpc_id": "before"})
+        return await future
+
+    assert asyncio.run(one())
+    for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
+        if (tmp_path / name).exists():
+            os.remove(tmp_path / name)
+    deadline = time.monotonic() + 1.5
+    while writer.healthy:
+        assert time.monotonic() < deadline, "deletion not noticed"
+        time.sleep(0.02)
+    assert "deleted" in (writer.lost or "")
+    assert not asyncio.run(one()), "nothing is committed into a deleted file"
+    saved = list(tmp_path.glob("audit-recovered-*.db"))
+    assert len(saved) == 1
+    assert sqlite3.connect(saved[0]).execute("SELECT rpc_id FROM exchanges").fetchall() == [("before",)]
+    time.sleep(0.5)
+    assert not writer.healthy, "stays closed until an operator restarts Valet"
+    writer.close()
+
+
+def test_a_replaced_file_is_noticed_too(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, recover=True)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).close()
+    os.replace(other, path)
+    deadline = time.monotonic() + 1.5
+    while writer.healthy:
+        assert time.monotonic() < deadline, "replacement not noticed"
+        time.sleep(0.02)
+    assert "replaced" in (writer.lost or "")
+    writer.close()
