@@ -18,6 +18,7 @@ from mitmproxy import http
 
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
+from addon.secrets import compressed
 from addon.secrets.outbound import Outbound
 from addon.protocol.sse import EventTooLarge, SSEFramer
 from addon.hooks.failsafe import fail_closed
@@ -28,6 +29,11 @@ REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceed
 
 
 class ResponseFilter:
+    """The one way out: every allowed exchange with a server has an Outbound, and every part of its
+    response (reason, header names and values, trailers, body, each SSE event, a replay) goes through
+    it here. The Outbound looks the server's scrubber up each time, so nothing is scrubbed with stale
+    values."""
+
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
@@ -37,37 +43,33 @@ class ResponseFilter:
         response = flow.response
         if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
             return
-        outbound: Outbound | None = exchange.outbound
-        if outbound is not None and outbound.redactor:
-            _scrub_headers(response, outbound)
+        outbound = _outbound_of(self.state, exchange)
+        exchange.outbound = outbound
+        _scrub_headers(response, outbound)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
         encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
-        if media == "text/event-stream" and not (encoded and outbound is not None and outbound.active):
-            # (an encoded stream we must scrub is buffered and decoded instead: safe, if not live)
+        if media == "text/event-stream" and not encoded:
+            # (an encoded stream is buffered, decoded and scrubbed whole instead: safe, if not live)
             keyring = self.state.keyring
             key_id = exchange.key_id
 
             def key_valid() -> bool:
                 return keyring is None or key_id is None or not keyring.revoked(key_id)
 
-            response.stream = _event_relay(
-                exchange, outbound if outbound is not None and outbound.active else None, key_valid
-            )
+            response.stream = _event_relay(exchange, outbound, key_valid)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or response is None or exchange.decision != "allow":
+        if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
             return
-        outbound: Outbound | None = exchange.outbound
-        if outbound is None or not outbound.active:
-            return
+        outbound = _outbound_of(self.state, exchange)
         if response.trailers:  # sent after this hook, streamed body or not
             _scrub_fields(response.trailers, outbound)
         if response.stream:
             return
-        if exchange.replayed and outbound.redactor:  # a new response: its headers were not seen yet
+        if exchange.replayed:  # a new response: its headers were not seen yet
             _scrub_headers(response, outbound)
         if not response.raw_content:
             return
@@ -80,10 +82,27 @@ class ResponseFilter:
                                      "read"), "error")
                 return
         content = response.content or b""
-        if len(content) > OFFLOAD_BYTES:  # scrubbing a large body must not stall every other agent
-            response.content = await asyncio.to_thread(_transform, response, outbound, content)
-        else:
-            response.content = _transform(response, outbound, content)
+        try:
+            if len(content) > OFFLOAD_BYTES:  # scrubbing a large body must not stall every other agent
+                scrubbed = await asyncio.to_thread(_transform, response, outbound, content)
+            else:
+                scrubbed = _transform(response, outbound, content)
+        except compressed.TooLarge:
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
+                                 "than Valet may decode"), "error")
+            return
+        if scrubbed is not content:
+            response.content = scrubbed
+
+
+def _outbound_of(state: ValetState, exchange: Exchange) -> Outbound:
+    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten)."""
+    outbound: Outbound | None = exchange.outbound
+    if outbound is None:
+        server_name = exchange.server or ""
+        outbound = Outbound(lambda: state.scrubber(server_name),
+                            cap=exchange.snapshot.config.limits.max_buffered_bytes)
+    return outbound
 
 
 def _transform(response: http.Response, outbound: Outbound, content: bytes) -> bytes:
@@ -91,14 +110,16 @@ def _transform(response: http.Response, outbound: Outbound, content: bytes) -> b
         framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
         events = framer.feed(content)
         rest = framer.flush()
-        return b"".join(outbound.event(e) for e in events + ([rest] if rest else []))
+        out = [outbound.event(e) for e in events + ([rest] if rest else [])]
+        return b"".join(out)
     return outbound.body(content)
 
 
 def _scrub_fields(fields: http.Headers, outbound: Outbound) -> None:
     """Header names too: an upstream can echo a secret as a name."""
-    items = [(outbound.header(k), outbound.header(v)) for k, v in fields.items(multi=True)]
-    if items != list(fields.items(multi=True)):
+    before = list(fields.items(multi=True))
+    items = [(outbound.header_name(k), outbound.header(v)) for k, v in before]
+    if items != before:
         fields.clear()
         for k, v in items:
             fields.add(k, v)
@@ -110,7 +131,7 @@ def _scrub_headers(response: http.Response, outbound: Outbound) -> None:
 
 
 def _event_relay(
-    exchange: Exchange, outbound: Outbound | None, key_valid: Callable[[], bool]
+    exchange: Exchange, outbound: Outbound, key_valid: Callable[[], bool]
 ) -> Callable[[bytes], list[bytes]]:
     framer: SSEFramer | None = SSEFramer()
 
@@ -132,8 +153,13 @@ def _event_relay(
                 exchange.decision, exchange.reason = "error", "sse_event_too_large"
                 exchange.bytes_out += len(REFUSED_STREAM)
                 return [REFUSED_STREAM]
-        if outbound is not None:
+        try:
             events = [outbound.event(e) for e in events]
+        except compressed.TooLarge:
+            framer = None
+            exchange.decision, exchange.reason = "error", "sse_event_too_large"
+            exchange.bytes_out += len(REFUSED_STREAM)
+            return [REFUSED_STREAM]
         exchange.bytes_out += sum(map(len, events))
         return events
 
