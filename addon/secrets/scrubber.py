@@ -64,7 +64,8 @@ _KEY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 _UNIT_START = re.compile(rb"[\\%&]")
 _JSON_SHORT = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b", ord("f"): b"\f",
                ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
-_ENTITIES = {name.lower(): chr(code) for name, code in html.entities.name2codepoint.items()} | {"apos": "'"}
+_ENTITIES = {name[:-1].lower(): char for name, char in html.entities.html5.items()
+             if name.endswith(";") and len(char) == 1 and name[:-1].isalnum()}
 _SHORT_OF = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
 
 
