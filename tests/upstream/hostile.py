@@ -77,12 +77,31 @@ class Hostile:
                 length = int(headers.get("content-length", "0"))
                 if length:
                     await reader.readexactly(length)
-                await self.answer(writer, target.split("?")[0].rstrip("/").rsplit("/", 1)[-1], headers)
+                path, _, query = target.partition("?")
+                shape = path.rstrip("/").rsplit("/", 1)[-1]
+                if shape in ("big", "small"):
+                    self.sized(writer, shape, query, headers)
+                else:
+                    await self.answer(writer, shape, headers)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    def sized(self, writer: asyncio.StreamWriter, shape: str, query: str, headers: dict[str, str]) -> None:
+        """``big?mib=N``: an N MiB JSON text answer quoting the injected token now and then (the scrubbing
+        benchmark); ``small``: a tiny one (the calls of the others, whose delay is measured)."""
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip().encode()
+        if shape == "small":
+            body = b'{"ok": true}'
+        else:
+            mib = float(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("mib", "1"))
+            line = b"lorem ipsum dolor sit amet, consectetur adipiscing elit \\n sed do eiusmod tempor. "
+            chunk = line * (65536 // len(line)) + token  # a secret every 64 KiB
+            body = b'{"text": "' + chunk * int(mib * 16) + b'"}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
 
     async def answer(self, writer: asyncio.StreamWriter, shape: str, headers: dict[str, str]) -> None:
         values = self.values(headers)
