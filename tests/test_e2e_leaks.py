@@ -104,7 +104,8 @@ def assert_none_leaks(raw: bytes, where: str) -> None:
 # (no "trailers": mitmproxy 12 cannot read HTTP/1 trailers from an upstream at all, NotImplementedError;
 # trailers over HTTP/2 go through the same scrubber in relay.response)
 SHAPES = ["json", "html", "sse", "gzip", "br", "zstd", "deflate", "gzip-unlabelled",
-          "br-unlabelled", "zstd-unlabelled", "deflate-unlabelled", "sse-gzip"]
+          "br-unlabelled", "zstd-unlabelled", "deflate-unlabelled", "sse-gzip", "sse-br", "sse-zstd",
+          "sse-deflate", "sse-gzip-unlabelled", "sse-zstd-unlabelled"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -144,3 +145,27 @@ def test_alice_never_receives_bobs_or_the_shared_secret(valet: Valet) -> None:
     _, body = body_of(raw)
     assert b"[REDACTED:API_TOKEN]" in body and b"[REDACTED:SHARED]" in body
     assert_none_leaks(raw, "alice after bob")
+
+
+def test_a_compressed_stream_is_decoded_live_and_scrubbed(valet: Valet) -> None:
+    """The first event arrives while the upstream keeps the stream open: decoded as it comes, not buffered."""
+    key, _ = valet.new_key("alice", "live")
+    with socket.create_connection(("127.0.0.1", valet.port), timeout=30) as sock:
+        sock.sendall(f"GET /hostile/sse-live-gzip HTTP/1.1\r\nHost: 127.0.0.1:{valet.port}\r\n"
+                     f"Authorization: Bearer {key}\r\nAccept-Encoding: gzip\r\n\r\n".encode())
+        received = b""
+        while b"}\r\n\r\n" not in received:
+            data = sock.recv(65536)  # times out (fails) if the event is held back until the stream ends
+            assert data, received
+            received += data
+    head, _, _ = received.partition(b"\r\n\r\n")
+    assert b"content-encoding" not in head.lower()
+    assert b"[REDACTED:API_TOKEN]" in received
+    assert_none_leaks(received, "live gzip stream")
+
+
+def test_an_unlabelled_brotli_stream_is_refused_not_passed(valet: Valet) -> None:
+    key, _ = valet.new_key("alice", "br-stream")
+    raw = raw_exchange(valet, "GET", "/hostile/sse-br-unlabelled", key)
+    assert b"stream refused" in raw
+    assert_none_leaks(raw, "unlabelled brotli stream")

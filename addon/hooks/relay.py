@@ -26,6 +26,7 @@ from addon.hooks.state import ValetState, exchange_of, refuse
 
 OFFLOAD_BYTES = 256 * 1024
 REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'
+REFUSED_UNREADABLE = b'event: error\ndata: {"valet":"stream refused: the upstream sent bytes Valet cannot read"}\n\n'
 
 
 class ResponseFilter:
@@ -47,16 +48,24 @@ class ResponseFilter:
         exchange.outbound = outbound
         _scrub_headers(response, outbound)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
-        if media == "text/event-stream" and not encoded:
-            # (an encoded stream is buffered, decoded and scrubbed whole instead: safe, if not live)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        codec = None if encoding in ("identity", "") else _CODECS.get(encoding, "unknown")
+        if media == "text/event-stream" and codec != "unknown":
+            # a compressed stream is decoded as it arrives (in bounded pieces) and sent decoded;
+            # (one in an encoding Valet cannot decode is buffered, and refused in `response`)
+            decoder = None
+            if codec is not None:
+                decoder = compressed.StreamDecoder(codec, outbound.cap)
+                del response.headers["content-encoding"]
+                if "content-length" in response.headers:
+                    del response.headers["content-length"]
             keyring = self.state.keyring
             key_id = exchange.key_id
 
             def key_valid() -> bool:
                 return keyring is None or key_id is None or not keyring.revoked(key_id)
 
-            response.stream = _event_relay(exchange, outbound, key_valid)
+            response.stream = _event_relay(exchange, outbound, key_valid, decoder)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -131,36 +140,58 @@ def _scrub_headers(response: http.Response, outbound: Outbound) -> None:
 
 
 def _event_relay(
-    exchange: Exchange, outbound: Outbound, key_valid: Callable[[], bool]
+    exchange: Exchange, outbound: Outbound, key_valid: Callable[[], bool],
+    decoder: compressed.StreamDecoder | None = None,
 ) -> Callable[[bytes], list[bytes]]:
+    """Frame, decode and scrub a stream event by event. An unlabelled compressed stream is recognized by
+    the magic bytes of its first chunk; an event that is not UTF-8 text (what SSE is) ends the stream, so
+    bytes Valet could not read (an unlabelled brotli stream, say) never pass."""
     framer: SSEFramer | None = SSEFramer()
+    first = True
+
+    def refused(reason: str, notice: bytes = REFUSED_STREAM) -> list[bytes]:
+        nonlocal framer
+        framer = None  # never pass an event we could not inspect
+        exchange.decision, exchange.reason = "error", reason
+        exchange.bytes_out += len(notice)
+        return [notice]
 
     def relay(chunk: bytes) -> list[bytes]:
-        nonlocal framer
+        nonlocal framer, first, decoder
         if framer is not None and not key_valid():  # revoked while the stream was open
             framer = None
             exchange.reason = "revoked_key"
         if framer is None:
             return []  # the stream was refused: swallow the rest
-        if not chunk:  # end of stream: an unterminated last event still goes through the filter
-            rest = framer.flush()
-            events = [rest] if rest else []
-        else:
-            try:
-                events = framer.feed(chunk)
-            except EventTooLarge:
-                framer = None  # never pass an event we could not inspect
-                exchange.decision, exchange.reason = "error", "sse_event_too_large"
-                exchange.bytes_out += len(REFUSED_STREAM)
-                return [REFUSED_STREAM]
+        if first and chunk:
+            first = False
+            sniffed = compressed.sniff(chunk)
+            if decoder is None and sniffed in ("gzip", "zstd", "deflate"):
+                decoder = compressed.StreamDecoder(sniffed, outbound.cap)
         try:
+            if decoder is not None:
+                if chunk:
+                    chunk = decoder.feed(chunk)
+                    if not chunk:
+                        return []
+                else:
+                    decoder.end()
+            if not chunk:  # end of stream: an unterminated last event still goes through the filter
+                rest = framer.flush()
+                events = [rest] if rest else []
+            else:
+                events = framer.feed(chunk)
+            for event in events:
+                event.decode("utf-8")
             events = [outbound.event(e) for e in events]
-        except compressed.TooLarge:
-            framer = None
-            exchange.decision, exchange.reason = "error", "sse_event_too_large"
-            exchange.bytes_out += len(REFUSED_STREAM)
-            return [REFUSED_STREAM]
+        except (EventTooLarge, compressed.TooLarge):
+            return refused("sse_event_too_large")
+        except ValueError:  # not UTF-8, or a compressed stream that does not decode
+            return refused("upstream_error", REFUSED_UNREADABLE)
         exchange.bytes_out += sum(map(len, events))
         return events
 
     return relay
+
+
+_CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}

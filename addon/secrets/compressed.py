@@ -113,3 +113,64 @@ def scrub(data: bytes, scrub_plain: Callable[[bytes], bytes], cap: int, depth: i
             if scrubbed is not plain:
                 data = encode(codec, scrubbed)
     return scrub_plain(data)
+
+
+PIECE_BYTES = 1 << 20  # decoded per step: a bomb is never inflated in one go
+
+
+class StreamDecoder:
+    """Incremental decoding of a compressed stream (an SSE response), in bounded pieces.
+
+    ``feed`` returns the decoded bytes of a chunk; past ``cap`` decoded bytes for
+    one chunk it raises :class:`TooLarge` (the stream is then refused). A stream
+    that ends mid-frame raises ``ValueError`` at ``end``.
+    """
+
+    def __init__(self, codec: str, cap: int) -> None:
+        self.codec, self.cap = codec, cap
+        if codec == "gzip":
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif codec == "deflate":
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS)
+        elif codec == "zstd":
+            self._zstd = zstd.ZstdDecompressor()
+        elif codec == "br":
+            self._br = brotli.Decompressor()
+        else:
+            raise ValueError(codec)
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        size = 0
+
+        def add(piece: bytes) -> None:
+            nonlocal size
+            size += len(piece)
+            if size > self.cap:
+                raise TooLarge("a compressed stream decoded past the size limit in one chunk")
+            out.append(piece)
+
+        if self.codec in ("gzip", "deflate"):
+            data = chunk
+            while data and not self._zlib.eof:
+                add(self._zlib.decompress(data, PIECE_BYTES))
+                data = self._zlib.unconsumed_tail
+        elif self.codec == "zstd":
+            data = chunk
+            while not self._zstd.eof:
+                add(self._zstd.decompress(data, max_length=PIECE_BYTES))
+                data = b""
+                if self._zstd.needs_input:
+                    break
+        else:
+            if chunk:
+                add(self._br.process(chunk, output_buffer_limit=PIECE_BYTES))
+            while not self._br.can_accept_more_data():
+                add(self._br.process(b"", output_buffer_limit=PIECE_BYTES))
+        return b"".join(out)
+
+    def end(self) -> None:
+        finished = {"gzip": lambda: self._zlib.eof, "deflate": lambda: self._zlib.eof,
+                    "zstd": lambda: self._zstd.eof, "br": lambda: self._br.is_finished()}[self.codec]()
+        if not finished:
+            raise ValueError("the compressed stream ended mid-frame")

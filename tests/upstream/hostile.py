@@ -13,7 +13,8 @@ segment:
 - ``sse``: a text/event-stream (chunked) with the forms in ``id:`` and ``data:``,
   used both for POST answers (MCP servers) and GET streams;
 - ``trailers``: a chunked body with the forms in a trailer;
-- ``sse-gzip``: a gzip-compressed event stream.
+- ``sse-<codec>`` and ``sse-<codec>-unlabelled``: a compressed event stream;
+- ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open.
 """
 
 from __future__ import annotations
@@ -110,15 +111,27 @@ class Hostile:
         document = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {
             "content": [{"type": "text", "text": " | ".join(every)}], "forms": every, "n": 1e300}},
             ensure_ascii=False).encode()
-        if shape in ("sse", "mcp", "sse-gzip"):
+        if shape == "sse-live-gzip":  # one event, flushed, then the stream stays open
+            compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+            event = b"event: message\r\ndata: " + json.dumps({"echo": every}).encode() + b"\r\n\r\n"
+            part = compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+                         b"content-encoding: gzip\r\n\r\n" + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(60)
+            return
+        if shape in ("sse", "mcp") or shape.startswith("sse-"):
             events = b"".join(
                 b"event: message\r\nid: " + f.encode() + b"\r\ndata: " + json.dumps(
                     {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": f}}).encode() + b"\r\n\r\n"
                 for f in every) + b"event: message\r\ndata: " + document + b"\r\n\r\n"
             head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
-            if shape == "sse-gzip":
-                events = gzip.compress(events)
-                head += "content-encoding: gzip\r\n"
+            codec, _, unlabelled = shape.removeprefix("sse-").partition("-") if shape.startswith("sse-") else ("", "", "")
+            if codec:
+                events = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress,
+                          "deflate": zlib.compress}[codec](events)
+                if not unlabelled:
+                    head += f"content-encoding: {codec}\r\n"
             writer.write(head.encode() + b"\r\n")
             for i in range(0, len(events), 97):  # small chunks: forms split across network chunks
                 part = events[i:i + 97]
