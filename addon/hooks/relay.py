@@ -42,7 +42,9 @@ class ResponseFilter:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
+        # every response of a flow routed to a server, whatever was decided: Valet's own refusals carry no
+        # secret, and a decision changed on the way (a stream refused) must not open a way around
+        if exchange is None or exchange.server is None or response is None:
             return
         outbound = _outbound_of(self.state, exchange)
         exchange.outbound = outbound
@@ -71,7 +73,7 @@ class ResponseFilter:
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
+        if exchange is None or exchange.server is None or response is None:
             return
         outbound = _outbound_of(self.state, exchange)
         if response.trailers:  # sent after this hook, streamed body or not
