@@ -169,3 +169,42 @@ def test_sse_event_data_is_scrubbed_and_framed() -> None:
     assert b"fake" not in out and out.endswith(b"\r\n\r\n")
     untouched = b"event: message\r\ndata: {\"a\":1}\r\n\r\n"
     assert Outbound(S).event(untouched) is untouched
+
+
+def test_non_ascii_secrets_in_every_form() -> None:
+    value = "fake-clé-😀-secret"
+    s = Scrubber([("U", value)])
+    forms = [
+        value,
+        json.dumps(value)[1:-1],  # \u00e9 and a surrogate pair
+        json.dumps(value)[1:-1].upper().replace("\\U", "\\u").replace("FAKE-CL", "fake-cl").replace(
+            "-SECRET", "-secret"),
+        "".join(f"%{b:02x}" for b in value.encode()),
+        "".join(f"&#x{ord(c):X};" for c in value),
+        value.encode().hex(),
+    ]
+    for form in forms:
+        out = s.bytes(("<" + form + ">").encode())
+        assert out == b"<[REDACTED:U]>", (form, out)
+
+
+def test_html_named_references_ignore_case_and_numeric_ones_need_no_semicolon() -> None:
+    s = Scrubber([("A", "fake&token/0001")])
+    for form in ("fake&AMP;token&sol;0001", "fake&amp;token&#x2F0001", "fake&#38token&#47;0001"):
+        assert s.bytes(form.encode()) == b"[REDACTED:A]", form
+
+
+@pytest.mark.parametrize("codec", ["gzip", "deflate", "br", "zstd"])
+def test_stream_decoder_round_trip_in_small_chunks_and_bomb(codec: str) -> None:
+    data = b"".join(b"event: message\ndata: {\"n\": %d}\n\n" % i for i in range(5000))
+    encoded = compressed.encode(codec, data)
+    decoder = compressed.StreamDecoder(codec, 1 << 26)
+    assert b"".join(decoder.feed(encoded[i:i + 50]) for i in range(0, len(encoded), 50)) == data
+    decoder.end()
+    bomb = compressed.StreamDecoder(codec, 4 << 20)
+    with pytest.raises(compressed.TooLarge):
+        bomb.feed(compressed.encode(codec, b"a" * (32 << 20)))
+    truncated = compressed.StreamDecoder(codec, 1 << 26)
+    truncated.feed(encoded[: len(encoded) // 2])
+    with pytest.raises(ValueError):
+        truncated.end()
