@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from addon.secrets import compressed
@@ -169,3 +170,25 @@ def test_an_unlabelled_brotli_stream_is_refused_not_passed(valet: Valet) -> None
     raw = raw_exchange(valet, "GET", "/hostile/sse-br-unlabelled", key)
     assert b"stream refused" in raw
     assert_none_leaks(raw, "unlabelled brotli stream")
+
+
+@pytest.mark.parametrize("shape", ["json", "html", "sse", "gzip-unlabelled", "sse-zstd", "sse-gzip-unlabelled"])
+def test_forward_mode_scrubs_the_same(hostile: Upstream, tmp_path: Path, shape: str) -> None:
+    headers = ('    headers:\n      Authorization: "Bearer ${secret:API_TOKEN}"\n'
+               '      X-Shared: "${secret:SHARED}"\n')
+    config = f"servers:\n  hostile:\n    url: http://127.0.0.1:{hostile.port}/api\n    kind: http\n{headers}"
+    proxy = start_valet(tmp_path, None, mode="forward", config_text=config)
+    try:
+        proxy.cli("secret", "set", "API_TOKEN", "--server", "hostile", "--user", "alice", stdin=ALICE)
+        proxy.cli("secret", "set", "SHARED", "--server", "hostile", stdin=SHARED)
+        key, _ = proxy.new_key("alice", "forward")
+        with httpx.Client(proxy=f"http://agent:{key}@127.0.0.1:{proxy.port}", timeout=30) as client:
+            r = client.get(f"http://127.0.0.1:{hostile.port}/api/{shape}")
+        assert r.status_code == 200, r.text
+        seen = (r.reason_phrase + "\n" + "\n".join(f"{k}: {v}" for k, v in r.headers.multi_items()
+                                                    if k.lower() != "transfer-encoding")).encode()
+        assert_none_leaks(seen + b"\r\n\r\n" + r.content, f"forward {shape}")
+        assert b"REDACTED" in seen + r.content
+    finally:
+        assert proxy.stop() == 0
+    assert_clean_log(proxy)
