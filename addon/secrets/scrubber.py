@@ -176,24 +176,29 @@ def decode_unit(unit: bytes) -> bytes:
 
 
 def decoded_view(data: bytes, units: Units) -> bytes | None:
-    """``data`` with every encoded character of interest decoded; None when there is none."""
-    parts: list[bytes] = []
+    """``data`` with every encoded character of interest decoded; None when there is none.
+
+    Built in one bytearray (memory in proportion to the body, even for a body of nothing but escapes).
+    """
+    out: bytearray | None = None
     last = 0
     cache: dict[bytes, bytes] = {}
     for start, end in units.find(data):
+        if out is None:
+            out = bytearray()
         unit = data[start:end]
         decoded = cache.get(unit)
         if decoded is None:
             decoded = decode_unit(unit)
             if len(cache) < 4096:
                 cache[unit] = decoded
-        parts.append(data[last:start])
-        parts.append(decoded)
+        out += memoryview(data)[last:start]
+        out += decoded
         last = end
-    if not parts:
+    if out is None:
         return None
-    parts.append(data[last:])
-    return b"".join(parts)
+    out += memoryview(data)[last:]
+    return bytes(out)
 
 
 def map_back(data: bytes, units: Units, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
