@@ -54,6 +54,7 @@ MARKER = "[REDACTED:{}]"
 SLICE_BYTES = 1 << 20  # scanned per call: the GIL is released between slices at the latest
 KEY_NAME = "VALET_KEY"
 MIN_BASE64_CORE = 8
+MIN_VALUE_CHARS = 6  # shorter values would redact unrelated text (the vault refuses secrets under 8)
 MAX_LEVELS = 3  # encodings undone one inside the other (e.g. \\u0026 inside a JSON string in JSON)
 MAX_UNIT_BYTES = 48  # the longest encoded character _UNIT matches
 
@@ -295,7 +296,7 @@ class Scrubber:
         seen: set[str] = set()
         longest = 0
         for name, value in sorted(values, key=lambda nv: (-len(nv[1]), nv[0])):
-            if not value or value in seen:
+            if len(value) < MIN_VALUE_CHARS or value in seen:
                 continue
             seen.add(value)
             for literal, caseless in literals_of(value):
