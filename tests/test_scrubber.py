@@ -208,3 +208,9 @@ def test_stream_decoder_round_trip_in_small_chunks_and_bomb(codec: str) -> None:
     truncated.feed(encoded[: len(encoded) // 2])
     with pytest.raises(ValueError):
         truncated.end()
+
+
+def test_values_with_control_bytes_and_regex_characters_are_matched_literally() -> None:
+    s = Scrubber([("N", "fake\x00nul.+*?[value]\\é")])
+    assert s.bytes("x fake\x00nul.+*?[value]\\é y".encode()) == b"x [REDACTED:N] y"
+    assert s.bytes(b"x fakeXnulA+*?[value]\\ y") == b"x fakeXnulA+*?[value]\\ y"

@@ -252,8 +252,11 @@ def literals_of(value: str) -> list[tuple[bytes, bool]]:
     return out
 
 
-def _unescape(expression: bytes) -> bytes:
-    return re.sub(rb"\\(.)", rb"\1", expression, flags=re.S)
+def _literal_pattern(literal: bytes) -> bytes:
+    """A Hyperscan pattern matching exactly ``literal``: every byte but letters and digits as ``\\xHH``
+    (patterns are C strings: a NUL or any other byte must not be taken literally)."""
+    return b"".join(bytes([b]) if 0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A
+                    else b"\\x%02x" % b for b in literal)
 
 
 def _escape_start(data: bytes, pos: int) -> int | None:
@@ -290,6 +293,7 @@ class Scrubber:
 
     def __init__(self, values: Iterable[tuple[str, str]], key_shape: bool = True) -> None:
         self.names: list[str] = []
+        self.lengths: list[int] = []
         self.key_shape = key_shape
         expressions: list[bytes] = []
         flags: list[int] = []
@@ -300,11 +304,11 @@ class Scrubber:
                 continue
             seen.add(value)
             for literal, caseless in literals_of(value):
-                expressions.append(re.escape(literal))
+                expressions.append(_literal_pattern(literal))
+                self.lengths.append(len(literal))
                 flags.append(hyperscan.HS_FLAG_CASELESS if caseless else 0)
                 self.names.append(name)
                 longest = max(longest, len(literal))
-        self.lengths = [len(_unescape(e)) for e in expressions]
         # the escape characters themselves too, so that a second level (\\u0026, %2541) decodes
         self._units = Units("".join(seen) + (_KEY_CHARS if key_shape else "") + "\\%")
         self.overlap = max(longest, 256)
