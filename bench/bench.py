@@ -15,7 +15,14 @@ them an argument constraint and a rate limit that count every call):
   far steadier than wall time on a shared 2-core machine;
 - the proxy process's RSS at the end.
 
-The last line is `valet_cpu_per_call_vs_bare_mitmproxy=<ratio>`.
+Then the scrubbing figures (bench/scrub_bench.py): the scrubber against the
+old redactor and a plain copy, the event-loop gap while a thread scrubs 30 MiB,
+and the stall of other agents while one fetches 30 MiB answers, through Valet
+and through a bare mitmproxy (`--scrub-only` runs just these, `--no-scrub`
+skips them).
+
+The call benchmark's line is `valet_cpu_per_call_vs_bare_mitmproxy=<ratio>`,
+the scrubbing one's `valet_stall_of_others_p99_ms=<ms>`.
 Everything runs on loopback; every loop is bounded.
 """
 
@@ -41,6 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import free_port, start_upstream, start_valet  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import scrub_bench  # noqa: E402
 
 
 BENCH_API_KEY = "fake-bench-api-key-0000"
@@ -170,7 +180,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rules", type=int, default=50,
                         help="extra injection rules in Valet's config, and extra policy rules")
+    parser.add_argument("--scrub-only", action="store_true", help="only the scrubbing figures (bench/scrub_bench.py)")
+    parser.add_argument("--no-scrub", action="store_true", help="skip the scrubbing figures")
     args = parser.parse_args()
+    if args.scrub_only:
+        scrub_bench.main()
+        return
 
     upstream = start_upstream()
     bare, bare_port = _start_bare(upstream.port)
@@ -201,6 +216,8 @@ def main() -> None:
     bare_cpu, valet_cpu = results[1].cpu_per_call_ms, results[2].cpu_per_call_ms
     assert bare_cpu and valet_cpu
     print(f"valet_cpu_per_call_vs_bare_mitmproxy={valet_cpu / bare_cpu:.2f}")
+    if not args.no_scrub:
+        scrub_bench.main()
 
 
 if __name__ == "__main__":

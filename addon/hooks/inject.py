@@ -4,9 +4,9 @@ All in the ``request`` hook, after the body is parsed (with the lazy
 connection strategy nothing has reached the upstream yet): configured headers
 and query parameters (every request to the server, GET streams and DELETEs
 included), injected ``tools/call`` arguments, ``Mcp-Param-*`` headers mirrored
-from the final arguments, the exchange's :class:`~addon.outbound.Outbound`
-(redaction of every secret the server's injections reference for this user,
-and tools/list rewriting), the audit description with secrets redacted, and
+from the final arguments, the exchange's :class:`~addon.secrets.outbound.Outbound`
+(the server's one egress scrubber, looked up when bytes pass, and tools/list
+rewriting), the audit description with secrets redacted, and
 the one serialization of the body that is forwarded.
 """
 
@@ -22,12 +22,10 @@ from mitmproxy import http
 
 from addon.config import ServerConfig
 from addon.filewatch import reload_if_stale
-from addon.oauth.grants import Grant, read_registration
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
 from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
 from addon.secrets.outbound import Outbound
-from addon.secrets.redact import Redactor
 from addon.secrets.vault import VaultError
 from addon.hooks.parse import describe
 from addon.hooks.failsafe import fail_closed
@@ -40,37 +38,20 @@ MAX_REMEMBERED_SCHEMAS = 10_000
 class Injector:
     def __init__(self, state: ValetState) -> None:
         self.state = state
-        self._redactors: dict[tuple[Any, ...], Redactor] = {}
         self.schemas: dict[tuple[str, str], dict[str, Any]] = {}
 
     def _resolution(self, server_name: str, user: str) -> Resolution:
         secrets = self.state.secrets
         return Resolution(lambda name: secrets.lookup(server_name, user, name) if secrets else None)
 
-    def _redactor(self, server_name: str, server: ServerConfig, user: str, grant: Grant | None) -> Redactor:
-        """Every secret the server's config references, resolved for this user (and the user's OAuth
-        tokens): cached per vault generation, which every refresh bumps."""
-        generation = self.state.secrets.generation if self.state.secrets else 0
-        # keyed on what it is built from: a reload that injects other secrets gets a new one
-        key = (server_name, user, generation, server.secret_names, grant.access_token if grant else None)
-        redactor = self._redactors.get(key)
-        if redactor is None:
-            if len(self._redactors) > 10_000:
-                self._redactors.clear()
-            resolution = self._resolution(server_name, user)
-            for name in server.secret_names:
-                resolution(name)
-            values = {**resolution.used, **(grant.secrets() if grant else {})}
-            if server.auth == "oauth" and self.state.secrets is not None:
-                registration = read_registration(self.state.secrets, server_name)
-                if registration is not None and registration.client.client_secret:
-                    values["OAUTH_CLIENT_SECRET"] = registration.client.client_secret
-            redactor = self._redactors[key] = Redactor(values)
-        return redactor
-
-    def _outbound(self, exchange: Exchange, server: ServerConfig, redactor: Redactor) -> Outbound:
+    def _outbound(self, exchange: Exchange, server: ServerConfig) -> Outbound:
         hide = (lambda tool: hide_injected(server, tool)) if server.inject else None
-        return Outbound(redactor, hide=hide, remember=self._remember(exchange), visible=exchange.visible)
+        state, server_name = self.state, exchange.server or ""
+        cap = exchange.snapshot.config.limits.max_buffered_bytes
+        # the scrubber is looked up each time bytes pass, never captured: after an OAuth refresh or a
+        # vault change the answer is scrubbed with the values of that moment (and the previous ones)
+        return Outbound(lambda: state.scrubber(server_name), hide=hide, remember=self._remember(exchange),
+                        visible=exchange.visible, cap=cap)
 
     def _remember(self, exchange: Exchange):  # type: ignore[no-untyped-def]
         server = exchange.server
@@ -100,7 +81,8 @@ class Injector:
             grant = None
             if server.auth == "oauth" and self.state.refresher is not None:
                 grant = await self.state.refresher.access_token(exchange.server, server, exchange.user)
-            redactor = self._redactor(exchange.server, server, exchange.user, grant)
+            self.state.note_grant(exchange.server, grant)
+            scrubber = self.state.scrubber(exchange.server)
             resolution = self._resolution(exchange.server, exchange.user)
             headers = upstream_headers(server, resolution)
             query = upstream_query(server, resolution)
@@ -124,12 +106,12 @@ class Injector:
         exchange.injected = json.dumps(injected) if injected else None
         exchange.overridden = json.dumps(sorted(set(overridden))) if overridden else None
         self.mirror_after_rewrite(flow, exchange)
-        outbound = self._outbound(exchange, server, redactor)
+        outbound = self._outbound(exchange, server)
         exchange.outbound = outbound
         if body is not None:
             outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
-            if redactor or exchange.rewritten:  # the audit row shows what is forwarded, secrets redacted
-                describe(exchange, body, redactor.value)
+            # the audit row shows what is forwarded, secrets redacted
+            describe(exchange, body, scrubber.value)
             flow.request.content = body.serialize()
 
     def _inject(self, flow: http.HTTPFlow, server_name: str, server: ServerConfig, body: Any,

@@ -3,7 +3,9 @@
 Only requests whose body Valet holds (POST, DELETE) are replayed; a 401 on a
 GET stream triggers the refresh and goes back to the agent, whose client opens
 the stream again. The replayed answer is read whole (an SSE answer arrives at
-once rather than event by event) and then scrubbed like any other.
+once rather than event by event) and then scrubbed like any other, by the
+server's scrubber as it is when the answer passes: the new tokens are noted
+(:meth:`ValetState.note_grant`) before, and the old ones stay in it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class OAuthReplay:
             refuse(flow, refusal)
             return
         exchange.oauth_token = grant.access_token
+        self.state.note_grant(exchange.server, grant)  # the replayed answer is scrubbed for the NEW token too
         if flow.request.method not in ("POST", "DELETE"):
             return
         request = flow.request

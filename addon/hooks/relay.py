@@ -18,6 +18,7 @@ from mitmproxy import http
 
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
+from addon.secrets import compressed
 from addon.secrets.outbound import Outbound
 from addon.protocol.sse import EventTooLarge, SSEFramer
 from addon.hooks.failsafe import fail_closed
@@ -25,9 +26,15 @@ from addon.hooks.state import ValetState, exchange_of, refuse
 
 OFFLOAD_BYTES = 256 * 1024
 REFUSED_STREAM = b'event: error\ndata: {"valet":"stream refused: an event exceeded the size limit"}\n\n'
+REFUSED_UNREADABLE = b'event: error\ndata: {"valet":"stream refused: the upstream sent bytes Valet cannot read"}\n\n'
 
 
 class ResponseFilter:
+    """The one way out: every allowed exchange with a server has an Outbound, and every part of its
+    response (reason, header names and values, trailers, body, each SSE event, a replay) goes through
+    it here. The Outbound looks the server's scrubber up each time, so nothing is scrubbed with stale
+    values."""
+
     def __init__(self, state: ValetState) -> None:
         self.state = state
 
@@ -35,39 +42,45 @@ class ResponseFilter:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or exchange.server is None or response is None or exchange.decision != "allow":
+        # every response of a flow routed to a server, whatever was decided: Valet's own refusals carry no
+        # secret, and a decision changed on the way (a stream refused) must not open a way around
+        if exchange is None or exchange.server is None or response is None:
             return
-        outbound: Outbound | None = exchange.outbound
-        if outbound is not None and outbound.redactor:
-            _scrub_headers(response, outbound)
+        outbound = _outbound_of(self.state, exchange)
+        exchange.outbound = outbound
+        _scrub_headers(response, outbound)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", "")
-        if media == "text/event-stream" and not (encoded and outbound is not None and outbound.active):
-            # (an encoded stream we must scrub is buffered and decoded instead: safe, if not live)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        codec = None if encoding in ("identity", "") else _CODECS.get(encoding, "unknown")
+        if media == "text/event-stream" and codec != "unknown":
+            # a compressed stream is decoded as it arrives (in bounded pieces) and sent decoded;
+            # (one in an encoding Valet cannot decode is buffered, and refused in `response`)
+            decoder = None
+            if codec is not None:
+                decoder = compressed.StreamDecoder(codec, outbound.cap)
+                del response.headers["content-encoding"]
+                if "content-length" in response.headers:
+                    del response.headers["content-length"]
             keyring = self.state.keyring
             key_id = exchange.key_id
 
             def key_valid() -> bool:
                 return keyring is None or key_id is None or not keyring.revoked(key_id)
 
-            response.stream = _event_relay(
-                exchange, outbound if outbound is not None and outbound.active else None, key_valid
-            )
+            response.stream = _event_relay(exchange, outbound, key_valid, decoder)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or response is None or exchange.decision != "allow":
+        if exchange is None or exchange.server is None or response is None:
             return
-        outbound: Outbound | None = exchange.outbound
-        if outbound is None or not outbound.active:
-            return
+        outbound = _outbound_of(self.state, exchange)
         if response.trailers:  # sent after this hook, streamed body or not
             _scrub_fields(response.trailers, outbound)
         if response.stream:
             return
-        if exchange.replayed and outbound.redactor:  # a new response: its headers were not seen yet
+        if exchange.replayed:  # a new response: its headers were not seen yet
             _scrub_headers(response, outbound)
         if not response.raw_content:
             return
@@ -80,10 +93,27 @@ class ResponseFilter:
                                      "read"), "error")
                 return
         content = response.content or b""
-        if len(content) > OFFLOAD_BYTES:  # scrubbing a large body must not stall every other agent
-            response.content = await asyncio.to_thread(_transform, response, outbound, content)
-        else:
-            response.content = _transform(response, outbound, content)
+        try:
+            if len(content) > OFFLOAD_BYTES:  # scrubbing a large body must not stall every other agent
+                scrubbed = await asyncio.to_thread(_transform, response, outbound, content)
+            else:
+                scrubbed = _transform(response, outbound, content)
+        except compressed.TooLarge:
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
+                                 "than Valet may decode"), "error")
+            return
+        if scrubbed is not content:
+            response.content = scrubbed
+
+
+def _outbound_of(state: ValetState, exchange: Exchange) -> Outbound:
+    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten)."""
+    outbound: Outbound | None = exchange.outbound
+    if outbound is None:
+        server_name = exchange.server or ""
+        outbound = Outbound(lambda: state.scrubber(server_name),
+                            cap=exchange.snapshot.config.limits.max_buffered_bytes)
+    return outbound
 
 
 def _transform(response: http.Response, outbound: Outbound, content: bytes) -> bytes:
@@ -91,14 +121,16 @@ def _transform(response: http.Response, outbound: Outbound, content: bytes) -> b
         framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
         events = framer.feed(content)
         rest = framer.flush()
-        return b"".join(outbound.event(e) for e in events + ([rest] if rest else []))
+        out = [outbound.event(e) for e in events + ([rest] if rest else [])]
+        return b"".join(out)
     return outbound.body(content)
 
 
 def _scrub_fields(fields: http.Headers, outbound: Outbound) -> None:
     """Header names too: an upstream can echo a secret as a name."""
-    items = [(outbound.header(k), outbound.header(v)) for k, v in fields.items(multi=True)]
-    if items != list(fields.items(multi=True)):
+    before = list(fields.items(multi=True))
+    items = [(outbound.header_name(k), outbound.header(v)) for k, v in before]
+    if items != before:
         fields.clear()
         for k, v in items:
             fields.add(k, v)
@@ -110,31 +142,58 @@ def _scrub_headers(response: http.Response, outbound: Outbound) -> None:
 
 
 def _event_relay(
-    exchange: Exchange, outbound: Outbound | None, key_valid: Callable[[], bool]
+    exchange: Exchange, outbound: Outbound, key_valid: Callable[[], bool],
+    decoder: compressed.StreamDecoder | None = None,
 ) -> Callable[[bytes], list[bytes]]:
+    """Frame, decode and scrub a stream event by event. An unlabelled compressed stream is recognized by
+    the magic bytes of its first chunk; an event that is not UTF-8 text (what SSE is) ends the stream, so
+    bytes Valet could not read (an unlabelled brotli stream, say) never pass."""
     framer: SSEFramer | None = SSEFramer()
+    first = True
+
+    def refused(reason: str, notice: bytes = REFUSED_STREAM) -> list[bytes]:
+        nonlocal framer
+        framer = None  # never pass an event we could not inspect
+        exchange.decision, exchange.reason = "error", reason
+        exchange.bytes_out += len(notice)
+        return [notice]
 
     def relay(chunk: bytes) -> list[bytes]:
-        nonlocal framer
+        nonlocal framer, first, decoder
         if framer is not None and not key_valid():  # revoked while the stream was open
             framer = None
             exchange.reason = "revoked_key"
         if framer is None:
             return []  # the stream was refused: swallow the rest
-        if not chunk:  # end of stream: an unterminated last event still goes through the filter
-            rest = framer.flush()
-            events = [rest] if rest else []
-        else:
-            try:
+        if first and chunk:
+            first = False
+            sniffed = compressed.sniff(chunk)
+            if decoder is None and sniffed in ("gzip", "zstd", "deflate"):
+                decoder = compressed.StreamDecoder(sniffed, outbound.cap)
+        try:
+            if decoder is not None:
+                if chunk:
+                    chunk = decoder.feed(chunk)
+                    if not chunk:
+                        return []
+                else:
+                    decoder.end()
+            if not chunk:  # end of stream: an unterminated last event still goes through the filter
+                rest = framer.flush()
+                events = [rest] if rest else []
+            else:
                 events = framer.feed(chunk)
-            except EventTooLarge:
-                framer = None  # never pass an event we could not inspect
-                exchange.decision, exchange.reason = "error", "sse_event_too_large"
-                exchange.bytes_out += len(REFUSED_STREAM)
-                return [REFUSED_STREAM]
-        if outbound is not None:
+            for event in events:
+                event.decode("utf-8")
             events = [outbound.event(e) for e in events]
+        except (EventTooLarge, compressed.TooLarge):
+            return refused("sse_event_too_large")
+        except ValueError:  # not UTF-8, or a compressed stream that does not decode
+            return refused("upstream_error", REFUSED_UNREADABLE)
         exchange.bytes_out += sum(map(len, events))
         return events
 
     return relay
+
+
+_CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}

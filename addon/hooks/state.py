@@ -22,6 +22,10 @@ from addon.policy.ratelimit import RateLimiter
 from addon.oauth.refresher import Refresher
 from addon.snapshot import SETTLE_SECONDS, Snapshot, describe_change, load_snapshot, signature_of, unsettled_for, watched
 from addon.secrets.vault import SecretCache, VaultError
+from addon.secrets.scrubber import Scrubber
+from addon.oauth.grants import GRANT, Grant, parse_grant, read_registration
+
+MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed after a refresh
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
@@ -46,6 +50,8 @@ class ValetState:
         self.open_exchanges = 0  # written ahead, outcome not yet recorded (GET streams not counted)
         # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
         self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
+        self._scrubbers: dict[str, tuple[tuple[object, ...], Scrubber]] = {}
+        self._tokens: dict[str, dict[str, str]] = {}  # server -> {token value: name}, current and previous
 
     def load(self, loader: Loader) -> None:
         loader.add_option("valet_config", str, "", "Path of Valet's YAML configuration.")
@@ -140,6 +146,47 @@ class ValetState:
             return unsettled_for(self.snapshot.config_path, self.snapshot.config) <= 0
         except Exception:  # noqa: BLE001 - cannot tell: wait for the observed signature to settle instead
             return False
+    def note_grant(self, server: str, grant: Grant | None) -> None:
+        """Tokens Valet sent (or will send) to ``server``: scrubbed from then on, and after they are replaced."""
+        if grant is None:
+            return
+        tokens = self._tokens.setdefault(server, {})
+        fresh = {v: k for k, v in grant.secrets().items() if v not in tokens}
+        if fresh:
+            if len(tokens) + len(fresh) > MAX_REMEMBERED_TOKENS:
+                for old in list(tokens)[: len(tokens) + len(fresh) - MAX_REMEMBERED_TOKENS]:
+                    del tokens[old]
+            tokens.update(fresh)
+            self._scrubbers.pop(server, None)
+    def scrubber(self, server_name: str) -> Scrubber:
+        """THE egress scrubber of a server, for the values of this moment (looked up as bytes pass).
+        It knows every user's and the shared value of every secret the server's
+        injections reference, every user's OAuth tokens for it (current and
+        previous), its OAuth client secret, and the valet-key shape. Rebuilt when
+        the vault generation, the server's config or its known tokens change;
+        never per request.
+        """
+        snapshot = self.snapshot
+        server = snapshot.config.servers.get(server_name) if snapshot is not None else None
+        secrets = self.secrets
+        generation = secrets.generation if secrets is not None else 0
+        key = (generation, server.secret_names if server else None, server.auth if server else None)
+        cached = self._scrubbers.get(server_name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        values: list[tuple[str, str]] = []
+        if secrets is not None and server is not None:
+            values += secrets.values_of(server_name, server.secret_names)
+            if server.auth == "oauth":
+                for _, grant_text in secrets.values_of(server_name, {GRANT}):
+                    self.note_grant(server_name, parse_grant(grant_text))
+                registration = read_registration(secrets, server_name)
+                if registration is not None and registration.client.client_secret:
+                    values.append(("OAUTH_CLIENT_SECRET", registration.client.client_secret))
+        values += [(name, value) for value, name in self._tokens.get(server_name, {}).items()]
+        scrubber = Scrubber(values)
+        self._scrubbers[server_name] = (key, scrubber)
+        return scrubber
 
     def running(self) -> None:
         self._key_refresh = asyncio.get_running_loop().create_task(self._refresh_keys())

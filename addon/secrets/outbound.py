@@ -1,7 +1,13 @@
-"""What goes back to the agent: injected arguments hidden from tools/list, secrets redacted.
+"""What goes back to the agent: injected arguments hidden from tools/list, secrets scrubbed.
 
 Pure: works on response bodies, SSE events and header values. The hooks decide
-which exchange needs what; this module never sees mitmproxy.
+which exchange needs what; this module never sees mitmproxy. The scrubber is
+not held but looked up (``scrubber()``) each time bytes pass, so an answer that
+arrives after an OAuth refresh or a vault change is scrubbed with the values of
+that moment (and the previous ones, which the scrubber keeps too).
+
+Only tools/list answers are parsed and re-serialized (they must be rewritten,
+and are small); every other body is scrubbed as bytes.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from addon.secrets.redact import Redactor
 from addon.protocol.sse import join_event, split_event
+from addon.secrets import compressed
+from addon.secrets.scrubber import Scrubber
 
 ToolFilter = Callable[[dict[str, Any]], bool]
+DEFAULT_CAP = 64 * 1024 * 1024
 
 
 class Outbound:
@@ -28,41 +36,51 @@ class Outbound:
 
     def __init__(
         self,
-        redactor: Redactor,
+        scrubber: Scrubber | Callable[[], Scrubber],
         tools_list_ids: frozenset[Any] = frozenset(),
         hide: ToolFilter | None = None,
         remember: Callable[[dict[str, Any]], None] | None = None,
         visible: Callable[[str], bool] | None = None,
+        cap: int = DEFAULT_CAP,
     ) -> None:
-        self.redactor = redactor
+        self._scrubber = scrubber if callable(scrubber) and not isinstance(scrubber, Scrubber) else (
+            lambda: scrubber)  # type: ignore[assignment,return-value]
         self.tools_list_ids = tools_list_ids
         self.hide = hide
         self.remember = remember
         self.visible = visible
+        self.cap = cap
+
+    @property
+    def scrubber(self) -> Scrubber:
+        return self._scrubber()  # type: ignore[operator]
 
     @property
     def active(self) -> bool:
-        return bool(self.redactor) or bool(self.tools_list_ids and (self.hide or self.remember or self.visible))
+        return True  # every response is scrubbed: valet keys at least are always looked for
 
     def header(self, value: str) -> str:
-        return self.redactor.text(value)
+        return self.scrubber.text(value)
+
+    def header_name(self, value: str) -> str:
+        return self.scrubber.token(value)
 
     def body(self, data: bytes) -> bytes:
-        """A JSON (or unknown) body."""
+        """A JSON (or unknown) body, compressed or not. Raises compressed.TooLarge past the cap."""
         if self.tools_list_ids and b'"tools"' in data:
             rewritten = self._tools_list(data)
             if rewritten is not None:
-                return rewritten
-        return self.redactor.json_or_raw(data)
+                data = rewritten
+        scrubber = self.scrubber
+        return compressed.scrub(data, scrubber.bytes, self.cap)
 
     def event(self, event: bytes) -> bytes:
         """One complete SSE event."""
-        if not self.active:
-            return event
         others, data, eol = split_event(event)
-        new_others = [self.redactor.raw(line) for line in others]
+        scrubber = self.scrubber
+        new_others = [scrubber.bytes(line) for line in others]
         new_data = self.body(data) if data is not None else None
-        if new_data == data and new_others == others:
+        if new_data is data and all(a is b for a, b in zip(new_others, others)):
             return event
         return join_event(new_others, new_data, eol)
 
@@ -95,6 +113,6 @@ class Outbound:
                     self.remember(tool)
                 if self.hide and self.hide(tool):
                     touched = True
-        if not touched and not self.redactor:
+        if not touched:
             return data
-        return json.dumps(self.redactor.value(doc), ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

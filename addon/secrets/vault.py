@@ -609,3 +609,18 @@ class SecretCache:
             if value is not None:
                 return value
         return None
+
+    def values_of(self, server: str, names: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+        """Every owner's value (every user's and the shared one) of these secret names of ``server``:
+        what the egress scrubber of that server must know. A row that does not decrypt is skipped: it
+        can never have been injected, so it cannot come back (its own user's request fails on it)."""
+        out: list[tuple[str, str]] = []
+        for row_server, owner, name in list(self._rows):
+            if row_server == server and name in names:
+                try:
+                    value = self.lookup_exact(row_server, owner, name)
+                except VaultError:
+                    continue
+                if value is not None:
+                    out.append((name, value))
+        return out

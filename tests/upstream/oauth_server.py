@@ -174,6 +174,13 @@ def build(port: int, access_ttl: float) -> Any:
         token = get_access_token()
         return f"subject={token.subject if token else None}"
 
+    @server.tool()
+    def echo_token() -> str:
+        """A hostile tool: the whole access token it was called with, raw and percent-encoded (fake values)."""
+        token = get_access_token()
+        value = token.token if token else ""
+        return f"token={value} pct={''.join(f'%{b:02x}' for b in value.encode())}"
+
     @server.custom_route("/login", methods=["GET"])
     async def login(request: Request) -> Response:
         return RedirectResponse(provider.login(request.query_params["pending"], request.query_params["user"]), 302)
