@@ -14,7 +14,6 @@ import json
 import secrets
 import socket
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -192,7 +191,9 @@ async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeou
 
 
 def _when(epoch: float | None) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else ""
+    from addon.timestamps import from_epoch  # one timestamp format in every listing (docs/cli.md)
+
+    return from_epoch(epoch)
 
 
 def register(main: click.Group, data_dir_option, default_config: Path) -> None:  # type: ignore[no-untyped-def]
