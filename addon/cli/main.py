@@ -497,8 +497,8 @@ def config_check(path: Path, data_dir: Path) -> None:
     checking reads no state.)
     """
     snapshot = _snapshot(path)
-    click.echo(f"{path}: ok ({len(snapshot.config.servers)} servers, {snapshot.policy.rule_count} rules "
-               f"from {len(snapshot.policy.sources.files)} policy files)")
+    click.echo(f"{path}: ok ({len(snapshot.config.servers)} servers); {snapshot.policy.rule_count} rules "
+               f"from {len(snapshot.policy.sources.files)} policy files")
 
 
 if __name__ == "__main__":
