@@ -137,8 +137,8 @@ def _write_ready_file(s: Settings) -> None:
 
 
 def _on_running(s: Settings) -> None:
+    _announce(s)  # first, so that whoever sees the ready file has the line in its log already
     _write_ready_file(s)
-    _announce(s)
 
 
 async def serve(settings: Settings) -> None:
