@@ -41,6 +41,7 @@ class Cause(Enum):
     INVALID_TOOL_NAME = ("invalid_tool_name", -32032, 400)
     REAUTH_REQUIRED = ("reauth_required", -32040, 403)
     OAUTH_UNAVAILABLE = ("oauth_unavailable", -32041, 503)
+    OAUTH_NOT_SUPPORTED = ("oauth_not_supported", -32050, 404)  # OAuth discovery against Valet itself
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property
