@@ -409,10 +409,23 @@ def policy_check(config_path: Path, data_dir: Path, extra: tuple[Path, ...]) -> 
     Exits 2, naming file, line and problem, on the first error. (--data-dir is accepted like
     everywhere; checking reads no state.)
     """
-    snapshot = _snapshot(config_path, list(extra))
+    snapshot = _snapshot(config_path, _not_yet_loaded(config_path, extra))
     files = snapshot.policy.sources.files
     click.echo(f"ok: {len(snapshot.config.servers)} servers, {snapshot.policy.rule_count} rules "
                f"from {len(files)} policy files ({', '.join(str(f) for f in files) or 'none'})")
+
+
+def _not_yet_loaded(config_path: Path, extra: tuple[Path, ...]) -> list[Path]:
+    """EXTRA files the config does not load already: checking a file that is live must not read it twice."""
+    from addon.config import ConfigError, load_config
+    from addon.policy.files import policy_paths
+
+    try:
+        config = load_config(config_path).config
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    loaded = {path.resolve() for path in policy_paths(config_path, config)}
+    return [path for path in extra if path.resolve() not in loaded]
 
 
 @policy.command("explain")
