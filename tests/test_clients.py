@@ -27,7 +27,7 @@ from mcp.client.auth.utils import (
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientMetadata
 
-from .support import MCP_HEADERS, ROOT, Upstream, Valet, jsonrpc, start_valet
+from .support import MCP_HEADERS, PYTHON, ROOT, Valet, jsonrpc, start_upstream, start_valet
 from .tls import self_signed_localhost
 
 pytestmark = pytest.mark.e2e
@@ -139,3 +139,94 @@ def test_python_sdk_with_the_header(valet: Valet, key: tuple[str, str], mode: st
             return (await c.call_tool("add", {"a": 2, "b": 3})).content[0].text
 
     assert asyncio.run(scenario()) == "5"
+
+
+def _node_client_ready() -> str | None:
+    """The node binary when the TypeScript SDK is installed in tests/clients (CI runs npm ci there)."""
+    node = shutil.which("node")
+    if node and (ROOT / "tests/clients/node_modules/@modelcontextprotocol/sdk").is_dir():
+        return node
+    if os.environ.get("CI"):
+        pytest.fail("CI must have node and `npm ci` in tests/clients (.ci/run does both)")
+    pytest.skip("node or tests/clients/node_modules is missing (cd tests/clients && npm ci)")
+
+
+def test_typescript_sdk_as_documented(valet: Valet, key: tuple[str, str]) -> None:
+    node = _node_client_ready()
+    run = subprocess.run([node, "reverse.mjs", f"{valet.base}/notes"], cwd=ROOT / "tests/clients",
+                         env={**os.environ, "VALET_KEY": key[0]}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "add: 5" in run.stdout, run
+    refused = subprocess.run([node, "reverse.mjs", f"{valet.base}/notes"], cwd=ROOT / "tests/clients",
+                             env={**os.environ, "VALET_KEY": "vk_not_a_key"}, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 1 and "unknown valet key" in refused.stdout, refused
+
+
+# ---------------------------------------------------------------- forward mode
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    certfile, keyfile = self_signed_localhost(tmp_path_factory.mktemp("tls"))
+    upstream = start_upstream(certfile, keyfile)
+    proxy = start_valet(tmp_path_factory.mktemp("fwd"), {"secure": upstream.url}, mode="forward",
+                        extra=f"upstream_ca_file: {certfile}\n")
+    yield proxy, upstream
+    proxy.stop()
+    upstream.stop()
+
+
+def _readme_forward_exports() -> str:
+    """The forward-mode `export` lines exactly as README.md shows them."""
+    block = README_TEXT.split("**Forward** (`--mode forward`)", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("export ")]
+    assert len(lines) == 2, block
+    return "\n".join(lines)
+
+
+README_TEXT = (ROOT / "README.md").read_text()
+INITIALIZE = ('{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+              '"capabilities":{},"clientInfo":{"name":"fwd","version":"1"}}}')
+
+
+def _as_the_readme_says(proxy: Valet, key: str, then: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the README's two export lines in bash (with the proxy's port), then a command."""
+    exports = _readme_forward_exports().replace("127.0.0.1:8787", f"127.0.0.1:{proxy.port}")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
+    env.update(KEY=key, VALET_DATA_DIR=str(proxy.data_dir), **extra)
+    return subprocess.run(["bash", "-c", f"set -eu\n{exports}\n{then}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_readme_forward_exports_set_both_variables(forward) -> None:  # type: ignore[no-untyped-def]
+    proxy, _ = forward
+    key, _ = proxy.new_key("alice", "fwd-env")
+    shown = _as_the_readme_says(proxy, key, 'printf "%s\\n%s\\n%s\\n" "$HTTPS_PROXY" "$HTTP_PROXY" "$SSL_CERT_FILE"')
+    https_proxy, http_proxy, cert = shown.stdout.splitlines()
+    assert https_proxy == http_proxy == f"http://agent:{key}@127.0.0.1:{proxy.port}"
+    assert Path(cert).is_file() and Path(cert).parent == proxy.data_dir / "mitmproxy"
+
+
+def test_python_httpx_reads_the_exports(forward) -> None:  # type: ignore[no-untyped-def]
+    proxy, upstream = forward
+    key, key_id = proxy.new_key("alice", "fwd-httpx")
+    script = ("import httpx; r = httpx.post('%s', content=%r, headers={'content-type': 'application/json', "
+              "'accept': 'application/json, text/event-stream'}, timeout=30); print(r.status_code, r.text[:300])") % (
+        upstream.url, INITIALIZE)
+    done = _as_the_readme_says(proxy, key, f'"{PYTHON}" -c "$SCRIPT"', SCRIPT=script)
+    assert done.stdout.startswith("200 "), done
+    assert proxy.rows("key_id = ? AND rpc_method = 'initialize'", (key_id,))
+
+
+def test_curl_through_the_forward_proxy(forward) -> None:  # type: ignore[no-untyped-def]
+    proxy, upstream = forward
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    key, key_id = proxy.new_key("alice", "fwd-curl")
+    done = subprocess.run(
+        [curl, "-s", "-x", f"http://agent:{key}@127.0.0.1:{proxy.port}", "--cacert", proxy.cli("ca").stdout.strip(),
+         "-X", "POST", upstream.url, "-H", "content-type: application/json",
+         "-H", "accept: application/json, text/event-stream", "-d", INITIALIZE],
+        capture_output=True, text=True, timeout=60)
+    assert '"serverInfo"' in done.stdout, done
+    assert proxy.rows("key_id = ? AND rpc_method = 'initialize'", (key_id,))
