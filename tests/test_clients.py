@@ -230,3 +230,28 @@ def test_curl_through_the_forward_proxy(forward) -> None:  # type: ignore[no-unt
         capture_output=True, text=True, timeout=60)
     assert '"serverInfo"' in done.stdout, done
     assert proxy.rows("key_id = ? AND rpc_method = 'initialize'", (key_id,))
+
+
+def test_mcp_remote_with_header_and_with_a_bad_key(valet: Valet, key: tuple[str, str], tmp_path: Path) -> None:
+    """Claude Desktop's bridge, as docs/clients.md configures it; a bad key ends in a fast failure, not a hang."""
+    node = _node_client_ready()
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    proxy_js = ROOT / "tests/clients/node_modules/mcp-remote/dist/proxy.js"
+
+    async def call(valet_key: str) -> str:
+        params = StdioServerParameters(
+            command=node, args=[str(proxy_js), f"{valet.base}/notes", "--header", "Authorization:Bearer ${VALET_KEY}",
+                                "--transport", "http-only"],
+            env={**os.environ, "VALET_KEY": valet_key, "MCP_REMOTE_CONFIG_DIR": str(tmp_path / "mcp-remote")},
+        )
+        async with Client(stdio_client(params)) as c:
+            return (await c.call_tool("add", {"a": 2, "b": 3})).content[0].text
+
+    assert asyncio.run(asyncio.wait_for(call(key[0]), 120)) == "5"
+    started = time.monotonic()
+    with pytest.raises(BaseException) as raised:
+        asyncio.run(asyncio.wait_for(call("vk_not_a_key"), 120))
+    assert not isinstance(raised.value, (TimeoutError, asyncio.TimeoutError)), "mcp-remote hung"
+    assert time.monotonic() - started < 120
+    assert valet.rows("reason = 'oauth_not_supported' AND http_path = '/register'")
