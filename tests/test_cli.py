@@ -27,6 +27,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def cli(*args: str, data_dir: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("VALET_DATA_DIR", None)
+    env.pop("VALET_CONFIG", None)
     if data_dir is not None:
         env["VALET_DATA_DIR"] = str(data_dir)
     return subprocess.run([VALET_CLI, *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True,

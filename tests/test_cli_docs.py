@@ -52,7 +52,8 @@ def test_documented_command_runs(doc: str, command: str, expected: list[str], tm
     argv = shlex.split(command)
     argv[0] = VALET_CLI
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "VALET_DATA_DIR": str(tmp_path / "data")})
+                            env={**{k: v for k, v in os.environ.items() if k != "VALET_CONFIG"},
+                                 "VALET_DATA_DIR": str(tmp_path / "data")})
     output = result.stdout + result.stderr
     if argv[1:3] == ["policy", "explain"]:
         verdict = result.stdout.split(" ", 1)[0]

@@ -88,7 +88,8 @@ def test_the_walkthrough_runs_and_prints_what_the_readme_shows(tmp_path: Path) -
             pytest.fail(f"ports {busy} are taken; the walkthrough needs them")
         pytest.skip(f"ports {busy} are taken (another `make run`?); CI runs this test")
     policy_before = (ROOT / "policies/rules/demo.yaml").read_bytes()
-    env = {**os.environ, "VALET_DATA_DIR": str(tmp_path / "valet-data")}  # never the developer's ./.valet
+    env = {k: v for k, v in os.environ.items() if k != "VALET_CONFIG"}  # the README's default config
+    env["VALET_DATA_DIR"] = str(tmp_path / "valet-data")  # never the developer's ./.valet
     process = subprocess.Popen(["bash", str(SCRIPT)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -44,7 +44,8 @@ data_dir_option = click.option(
 # The one --config option; commands that need the servers (policy, secret set, oauth) all take it.
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
-    show_default=True, help="Valet's YAML configuration (the servers, and the policy files it names).",
+    envvar="VALET_CONFIG", show_default=True,
+    help="Valet's YAML configuration: the servers, and the policy files it names (env VALET_CONFIG).",
 )
 
 EXIT_DENY = 1
@@ -501,7 +502,7 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG, envvar="VALET_CONFIG")
 @data_dir_option
 def config_check(path: Path, data_dir: Path) -> None:
     """Validate a config file and the policy files it names, exactly as `valet run` does.

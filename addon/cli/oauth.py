@@ -198,7 +198,7 @@ def _when(epoch: float | None) -> str:
 
 def register(main: click.Group, data_dir_option, default_config: Path) -> None:  # type: ignore[no-untyped-def]
     config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                                 default=default_config, show_default=True,
+                                 default=default_config, show_default=True, envvar="VALET_CONFIG",
                                  help="Valet's YAML configuration (where the server's OAuth settings are).")
 
     @main.group("oauth")
