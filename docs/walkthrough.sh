@@ -4,7 +4,8 @@
 # compares what it prints with the outputs the README shows. From the repository root:
 #     bash docs/walkthrough.sh
 # It uses ports 9001 and 8787 like the README, keeps its state where VALET_DATA_DIR says (default
-# ./.valet), and restores what it changes (the deleted secret, the edited policy file, call.py).
+# ./.valet, as in the README; VALET_DATA_DIR="$(mktemp -d)" bash docs/walkthrough.sh leaves yours
+# alone), and restores what it changes (the deleted secret, the edited policy file, call.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set -m  # each background server gets its own process group, so cleanup stops make's children too
