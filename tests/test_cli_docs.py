@@ -44,7 +44,7 @@ EXAMPLES = _examples()
 
 def test_the_docs_show_runnable_examples() -> None:
     assert len(EXAMPLES) >= 6, EXAMPLES
-    assert any("policies/examples/valet.yaml" in command for _, command, _ in EXAMPLES)
+    assert any("policies/examples.yaml" in command for _, command, _ in EXAMPLES)
 
 
 @pytest.mark.parametrize(("doc", "command", "expected"), EXAMPLES, ids=[f"{d}: {c[:70]}" for d, c, _ in EXAMPLES])
