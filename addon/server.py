@@ -80,11 +80,13 @@ class StartupCheck(errorcheck.ErrorCheck):
 
 
 def _startup_problem(record: logging.LogRecord) -> str:
+    """One line for an error mitmproxy logged while starting (its listen errors read "... failed to listen
+    on HOST:PORT with [Errno N] reason")."""
     message = record.getMessage()
     if "failed to listen" in message:
         where = message.split("failed to listen on ", 1)[-1].split(" with ", 1)[0]
-        if "errno 98" in message.lower() or "address already in use" in message.lower() \
-                or f"errno {errno.EADDRINUSE}" in message.lower():
+        lowered = message.lower()
+        if f"[errno {errno.EADDRINUSE}]" in lowered or "address already in use" in lowered:
             return (f"{where} is already in use (another Valet, or another server?); "
                     f"stop it or choose another address with --listen HOST:PORT")
         reason = message.split(" with ", 1)[-1].splitlines()[0]
