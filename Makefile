@@ -1,29 +1,51 @@
 # The two commands: `make run` and `make test`. Each builds .venv with Python 3.13 first.
+# `make clean` removes .venv and build leftovers (never .valet, your keys, secrets and audit log).
 SHELL := /bin/bash
 VENV := .venv
-# Python 3.13: from PATH if it really is 3.13, else from pyenv's versions.
+# Python 3.13: from PATH if it really is 3.13, else from pyenv's versions. PYTHON=/path/to/python3.13 to choose.
 PYTHON ?= $(shell for p in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 /usr/bin/python3.13; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 STAMP := $(VENV)/.installed
+IS_313 := import sys; sys.exit(sys.version_info[:2] != (3, 13))
 
-.PHONY: run test bench clean venv
+# A .venv made by another Python (an older PYTHON=..., a system python3) is rebuilt, never used:
+# mitmproxy 12 and mcp 2 resolve only on 3.13 (on 3.12 pip silently picks mcp 1.x).
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell $(VENV)/bin/python -c '$(IS_313)' >/dev/null 2>&1 && echo ok),ok)
+$(info .venv was not built with Python 3.13: rebuilding it)
+$(shell rm -f $(STAMP))
+endif
+endif
+
+.PHONY: run test bench clean venv check-python
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (looked on PATH and in pyenv); install it, or pass PYTHON=/path/to/python3.13" >&2; exit 1; }
+# Runs on every make: a PYTHON that is not 3.13 is an error even when .venv is already built.
+check-python:
+	@if [ -z "$(PYTHON)" ]; then \
+	  [ -f $(STAMP) ] && exit 0; \
+	  echo "error: Python 3.13 not found (looked on PATH and in pyenv). Install it (e.g. pyenv install 3.13), or pass PYTHON=/path/to/python3.13" >&2; exit 2; \
+	fi; \
+	if ! "$(PYTHON)" -c '$(IS_313)' >/dev/null 2>&1; then \
+	  found=$$("$(PYTHON)" -c 'import sys; print("Python", sys.version.split()[0])' 2>/dev/null || echo "not a working Python"); \
+	  echo "error: PYTHON=$(PYTHON) is $$found; Valet needs Python 3.13 (pass PYTHON=/path/to/python3.13)" >&2; exit 2; \
+	fi
+
+$(STAMP): pyproject.toml | check-python
+	@if [ -d $(VENV) ] && ! $(VENV)/bin/python -c '$(IS_313)' >/dev/null 2>&1; then echo "removing $(VENV): not Python 3.13"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) | check-python
 	$(VENV)/bin/python run_proxy.py $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) | check-python
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) | check-python
 	$(VENV)/bin/python bench/bench.py $(ARGS)
 
 clean:

@@ -315,6 +315,18 @@ def parse_model(text: str, source: str, model: type[M]) -> M:
         raise ConfigError("\n".join(_describe(err, root, source) for err in exc.errors())) from None
 
 
+def line_of(text: str, *loc: Any) -> int:
+    """The line of the YAML node at a path such as ``("rules", 2, "servers", 0)``.
+
+    For errors found after validation (a rule naming a server the config lacks), so
+    that they name a line like every other config and policy error.
+    """
+    try:
+        return _line(_node_at(yaml.compose(text, Loader=yaml.SafeLoader), loc))
+    except yaml.YAMLError:
+        return 1
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -20,10 +20,10 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from addon import filewatch
+from addon.timestamps import utc_now
 
 KEY_PREFIX = "vk_"
 _SCHEMA = """
@@ -67,7 +67,43 @@ def key_id_of(key: str) -> str | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return utc_now()
+
+
+def key_id_from_argument(value: str) -> str:
+    """What ``valet key revoke`` was given, as a key id: the id itself, or a whole key (the id is inside it).
+
+    Accepting the key means an operator holding only ``$KEY`` can revoke it without a lookup.
+    """
+    value = value.strip()
+    return key_id_of(value) or value
+
+
+# Rows whose key failed authentication carry its id (so the audit log names who tried), but
+# the key was not *used*: a revoked key's refused attempt must not show up as its last use.
+_NOT_A_USE = ("revoked_key", "unknown_key")
+
+
+def last_used(audit_db: Path) -> dict[str, str]:
+    """Key id -> time of its last successfully authenticated exchange, from the audit log.
+
+    Read-only and without creating anything: the proxy never writes to the key store,
+    and a data dir without an audit log simply has no uses yet.
+    """
+    if not audit_db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{audit_db}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT key_id, max(ts) FROM exchanges WHERE key_id IS NOT NULL"
+            f" AND coalesce(reason, '') NOT IN ({', '.join('?' * len(_NOT_A_USE))}) GROUP BY key_id",
+            _NOT_A_USE,
+        ).fetchall()
+    except sqlite3.OperationalError:  # a log being created right now: no uses to show yet
+        return {}
+    finally:
+        conn.close()
+    return {k: ts for k, ts in rows}
 
 
 class KeyStore:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +18,8 @@ from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, p
 from addon.protocol import mitm_errors
 from addon.config import ConfigError, load_config
 from addon.datadir import lock_down
+from addon.config import ConfigError
+from addon.snapshot import load_snapshot
 from addon.hooks import valet_addons
 
 # A placeholder upstream for mitmproxy's reverse mode: the Router rewrites every
@@ -39,6 +43,7 @@ class Settings:
     host: str
     port: int
     mode: str  # reverse | forward
+    ready_file: Path | None = None  # written once listening (scripts wait for it), removed on exit
 
 
 def mitm_confdir(data_dir: Path) -> Path:
@@ -61,8 +66,47 @@ def _mitmproxy_addons() -> list[object]:
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(),
+        StartupCheck(),
     ]
+
+
+class StartupCheck(errorcheck.ErrorCheck):
+    """mitmproxy's startup error check (any error logged while starting stops the start), in Valet's words.
+
+    mitmproxy's own message for a port in use advises a ``--mode reverse:...@port``
+    syntax that Valet does not have, and it exits 1, which Valet's CLI reserves for
+    "deny". Startup failures are configuration errors: exit 2, naming ``--listen``.
+    """
+
+    name = "errorcheck"  # the master looks its startup check up by this name
+
+    async def shutdown_if_errored(self) -> None:
+        await asyncio.sleep(0)  # let pending log records arrive, as the original does
+        if not self.logger.has_errored:
+            return
+        for record in self.logger.has_errored:
+            print(f"valet: cannot start: {_startup_problem(record)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _startup_problem(record: logging.LogRecord) -> str:
+    """One line for an error mitmproxy logged while starting (its listen errors read "... failed to listen
+    on HOST:PORT with [Errno N] reason")."""
+    message = record.getMessage()
+    if "failed to listen" in message:
+        where = message.split("failed to listen on ", 1)[-1].split(" with ", 1)[0]
+        lowered = message.lower()
+        if f"[errno {errno.EADDRINUSE}]" in lowered or "address already in use" in lowered:
+            return (f"{where} is already in use (another Valet, or another server?); "
+                    f"stop it or choose another address with --listen HOST:PORT")
+        reason = message.split(" with ", 1)[-1].splitlines()[0]
+        return f"cannot listen on {where}: {reason}; choose another address with --listen HOST:PORT"
+    return message.splitlines()[0]
+
+
+def _hide_listen_errors(record: logging.LogRecord) -> bool:
+    """The console handler skips mitmproxy's own listen error: :class:`StartupCheck` says it in Valet's words."""
+    return not (record.name.startswith("mitmproxy") and "failed to listen" in record.getMessage())
 
 
 def build_master(settings: Settings, on_running: Callable[[], None] | None = None) -> master.Master:
@@ -125,10 +169,20 @@ async def _drain(proxy: master.Master) -> None:
 
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
+def _write_ready_file(s: Settings) -> None:
+    """Atomically (write, then rename), so a script that sees the file can read a whole line."""
+    if s.ready_file is None:
+        return
+    tmp = s.ready_file.with_name(f".{s.ready_file.name}.tmp")
+    tmp.write_text(f"http://{s.host}:{s.port}\n")
+    os.replace(tmp, s.ready_file)
+def _on_running(s: Settings) -> None:
+    _announce(s)  # first, so that whoever sees the ready file has the line in its log already
+    _write_ready_file(s)
 
 
 async def serve(settings: Settings) -> None:
-    proxy = build_master(settings, on_running=lambda: _announce(settings))
+    proxy = build_master(settings, on_running=lambda: _on_running(settings))
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
 
@@ -146,18 +200,26 @@ async def serve(settings: Settings) -> None:
 def run(settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("valet").setLevel(logging.INFO)  # reloads and refusals of config changes are for ops
-    try:
-        load_config(settings.config)  # fail before binding anything, with the file:line message
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_hide_listen_errors)
+    try:  # fail before binding anything, with the file:line message; what `valet config check` loads
+        load_snapshot(settings.config)
     except ConfigError as exc:
         print(f"valet: configuration error:\n{exc}", file=sys.stderr)
         return 2
     lock_down(settings.data_dir)  # umask 077, data dir 0700, its files 0600 (addon/datadir.py)
+    if settings.ready_file is not None:
+        settings.ready_file.unlink(missing_ok=True)  # a stale file from an earlier run must not say "ready"
     try:
         asyncio.run(serve(settings))
     except exceptions.OptionsError as exc:  # raised by an addon's configure(): e.g. the vault cannot be opened
         print(f"valet: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"valet: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        print(f"valet: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+              f"choose another address with --listen HOST:PORT", file=sys.stderr)
+        return 2
+    finally:
+        if settings.ready_file is not None:
+            settings.ready_file.unlink(missing_ok=True)
     return 0

@@ -107,7 +107,7 @@ class Valet:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "VALET_DATA_DIR": str(self.data_dir)}
+        env = {**os.environ, "VALET_DATA_DIR": str(self.data_dir), "VALET_CONFIG": str(self.config)}
         return subprocess.run(
             [VALET_CLI, *args], cwd=ROOT, env=env, input=stdin,
             capture_output=True, text=True, check=check, timeout=60,

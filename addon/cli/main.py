@@ -3,6 +3,11 @@
 Built on click (well-kept, composable subcommands, env-var defaults). Every
 command takes ``--data-dir`` (env ``VALET_DATA_DIR``, default ``./.valet``):
 the proxy and the CLI agree on state only through that directory.
+
+Exit codes are one contract for scripts (docs/cli.md): 0 ok or allow, 1 deny or
+an operation that did not happen (no such key, no such secret), 2 a usage or
+configuration error (bad option, a config or policy file with an error, a
+server that is not configured). Commands that only read never create a file.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from typing import Any
 import click
 
 from addon.audit import log as audit
-from addon.identity import KeyStore
+from addon.identity import KeyStore, key_id_from_argument, last_used as keys_last_used
+from addon.timestamps import display as show_time
 
 # mitmproxy and pydantic are imported only by the commands that need them, so
 # that key and audit commands start in a fraction of a second.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "policies" / "valet.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "policies" / "valet.yaml"
 
 data_dir_option = click.option(
     "--data-dir",
@@ -32,8 +38,35 @@ data_dir_option = click.option(
     default=".valet",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keys, audit log and CA live here (env VALET_DATA_DIR).",
+    help="Keys, vault, audit log and CA live here (env VALET_DATA_DIR).",
 )
+
+# The one --config option; commands that need the servers (policy, secret set, oauth) all take it.
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
+    envvar="VALET_CONFIG", show_default=True,
+    help="Valet's YAML configuration: the servers, and the policy files it names (env VALET_CONFIG).",
+)
+
+EXIT_DENY = 1
+EXIT_CONFIG = 2
+
+
+class ConfigProblem(click.ClickException):
+    """A usage or configuration error: exit code 2, like click's own usage errors (not 1, which means deny)."""
+
+    exit_code = EXIT_CONFIG
+
+
+def _snapshot(config_path: Path, extra: list[Path] | None = None):  # type: ignore[no-untyped-def]
+    """The config and every policy file, loaded exactly as ``valet run`` loads them."""
+    from addon.config import ConfigError
+    from addon.snapshot import load_snapshot
+
+    try:
+        return load_snapshot(config_path, extra or [])
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -51,18 +84,21 @@ def main() -> None:
 
 
 @main.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
-              show_default=True, help="Valet's YAML configuration.")
+@config_option
 @data_dir_option
 @click.option("--listen", default="127.0.0.1:8787", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--mode", type=click.Choice(["reverse", "forward"]), default="reverse", show_default=True,
               help="reverse: agents call http://LISTEN/<server>; forward: agents set HTTPS_PROXY to Valet.")
-def run_command(config_path: Path, data_dir: Path, listen: str, mode: str) -> None:
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write this file (holding the listen URL) once Valet accepts connections; removed on exit. "
+                   "Scripts wait for it instead of polling the port.")
+def run_command(config_path: Path, data_dir: Path, listen: str, mode: str, ready_file: Path | None) -> None:
     """Run the proxy until SIGINT/SIGTERM."""
     from addon.server import Settings, run
 
     host, port = _listen(listen)
-    sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode)))
+    sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode,
+                          ready_file=ready_file)))
 
 
 @main.group()
@@ -87,37 +123,28 @@ def key_create(user: str, agent: str, data_dir: Path) -> None:
 def key_list(data_dir: Path, as_json: bool) -> None:
     """Show id, user, agent, created, last used, revoked: never the key."""
     records = KeyStore(data_dir / "keys.db").all()
-    last_used = _last_used(data_dir / "audit.db")
+    last_used = keys_last_used(data_dir / "audit.db")
     rows = [
-        {"id": r.id, "user": r.user, "agent": r.agent, "created": r.created_at,
-         "last_used": last_used.get(r.id), "revoked": r.revoked_at}
+        {"id": r.id, "user": r.user, "agent": r.agent, "created": show_time(r.created_at),
+         "last_used": show_time(last_used.get(r.id)), "revoked": show_time(r.revoked_at)}
         for r in records
     ]
     _print_rows(rows, as_json, ["id", "user", "agent", "created", "last_used", "revoked"])
 
 
 @key.command("revoke")
-@click.argument("key_id")
+@click.argument("key_or_id", metavar="KEY_OR_ID")
 @data_dir_option
-def key_revoke(key_id: str, data_dir: Path) -> None:
-    """Revoke a key; a running proxy refuses it from its next request on."""
-    if not KeyStore(data_dir / "keys.db").revoke(key_id):
-        raise click.ClickException(f"no active key with id {key_id!r}")
+def key_revoke(key_or_id: str, data_dir: Path) -> None:
+    """Revoke a key, given the key itself (e.g. "$KEY") or its id; a running proxy refuses it from its next request.
+
+    Exits 1 if there is no active key with that id.
+    """
+    key_id = key_id_from_argument(key_or_id)
+    store = KeyStore(data_dir / "keys.db")
+    if not store.path.exists() or not store.revoke(key_id):
+        raise click.ClickException(f"no active key with id {_safe(key_id)!r} in {data_dir}")
     click.echo(f"revoked {key_id}")
-
-
-def _last_used(path: Path) -> dict[str, str]:
-    """Last use comes from the audit log: the proxy never writes to the key store."""
-    try:
-        conn = audit.open_readonly(path)
-    except FileNotFoundError:
-        return {}
-    with conn:
-        rows = conn.execute(
-            "SELECT key_id, max(ts) FROM exchanges WHERE key_id IS NOT NULL GROUP BY key_id"
-        ).fetchall()
-    conn.close()
-    return {k: ts for k, ts in rows}
 
 
 def _tail_line(row: dict[str, Any]) -> str:
@@ -172,13 +199,14 @@ def _vault_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
-def _vault(data_dir: Path):  # type: ignore[no-untyped-def]
+def _vault(data_dir: Path, create: bool = True):  # type: ignore[no-untyped-def]
+    """The vault; ``create=False`` for commands that only read (no master key is made for them)."""
     from addon.datadir import lock_down
     from addon.secrets.vault import Vault, load_master_keys
 
     lock_down(data_dir)  # files an older Valet left group- or world-readable
     with _vault_errors():
-        vault = Vault(data_dir, load_master_keys(data_dir))
+        vault = Vault(data_dir, load_master_keys(data_dir, create=create))
         vault.verify_keys()
     return vault
 
@@ -196,11 +224,19 @@ def _read_secret_value() -> str:
 @click.argument("name")
 @click.option("--server", required=True, help="The configured server the secret is for.")
 @click.option("--user", default=None, help="Whose secret; without it, a shared secret every user falls back to.")
+@config_option
+@click.option("--force", is_flag=True, help="Store it even though --server is not in the config (yet).")
 @data_dir_option
-def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None:
-    """Store a secret; the value is read from stdin or a no-echo prompt."""
+def secret_set(name: str, server: str, user: str | None, config_path: Path, force: bool, data_dir: Path) -> None:
+    """Store a secret; the value is read from stdin or a no-echo prompt.
+
+    A server the config does not name is refused (exit 2) unless --force: a typo in
+    --server would otherwise store a secret that no request ever uses.
+    """
     if name.startswith("OAUTH_"):
-        raise click.ClickException("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
+        raise ConfigProblem("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
+    if not force:
+        _check_server_configured(config_path, server)
     from addon.secrets.vault import check_value
 
     vault = _vault(data_dir)
@@ -213,8 +249,21 @@ def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None
                f"fingerprint {row.fingerprint}")
 
 
+def _check_server_configured(config_path: Path, server: str) -> None:
+    from addon.config import ConfigError, load_config
+
+    try:
+        servers = load_config(config_path).config.servers
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    if server not in servers:
+        raise ConfigProblem(f"no server named {_safe(server)!r} in {config_path} "
+                            f"(configured: {', '.join(sorted(servers)) or 'none'}); "
+                            f"--config names another config, --force stores it anyway")
+
+
 @secret.command("list")
-@click.option("--server", default=None)
+@click.option("--server", default=None, help="Only this server's secrets.")
 @click.option("--user", default=None, help="Only this user's own secrets ('' for shared ones).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -224,8 +273,8 @@ def secret_list(server: str | None, user: str | None, data_dir: Path, as_json: b
 
     rows = [
         {"server": r.server, "name": r.name, "scope": r.scope, "user": r.user or None,
-         "fingerprint": r.fingerprint, "key_version": r.key_version, "created": r.created_at,
-         "updated": r.updated_at}
+         "fingerprint": r.fingerprint, "key_version": r.key_version, "created": show_time(r.created_at),
+         "updated": show_time(r.updated_at)}
         for r in read_rows(data_dir / VAULT_FILE, server, user)
     ]
     _print_rows(rows, as_json, ["server", "name", "scope", "user", "fingerprint", "key_version", "created", "updated"])
@@ -233,7 +282,7 @@ def secret_list(server: str | None, user: str | None, data_dir: Path, as_json: b
 
 @secret.command("delete")
 @click.argument("name")
-@click.option("--server", required=True)
+@click.option("--server", required=True, help="The server the secret is for.")
 @click.option("--user", default=None, help="Delete this user's secret; without it, the shared one.")
 @data_dir_option
 def secret_delete(name: str, server: str, user: str | None, data_dir: Path) -> None:
@@ -278,10 +327,14 @@ def vault_reencrypt(data_dir: Path) -> None:
 @vault.command("status")
 @data_dir_option
 def vault_status(data_dir: Path) -> None:
-    """Where the master key comes from, its versions, and whether it opens the vault."""
-    from addon.secrets.vault import VAULT_FILE, read_rows
+    """Where the master key comes from, its versions, and whether it opens the vault. Creates nothing."""
+    from addon.secrets.vault import ENV_VAR, KEY_FILE, VAULT_FILE, read_rows
 
-    v = _vault(data_dir)
+    if not (data_dir / KEY_FILE).exists() and ENV_VAR not in os.environ:
+        click.echo(f"master key: none yet ({data_dir / KEY_FILE} is created by the first `valet secret set`, "
+                   f"or set {ENV_VAR}); the vault holds {len(read_rows(data_dir / VAULT_FILE))} secrets")
+        return
+    v = _vault(data_dir, create=False)
     used = sorted({r.key_version for r in read_rows(data_dir / VAULT_FILE)})
     click.echo(f"master key: {v.keys.source}; versions {v.keys.versions}, current {v.keys.current}; "
                f"versions in use {used}; the vault opens")
@@ -307,68 +360,76 @@ def policy() -> None:
 
 
 @policy.command("check")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
-              show_default=True, help="The configuration whose policy files to load.")
+@config_option
+@data_dir_option
 @click.argument("extra", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-def policy_check(config_path: Path, extra: tuple[Path, ...]) -> None:
+def policy_check(config_path: Path, data_dir: Path, extra: tuple[Path, ...]) -> None:
     """Validate the config and its policy files, plus EXTRA policy files (e.g. one you are about to add).
 
-    Exits non-zero, naming file, line and problem, on the first error.
+    Exits 2, naming file, line and problem, on the first error. (--data-dir is accepted like
+    everywhere; checking reads no state.)
     """
-    from addon.config import ConfigError
-    from addon.snapshot import load_snapshot
-
-    try:
-        snapshot = load_snapshot(config_path, list(extra))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    snapshot = _snapshot(config_path, _not_yet_loaded(config_path, extra))
     files = snapshot.policy.sources.files
     click.echo(f"ok: {len(snapshot.config.servers)} servers, {snapshot.policy.rule_count} rules "
                f"from {len(files)} policy files ({', '.join(str(f) for f in files) or 'none'})")
 
 
+def _not_yet_loaded(config_path: Path, extra: tuple[Path, ...]) -> list[Path]:
+    """EXTRA files the config does not load already: checking a file that is live must not read it twice."""
+    from addon.config import ConfigError, load_config
+    from addon.policy.files import policy_paths
+
+    try:
+        config = load_config(config_path).config
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+    loaded = {path.resolve() for path in policy_paths(config_path, config)}
+    return [path for path in extra if path.resolve() not in loaded]
+
+
 @policy.command("explain")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG,
-              show_default=True)
-@click.option("--user", required=True)
+@config_option
+@data_dir_option
+@click.option("--user", required=True, help="The user the calling key belongs to.")
 @click.option("--agent", default="", help="The key's agent name.")
 @click.option("--key", "key_id", default="", help="The key id.")
-@click.option("--server", required=True)
+@click.option("--server", required=True, help="A configured server.")
 @click.option("--tool", default=None, help="A tools/call of this tool.")
 @click.option("--args", "args_json", default="{}", help="Its arguments, as a JSON object.")
 @click.option("--method", default=None, help="A JSON-RPC method (default tools/call with --tool).")
 @click.option("--http-method", default=None, help="For kind: http servers: the HTTP method...")
 @click.option("--path", default=None, help="...and the path as the agent sends it after /SERVER (reverse mode).")
-def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server: str, tool: str | None,
-                   args_json: str, method: str | None, http_method: str | None, path: str | None) -> None:
-    """Print the decision Valet would make, the rule that makes it, and the rate limits that would count it."""
+def policy_explain(config_path: Path, data_dir: Path, user: str, agent: str, key_id: str, server: str,
+                   tool: str | None, args_json: str, method: str | None, http_method: str | None,
+                   path: str | None) -> None:
+    """Print the decision Valet would make, the rule that makes it, and the rate limits that would count it.
+
+    Exits 0 for allow, 1 for deny, 2 for a usage or configuration error (e.g. a server that is not configured).
+    """
     from urllib.parse import unquote
 
-    from addon.config import ConfigError
     from addon.protocol.errors import Refusal
     from addon.policy.decisions import Call
-    from addon.snapshot import load_snapshot
 
-    try:
-        snapshot = load_snapshot(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    snapshot = _snapshot(config_path)
     if server not in snapshot.config.servers:
-        raise click.ClickException(f"no server named {server!r} is configured")
+        raise ConfigProblem(f"no server named {_safe(server)!r} in {config_path} "
+                            f"(configured: {', '.join(sorted(snapshot.config.servers)) or 'none'})")
     try:
         arguments = json.loads(args_json)
     except ValueError:
-        raise click.ClickException("--args must be a JSON object") from None
+        raise click.BadParameter("must be a JSON object", param_hint="--args") from None
     if not isinstance(arguments, dict):
-        raise click.ClickException("--args must be a JSON object")
+        raise click.BadParameter("must be a JSON object", param_hint="--args")
     if snapshot.config.servers[server].kind == "http":
         if not (http_method and path):
-            raise click.ClickException(f"{server} is a plain HTTP server: give --http-method and --path")
+            raise click.UsageError(f"{server} is a plain HTTP server: give --http-method and --path")
         try:  # rules match the upstream path, as Valet routes and normalizes it
             upstream_path = snapshot.routes.reverse(f"/{server}{path}").path
         except Refusal as refusal:
             click.echo(f"deny ({refusal.cause.reason}): {refusal.message}")
-            sys.exit(1)
+            sys.exit(EXIT_DENY)
         call = Call(user, agent, key_id, server, http_method=http_method.upper(),
                     http_path=unquote(upstream_path.partition("?")[0]), is_http_api=True)
     else:
@@ -382,7 +443,7 @@ def policy_explain(config_path: Path, user: str, agent: str, key_id: str, server
         for rate in snapshot.policy.rate_rules(call):
             limits = " and ".join(str(item) for item in rate.limits)
             click.echo(f"  counted by rate rule {rate.id}: {limits}, per {', '.join(rate.identifiers(call))}")
-    sys.exit(0 if decision.allowed else 1)
+    sys.exit(0 if decision.allowed else EXIT_DENY)
 
 
 def _register_oauth() -> None:
@@ -409,16 +470,17 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
-def config_check(path: Path) -> None:
-    """Validate a config file; exit non-zero with file:line messages on error."""
-    from addon.config import ConfigError, load_config
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG, envvar="VALET_CONFIG")
+@data_dir_option
+def config_check(path: Path, data_dir: Path) -> None:
+    """Validate a config file and the policy files it names, exactly as `valet run` does.
 
-    try:
-        loaded = load_config(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"{path}: ok ({len(loaded.config.servers)} servers)")
+    Exits 2 with file:line messages on the first error. (--data-dir is accepted like everywhere;
+    checking reads no state.)
+    """
+    snapshot = _snapshot(path)
+    click.echo(f"{path}: ok ({len(snapshot.config.servers)} servers); {snapshot.policy.rule_count} rules "
+               f"from {len(snapshot.policy.sources.files)} policy files")
 
 
 if __name__ == "__main__":

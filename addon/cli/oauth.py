@@ -15,7 +15,6 @@ import json
 import secrets
 import socket
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -221,12 +220,15 @@ async def _login(config_path: Path, data_dir: Path, name: str, user: str, timeou
 
 
 def _when(epoch: float | None) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else ""
+    from addon.timestamps import from_epoch  # one timestamp format in every listing (docs/cli.md)
+
+    return from_epoch(epoch)
 
 
 def register(main: click.Group, data_dir_option, default_config: Path) -> None:  # type: ignore[no-untyped-def]
     config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                                 default=default_config, show_default=True)
+                                 default=default_config, show_default=True, envvar="VALET_CONFIG",
+                                 help="Valet's YAML configuration (where the server's OAuth settings are).")
 
     @main.group("oauth")
     def oauth_group() -> None:
@@ -234,7 +236,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
 
     @oauth_group.command("login")
     @click.argument("server")
-    @click.option("--user", required=True)
+    @click.option("--user", required=True, help="The Valet user the grant is for.")
     @config_option
     @data_dir_option
     @click.option("--timeout", default=LOGIN_TIMEOUT, show_default=True, help="Seconds to wait for the browser.")
@@ -246,7 +248,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
 
     @oauth_group.command("import")
     @click.argument("server")
-    @click.option("--user", required=True)
+    @click.option("--user", required=True, help="The Valet user the grant is for.")
     @config_option
     @data_dir_option
     def import_(server: str, user: str, config_path: Path, data_dir: Path) -> None:
@@ -283,10 +285,10 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
         click.echo(f"imported a grant for {user} on {server}", err=True)
 
     @oauth_group.command("status")
-    @click.option("--server", default=None)
-    @click.option("--user", default=None)
+    @click.option("--server", default=None, help="Only this server's grants.")
+    @click.option("--user", default=None, help="Only this user's grants.")
     @data_dir_option
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
     def status(server: str | None, user: str | None, data_dir: Path, as_json: bool) -> None:
         """Per user and server: scopes, expiry, last refresh, whether a new login is needed. Never tokens."""
         from addon.cli.main import _print_rows
@@ -310,7 +312,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
 
     @oauth_group.command("logout")
     @click.argument("server")
-    @click.option("--user", required=True)
+    @click.option("--user", required=True, help="The Valet user the grant is for.")
     @data_dir_option
     def logout(server: str, user: str, data_dir: Path) -> None:
         """Drop USER's grant for SERVER, revoking its tokens at the server when it supports RFC 7009."""

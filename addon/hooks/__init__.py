@@ -42,6 +42,7 @@ from addon.hooks.relay import ResponseFilter
 from addon.hooks.router import Router
 from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState
+from addon.hooks.wellknown import FirstContact
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
@@ -57,6 +58,7 @@ class Valet:
         stages = [
             ExchangeOpener(state),
             OriginGuard(state),
+            FirstContact(state),  # OAuth discovery, "/", a key without "Bearer": answered before authentication
             Authenticator(state),
             Router(state),
             sessions,

@@ -30,6 +30,8 @@ MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed a
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
 KEY_REFRESH_SECONDS = 1.0
+WWW_AUTHENTICATE = ('Bearer realm="valet", error="invalid_token", '
+                    'error_description="send a valet key as Authorization: Bearer vk_..."')
 
 
 class ValetState:
@@ -263,7 +265,9 @@ def refuse(flow: http.HTTPFlow, refusal: Refusal, decision: str = "deny") -> Non
     if status == 407:
         headers["proxy-authenticate"] = 'Basic realm="valet"'
     elif status == 401:
-        headers["www-authenticate"] = 'Bearer realm="valet"'
+        # No resource_metadata: Valet is not an OAuth resource server, and a client that finds no
+        # metadata pointer (and 404s on discovery, see hooks/wellknown.py) stops instead of registering.
+        headers["www-authenticate"] = WWW_AUTHENTICATE
     flow.response = http.Response.make(status, refusal.body(), headers)
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 from limits import parse_many
 from pydantic import Field, field_validator, model_validator
 
-from addon.config import ConfigError, Strict, ValetConfig, parse_model
+from addon.config import ConfigError, Strict, ValetConfig, line_of, parse_model
 
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 SCOPES = ("user", "agent", "key", "server", "tool", "method")
@@ -187,22 +187,26 @@ def load_policies(paths: list[Path], config: ValetConfig) -> PolicySources:
         policy = parse_model(text, str(path), PolicyFile)
         for name, server in policy.servers.items():
             if name not in config.servers:
-                raise ConfigError(f"{path}: servers.{name}: no server of that name is configured")
+                raise ConfigError(f"{path}:{line_of(text, 'servers', name)}: servers.{name}: "
+                                  f"no server of that name is configured")
             if not server.enabled:
                 merged.disabled_servers.add(name)
             if server.default is not None:
                 if name in default_from:
-                    raise ConfigError(f"{path}: servers.{name}.default is also set in {default_from[name]}")
+                    raise ConfigError(f"{path}:{line_of(text, 'servers', name, 'default')}: servers.{name}.default "
+                                      f"is also set in {default_from[name]}")
                 default_from[name] = str(path)
                 merged.defaults[name] = server.default
         merged.disabled_users.update(u for u, s in policy.users.items() if not s.enabled)
         merged.disabled_keys.update(k for k, s in policy.keys.items() if not s.enabled)
         for index, rule in enumerate(policy.rules):
             if rule.id in seen_ids:
-                raise ConfigError(f"{path}: rules[{index}]: id {rule.id!r} is already used in {seen_ids[rule.id]}")
+                raise ConfigError(f"{path}:{line_of(text, 'rules', index, 'id')}: rules[{index}]: "
+                                  f"id {rule.id!r} is already used in {seen_ids[rule.id]}")
             seen_ids[rule.id] = str(path)
-            for server in rule.servers or []:
+            for position, server in enumerate(rule.servers or []):
                 if not any(ch in server for ch in "*?[") and server not in config.servers:
-                    raise ConfigError(f"{path}: rules[{index}] ({rule.id}): no server named {server!r} is configured")
+                    raise ConfigError(f"{path}:{line_of(text, 'rules', index, 'servers', position)}: "
+                                      f"rules[{index}] ({rule.id}): no server named {server!r} is configured")
             merged.rules.append((rule, str(path)))
     return merged
