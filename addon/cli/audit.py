@@ -99,7 +99,8 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
 
     @audit_group.command("export")
     @data_dir_option
-    @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+    @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True,
+                  help="Output format: one JSON object per line (the only one today).")
     @click.option("--since", default=None, help="Rows from then on: 15m, 2h, 7d or an ISO 8601 date/time.")
     @click.option("--until", default=None, help="Rows before then (same forms as --since).")
     @click.option("--after-id", type=int, default=0, show_default=True,
