@@ -13,6 +13,7 @@ shares, not the absolute figures.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pstats
 import sys
@@ -36,10 +37,12 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=50)
     parser.add_argument("--out", default="/tmp/valet-profile.pstat")
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--stages", action="store_true",
+                        help="no profiler: CPU time per call of each stage hook and of the audit writer thread")
     args = parser.parse_args()
     upstream = start_upstream()
     env = {
-        "VALET_BENCH_PROFILE": args.out,
+        ("VALET_BENCH_STAGES" if args.stages else "VALET_BENCH_PROFILE"): args.out,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "bench/profiling"), os.environ.get("PYTHONPATH")])),
     }
     try:
@@ -56,9 +59,24 @@ def main() -> None:
     finally:
         upstream.stop()
     print(f"(profiled) cpu/call {result.cpu_per_call_ms:.3f} ms")
+    if args.stages:
+        _print_stages(args.out)
+        return
     stats = pstats.Stats(args.out)
     stats.sort_stats("tottime").print_stats(args.top)
     stats.sort_stats("cumulative").print_stats(args.top)
+
+
+def _print_stages(path: str) -> None:
+    totals = json.loads(Path(path).read_text())
+    calls = totals.get("WriteAhead.commit", [0, 0])[0] / 2 or 1  # two per call (requestheaders, request)
+    print(f"{'part':<40}{'calls':>8}{'us/call':>10}")
+    summed = 0.0
+    for name, (count, ns) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+        per_call = ns / calls / 1000
+        summed += per_call
+        print(f"{name:<40}{count:>8}{per_call:>10.1f}")
+    print(f"{'total (per call, writer thread included)':<40}{'':>8}{summed:>10.1f}")
 
 
 if __name__ == "__main__":
