@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench import (  # noqa: E402  (bench/bench.py, the shared benchmark)
-    BENCH_API_KEY, BENCH_TOKEN, Result, _start_bare, _valet_config, _valet_policy, measure,
+    BENCH_API_KEY, BENCH_TOKEN, Result, Target, _start_bare, _valet_config, _valet_policy, add_arguments,
+    measure_all,
 )
 from tests.support import start_upstream, start_valet  # noqa: E402
 
@@ -37,29 +38,30 @@ def _valet(tmp: Path, upstream_url: str, args: argparse.Namespace, env: dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--per-client", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--rules", type=int, default=50)
+    add_arguments(parser)
     args = parser.parse_args()
     upstream = start_upstream()
     bare, bare_port = _start_bare(upstream.port)
     results: list[Result] = []
     try:
-        results.append(measure("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None, args))
-        for name, env in (("valet", {}), ("valet no WA", {"VALET_BENCH_NO_WRITE_AHEAD": "1"})):
-            with tempfile.TemporaryDirectory() as tmp:
-                valet, key = _valet(Path(tmp), upstream.url, args, env)
-                try:
-                    results.append(measure(name, f"{valet.base}/bench", valet.process.pid, key, args))
-                finally:
-                    valet.stop()
+        with tempfile.TemporaryDirectory() as tmp_on, tempfile.TemporaryDirectory() as tmp_off:
+            on, key_on = _valet(Path(tmp_on), upstream.url, args, {})
+            off, key_off = _valet(Path(tmp_off), upstream.url, args, {"VALET_BENCH_NO_WRITE_AHEAD": "1"})
+            try:  # all three at once, measured in alternating turns (see bench.py)
+                results = measure_all([
+                    Target("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None),
+                    Target("valet", f"{on.base}/bench", on.process.pid, key_on),
+                    Target("valet no WA", f"{off.base}/bench", off.process.pid, key_off),
+                ], args)
+            finally:
+                on.stop()
+                off.stop()
     finally:
         bare.terminate()
         bare.wait(10)
         upstream.stop()
-    print(f"\n{os.cpu_count()} cores; {args.calls} sequential calls, {args.clients} clients x {args.per_client} calls")
+    print(f"\n{os.cpu_count()} cores; {args.calls} sequential calls, {args.clients} clients x {args.per_client} calls"
+          f"{f', in {args.rounds} alternating turns' if args.rounds > 0 else ''}")
     print(f"{'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'proxy CPU ms/call':>19}")
     for r in results:
         print(f"{r.name:<16}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.throughput:>10.1f}{r.cpu_per_call_ms or 0:>19.3f}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -135,6 +136,90 @@ async def _concurrent(url: str, key: str | None, clients: int, per_client: int) 
     return clients * per_client / (time.perf_counter() - start)
 
 
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int | None
+    key: str | None
+
+
+async def _interleaved(targets: list[Target], args: argparse.Namespace) -> list[Result]:
+    """Every target measured in ``args.rounds`` turns, in rotating order, on sessions kept open throughout.
+
+    Other work on a shared machine comes and goes within seconds; measured one after the other, the targets
+    see different loads and their CPU per call moves by ±20 %. In turns, each sees the same load, so the ratio
+    is steady. Each turn: ``calls / rounds`` sequential calls (timed one by one), then ``clients`` concurrent
+    clients with ``per_client / rounds`` calls each. A proxy's CPU time is counted during its own turns only.
+    """
+    rounds = max(1, args.rounds)
+    seq_calls, conc_calls = max(1, args.calls // rounds), max(1, args.per_client // rounds)
+    procs = {t.name: psutil.Process(t.pid) if t.pid else None for t in targets}
+    latencies: dict[str, list[float]] = {t.name: [] for t in targets}
+    busy: dict[str, float] = {t.name: 0.0 for t in targets}
+    cpu: dict[str, float] = {t.name: 0.0 for t in targets}
+    done: dict[str, int] = {t.name: 0 for t in targets}
+    async with contextlib.AsyncExitStack() as stack:
+        sequential = {t.name: await stack.enter_async_context(_client(t.url, t.key)) for t in targets}
+        concurrent = {t.name: [await stack.enter_async_context(_client(t.url, t.key)) for _ in range(args.clients)]
+                      for t in targets}
+        for t in targets:  # warm-up: imports, caches, the first snapshot
+            for i in range(args.warmup):
+                await sequential[t.name].call_tool("add_authed", _args(t.key, i, 1))
+
+        async def one(client: Client, key: str | None, n: int) -> None:
+            for i in range(conc_calls):
+                result = await client.call_tool("add_authed", _args(key, n, i))
+                assert result.content[0].text == str(n + i)
+
+        for r in range(rounds):
+            for t in targets[r % len(targets):] + targets[:r % len(targets)]:
+                cpu0 = _cpu(procs[t.name])
+                client = sequential[t.name]
+                for i in range(seq_calls):
+                    start = time.perf_counter()
+                    result = await client.call_tool("add_authed", _args(t.key, i, 1))
+                    latencies[t.name].append(time.perf_counter() - start)
+                    assert result.content[0].text == str(i + 1), result
+                start = time.perf_counter()
+                await asyncio.gather(*(one(c, t.key, n) for n, c in enumerate(concurrent[t.name])))
+                busy[t.name] += time.perf_counter() - start
+                cpu[t.name] += _cpu(procs[t.name]) - cpu0
+                done[t.name] += seq_calls + conc_calls * args.clients
+    results = []
+    for t in targets:
+        lat = sorted(latencies[t.name])
+        proc = procs[t.name]
+        results.append(Result(
+            name=t.name,
+            p50_ms=statistics.median(lat) * 1000,
+            p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            throughput=conc_calls * args.clients * rounds / busy[t.name],
+            cpu_per_call_ms=cpu[t.name] / done[t.name] * 1000 if proc else None,
+            rss_mib=proc.memory_info().rss / 2**20 if proc else None,
+        ))
+    return results
+
+
+def measure_all(targets: list[Target], args: argparse.Namespace) -> list[Result]:
+    """In turns (``--rounds``, the default), or one target after the other (``--rounds 0``, as before)."""
+    if args.rounds > 0:
+        return asyncio.run(_interleaved(targets, args))
+    return [measure(t.name, t.url, t.pid, t.key, args) for t in targets]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload options shared by bench.py and audit_cost.py."""
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per target")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--per-client", type=int, default=60, help="calls per concurrent client")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rules", type=int, default=50,
+                        help="extra injection rules in Valet's config, and extra policy rules")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="measure the targets in this many alternating turns (0: one after the other)")
+
+
 def _cpu(proc: psutil.Process | None) -> float:
     if proc is None:
         return 0.0
@@ -174,12 +259,7 @@ def _start_bare(upstream_port: int) -> tuple[subprocess.Popen[str], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per target")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
-    parser.add_argument("--per-client", type=int, default=60, help="calls per concurrent client")
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--rules", type=int, default=50,
-                        help="extra injection rules in Valet's config, and extra policy rules")
+    add_arguments(parser)
     parser.add_argument("--scrub-only", action="store_true", help="only the scrubbing figures (bench/scrub_bench.py)")
     parser.add_argument("--no-scrub", action="store_true", help="skip the scrubbing figures")
     args = parser.parse_args()
@@ -196,18 +276,19 @@ def main() -> None:
         valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
         valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
         try:
-            results = [
-                measure("direct", upstream.url, None, None, args),
-                measure("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None, args),
-                measure("valet", f"{valet.base}/bench", valet.process.pid, key, args),
-            ]
+            results = measure_all([
+                Target("direct", upstream.url, None, None),
+                Target("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None),
+                Target("valet", f"{valet.base}/bench", valet.process.pid, key),
+            ], args)
         finally:
             valet.stop()
             bare.terminate()
             bare.wait(10)
             upstream.stop()
 
-    print(f"\n{os.cpu_count()} cores; {args.calls} sequential calls, {args.clients} clients x {args.per_client} calls")
+    print(f"\n{os.cpu_count()} cores; {args.calls} sequential calls, {args.clients} clients x {args.per_client} calls"
+          f"{f', in {args.rounds} alternating turns' if args.rounds > 0 else ''}")
     print(f"{'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'calls/s':>10}{'proxy CPU ms/call':>19}{'proxy RSS MiB':>15}")
     for r in results:
         cpu = f"{r.cpu_per_call_ms:.3f}" if r.cpu_per_call_ms is not None else "-"

@@ -126,3 +126,33 @@ def test_a_replaced_file_is_noticed_too(tmp_path: Path) -> None:
         time.sleep(0.02)
     assert "replaced" in (writer.lost or "")
     writer.close()
+
+
+def test_an_outcome_does_not_wake_the_writer_and_waits_for_its_row(tmp_path: Path) -> None:
+    """Outcomes ride along with the next commit (or go within LINGER_SECONDS): one wake-up of the writer per
+    call, not two. An outcome that arrives while its row is still queued (a request refused because the
+    row took too long) waits for the row instead of being lost, and the chain still verifies."""
+    from addon.audit import chain as audit_chain
+    from addon.audit.log import LINGER_SECONDS
+
+    writer = AuditWriter(tmp_path / "audit.db", recover=True)
+    done = {"http_status": 200, "decision": "allow", "bytes_out": 1, "duration_ms": 1.0}
+
+    async def calls() -> None:
+        pending, future = writer.begin({**ROW, "rpc_id": "0"})
+        writer.complete(pending, done)  # before its row is committed
+        assert await future
+        for i in range(1, 20):
+            pending, future = writer.begin({**ROW, "rpc_id": str(i)})
+            assert await future
+            writer.complete(pending, done)
+            assert writer._queue.qsize() == 0  # nothing was queued: the writer sleeps on
+        await asyncio.sleep(LINGER_SECONDS * 6)  # no more traffic: the last outcome goes on its own
+
+    asyncio.run(calls())
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    assert conn.execute("SELECT count(*), min(state), max(state) FROM exchanges").fetchone() == (20, "done", "done")
+    assert writer.commits <= 22, f"{writer.commits} commits for 20 sequential calls"
+    writer.close()
+    report = audit_chain.verify(sqlite3.connect(tmp_path / "audit.db"), writer._chain.keys, None)
+    assert report.ok, report.problems

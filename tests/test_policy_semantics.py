@@ -392,3 +392,32 @@ def test_a_rule_with_many_distinct_values_refuses_past_its_cap(tmp_path: Path) -
 
     assert asyncio.run(run()) == [(True, False)] * 3 + [(False, True)] * 2 + [(True, False)]
     assert limiter.keys.count("per-q") == 3
+
+
+def test_rate_limit_cleanup_is_not_a_thread_hop_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """limits' memory storage sent every key's entries to a worker thread after each hit (~0.15 ms per call);
+    the cleanup now runs at most once per EXPIRE_SECONDS and the moving window still holds exactly."""
+    import limits.aio.storage.memory as memory
+
+    p = policy(tmp_path, "rules:\n  - id: five\n    tools: [t]\n    rate: 5/minute\n")
+    limiter = RateLimiter("memory://")
+    hops = []
+    real = asyncio.to_thread
+
+    async def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(memory.asyncio, "to_thread", counting)
+
+    async def run() -> list[bool]:
+        out = []
+        for _ in range(8):
+            c = call("t", {})
+            out.append((await limiter.hit(p.rate_rules(c), c)).allowed)
+            for _ in range(5):  # the loop idles between calls, as in the proxy
+                await asyncio.sleep(0)
+        return out
+
+    assert asyncio.run(run()) == [True] * 5 + [False] * 3
+    assert len(hops) <= 2, f"{len(hops)} cleanup thread hops for 8 calls"

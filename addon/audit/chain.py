@@ -63,6 +63,7 @@ class ChainKeys:
     def __init__(self, master: Any) -> None:
         self._master = master
         self._keys: dict[int, bytes] = {}
+        self._hmacs: dict[int, Any] = {}
 
     @property
     def current(self) -> int:
@@ -73,6 +74,14 @@ class ChainKeys:
         if key is None:
             key = self._keys[version] = self._master.derive(version, PURPOSE)
         return key
+
+    def hmac(self, version: int) -> Any:
+        """A fresh HMAC-SHA256 object keyed for ``version``: copied from a keyed one (the key's pads are
+        computed once per version, not once per record; the writer appends two records per call)."""
+        keyed = self._hmacs.get(version)
+        if keyed is None:
+            keyed = self._hmacs[version] = hmac.new(self.key(version), digestmod=hashlib.sha256)
+        return keyed.copy()
 
     def __repr__(self) -> str:  # never show key bytes
         return f"ChainKeys(current={self.current})"
@@ -93,12 +102,20 @@ def _canonical(column: str, value: Any) -> Any:
 def mac(key: bytes, prev_mac: str, seq: int, exchange_id: int, kind: str,
         columns: Iterable[str], values: Iterable[Any], uses: Iterable[Iterable[Any]] | None = None) -> str:
     """``uses``: a request's secret-usage ledger rows (name, fingerprint, scope, server, host), chained with it."""
+    return hmac.new(key, message(prev_mac, seq, exchange_id, kind, columns, values, uses), hashlib.sha256).hexdigest()
+
+
+def message(prev_mac: str, seq: int, exchange_id: int, kind: str, columns: Iterable[str], values: Iterable[Any],
+            uses: Iterable[Iterable[Any]] | None = None) -> bytes:
+    """What a record's MAC covers: canonical JSON of [prev_mac, seq, exchange_id, kind, values(, uses)]."""
     payload: list[Any] = [prev_mac, seq, exchange_id, kind,
                           [_canonical(c, v) for c, v in zip(columns, values, strict=True)]]
     if kind == "request":
         payload.append([[_canonical("", v) for v in use] for use in (uses or ())])
-    message = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    return _ENCODER.encode(payload).encode()
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 @dataclass
@@ -125,7 +142,9 @@ class Appender:
                 uses: Iterable[Iterable[Any]] | None = None) -> None:
         version = self.keys.current
         seq = self.seq + 1
-        record_mac = mac(self.keys.key(version), self.head, seq, exchange_id, kind, columns, values, uses)
+        h = self.keys.hmac(version)
+        h.update(message(self.head, seq, exchange_id, kind, columns, values, uses))
+        record_mac = h.hexdigest()
         self.appended.append((seq, exchange_id, kind, version, self.head, record_mac))
         self.seq, self.head = seq, record_mac
 

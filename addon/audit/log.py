@@ -22,6 +22,7 @@ closed: a log that silently forks is worse than a refusal (see docs/audit.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import queue
@@ -130,12 +131,14 @@ def utc_iso(ts_unix: float) -> str:
 
 
 class Pending:
-    """The handle of a row written ahead: the writer thread fills in its row id once inserted."""
+    """The handle of a row written ahead: the writer thread fills in its row id once inserted, and marks it
+    ``settled`` once its transaction ended (committed, or given up: then ``row_id`` is None)."""
 
-    __slots__ = ("row_id",)
+    __slots__ = ("row_id", "settled")
 
     def __init__(self) -> None:
         self.row_id: int | None = None
+        self.settled = False
 
 
 class AuditWriter:
@@ -155,6 +158,9 @@ class AuditWriter:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Outcomes wait here, not in the queue: putting one in the queue would wake the writer for a
+        # record nobody waits for. They ride along with the next commit, or go LINGER_SECONDS later.
+        self._outcomes: collections.deque[Any] = collections.deque()
         self._failing = False
         self._busy_since: float | None = None  # when the commit in progress began (None: idle)
         self.lost: str | None = None  # why the file can no longer be written (deleted, replaced): stays closed
@@ -205,7 +211,7 @@ class AuditWriter:
 
     def complete(self, pending: Pending, row: dict[str, Any]) -> None:
         """The outcome of an exchange written ahead (not awaited: the exchange is over)."""
-        self._queue.put((_COMPLETE, tuple(row.get(c) for c in OUTCOME), pending, None, None))
+        self._outcomes.append((_COMPLETE, tuple(row.get(c) for c in OUTCOME), pending, None, None))
 
     def submit(self, row: dict[str, Any], wait: bool = False) -> asyncio.Future[bool] | None:
         """A whole row at once (its outcome is known already); with ``wait``, a future for its commit."""
@@ -231,29 +237,23 @@ class AuditWriter:
         stopping = False
         while not stopping:
             try:
-                first = self._queue.get(timeout=IDENTITY_CHECK_SECONDS)
+                # Outcomes waiting: they go with the next row written ahead or within LINGER_SECONDS, which
+                # halves the commits (and the writer's wake-ups) of sequential traffic.
+                batch = [self._queue.get(timeout=LINGER_SECONDS if self._outcomes else IDENTITY_CHECK_SECONDS)]
             except queue.Empty:
-                self._check_identity(conn)
-                last_check = time.monotonic()
-                continue
-            batch = [first]
+                batch = []
+                if not self._outcomes:
+                    self._check_identity(conn)
+                    last_check = time.monotonic()
+                    continue
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if not any(item is _STOP or item[3] is not None for item in batch):
-                # Only outcomes: nobody waits for them. Let them ride along with the next row written
-                # ahead (or LINGER_SECONDS at most), which halves the commits of sequential traffic.
-                deadline = time.monotonic() + LINGER_SECONDS
-                while len(batch) < self.max_batch:
-                    try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    batch.append(item)
-                    if item is _STOP or item[3] is not None:
-                        break
+            batch += self._take_outcomes(batch)
+            if not batch:
+                continue
             if _STOP in batch:
                 stopping = True
                 batch = [item for item in batch if item is not _STOP]
@@ -261,6 +261,11 @@ class AuditWriter:
                 self._check_identity(conn)
                 last_check = time.monotonic()
             ok = self._commit(conn, batch, stopping) if batch else True
+            for _sql, _values_, pending, _future, _uses in batch:
+                if pending is not None and _sql is _INSERT:
+                    if not ok:
+                        pending.row_id = None  # given up (the file is lost): its outcome has no row
+                    pending.settled = True
             _resolve([item[3] for item in batch if item[3] is not None], ok)
             if ok and self._owner:
                 try:
@@ -276,6 +281,29 @@ class AuditWriter:
             except (sqlite3.Error, OSError) as exc:
                 log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
         conn.close()
+
+    def _take_outcomes(self, batch: list[Any]) -> list[Any]:
+        """The outcomes that can go in this batch: those whose row is written, or written ahead in ``batch``
+        itself (it is then inserted first). An outcome whose row is still queued (its request was refused
+        while the row was being written, say) waits for it; one whose row was given up is dropped."""
+        ahead = {id(item[2]) for item in batch if item is not _STOP and item[0] is _INSERT and item[2] is not None}
+        taken: list[Any] = []
+        kept: list[Any] = []
+        outcomes = self._outcomes
+        for _ in range(len(outcomes)):
+            try:
+                item = outcomes.popleft()
+            except IndexError:
+                break
+            pending = item[2]
+            if pending.settled or id(pending) in ahead:
+                if pending.settled and pending.row_id is None:
+                    continue  # its row was never written: nothing to complete
+                taken.append(item)
+            else:
+                kept.append(item)
+        outcomes.extendleft(reversed(kept))
+        return taken
 
     def _interrupt(self, conn: sqlite3.Connection) -> int:
         """Rows written ahead whose outcome never came: ``interrupted``, chained like any outcome."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,10 @@ class RpcInspector:
         request = flow.request
         if exchange.snapshot.config.servers[exchange.server].kind == "http":
             return  # a plain HTTP API: its bodies are not JSON-RPC
+        # one pass over the fields (mitmproxy's get_all compares bytes.lower() of each name the same way)
+        seen = Counter(name.lower() for name, _ in request.headers.fields)
         for name in _SINGLE_HEADERS:
-            if len(request.headers.get_all(name)) > 1:
+            if seen[name.encode()] > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
         encoding = request.headers.get("content-encoding", "identity").strip().lower()

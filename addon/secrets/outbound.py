@@ -78,6 +78,12 @@ class Outbound:
         """One complete SSE event."""
         others, data, eol = split_event(event)
         scrubber = self.scrubber
+        if (not self.tools_list_ids and (data is None or (b"\n" not in data and compressed.sniff(data) is None))
+                and not scrubber.spans(event)):
+            # Every part scrubbed below (each other line; the data of a single data line, not compressed)
+            # is a contiguous piece of the event: no match in the whole event, none in any part. One scan
+            # instead of one per line (perf). A multi-line payload is scrubbed joined, as below.
+            return event
         new_others = [scrubber.bytes(line) for line in others]
         new_data = self.body(data) if data is not None else None
         if new_data is data and all(a is b for a, b in zip(new_others, others)):

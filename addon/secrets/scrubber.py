@@ -422,11 +422,36 @@ class Scrubber:
         return value if scrubbed is raw else scrubbed.decode("utf-8", "surrogateescape")
 
     def value(self, obj: Any) -> Any:
-        """Every string (keys too) of a parsed JSON value: for audit descriptions, not for egress."""
+        """Every string (keys too) of a parsed JSON value: for audit descriptions, not for egress.
+
+        One scan of all its strings joined first: each is a contiguous part of the joined bytes, so
+        nothing found there means nothing to redact in any (``obj`` itself is returned); otherwise each
+        string is scrubbed on its own.
+        """
+        parts: list[str] = []
+        _strings(obj, parts)
+        if not parts or not self.spans("\n".join(parts).encode("utf-8", "surrogateescape")):
+            return obj
+        return self._value(obj)
+
+    def _value(self, obj: Any) -> Any:
         if isinstance(obj, str):
             return self.text(obj)
         if isinstance(obj, dict):
-            return {self.text(k): self.value(v) for k, v in obj.items()}
+            return {self.text(k): self._value(v) for k, v in obj.items()}
         if isinstance(obj, list):
-            return [self.value(v) for v in obj]
+            return [self._value(v) for v in obj]
         return obj
+
+
+def _strings(obj: Any, out: list[str]) -> None:
+    """Every string of a parsed JSON value, keys too (what :meth:`Scrubber.value` scrubs)."""
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append(k)
+            _strings(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _strings(v, out)
