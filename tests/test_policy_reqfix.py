@@ -90,3 +90,9 @@ def test_underscore_names_and_folded_values_are_refused(name: str, value: str, c
         check_header_names([("host", "h"), (name, value)])
     assert info.value.cause is cause
     check_header_names([("x-original-ok", "a b"), ("mcp-session-id", "s")])
+
+
+def test_a_per_argument_budget_reads_the_name_in_any_case(tmp_path: Path) -> None:
+    p = policy(tmp_path, "rules:\n  - id: per-q\n    tools: [t]\n    rate: 100/minute\n    per: [argument:q]\n")
+    lower, upper = call("t", {"q": "same"}), call("t", {"Q": "same"})
+    assert p.rate_rules(lower)[0].identifiers(lower) == p.rate_rules(upper)[0].identifiers(upper)

@@ -162,6 +162,8 @@ class RateRule:
             if scope.startswith("argument:"):
                 args = call.arguments or {}
                 name = scope[9:]
+                if name not in args:  # the rule reads names in any case: ``PATH`` shares ``path``'s budget
+                    name = next((key for key in args if key.casefold() == name.casefold()), name)
                 out.append(f"{scope}={argument_key(args[name]) if name in args else '-'}")
             else:
                 out.append(f"{scope}={values[scope]}")
