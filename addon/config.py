@@ -204,6 +204,9 @@ class LimitsConfig(Strict):
         DEFAULT_MAX_BUFFERED_BYTES, gt=0,
         description="largest body held in memory, request or response (SSE streams are not held)",
     )
+    max_batch_messages: int = Field(
+        100, gt=0, description="most JSON-RPC messages in one batch (each costs a decision and an audit row)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitsConfig:

@@ -142,3 +142,48 @@ def test_distinct_members_pass() -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": "echo", "arguments": {"a": 1, "b": {"a": 2}, "ab": [{"a": 1}, {"A": 1}]}}}
     assert parse(json.dumps(body).encode(), 1 << 20).messages[0].arguments["b"] == {"a": 2}
+
+
+# -- after the security review ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1.5e308999"])
+def test_numbers_out_of_float_range_are_a_parse_error(number: bytes) -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":' + number + b"}}}"
+    assert cause_of(body) is Cause.PARSE_ERROR
+
+
+def test_large_but_finite_numbers_still_parse_and_reserialize() -> None:
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1e300,"b":123456789012345678901234567890}}}'
+    body = parse_body(raw, LIMIT)
+    assert json.loads(body.serialize())["params"]["arguments"]["b"] == 123456789012345678901234567890
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("tools/call", {"name": "read_file", "Arguments": {"path": "/x"}}),
+    ("tools/call", {"name": "read_file", "arguments": {}, "TASK": {}}),
+    ("prompts/get", {"name": "p", "ARGUMENTS": {}}),
+    ("resources/read", {"URI": "file:///x", "uri": "file:///y"}),
+    ("resources/read", {"uri": "file:///y", "_Meta": {}}),
+    ("ping", {"_META": {}}),
+])
+def test_params_members_that_are_defined_ones_in_another_case_are_refused(method: str, params: dict) -> None:
+    cause = cause_of(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode())
+    assert cause in (Cause.MEMBER_CASE, Cause.CASE_TWIN)
+
+
+def test_defined_and_unknown_params_members_are_kept() -> None:
+    params = {"name": "add", "arguments": {"a": 1}, "_meta": {"progressToken": 1}, "task": {"ttl": 5},
+              "inputResponses": {}, "requestState": "s", "vendorExtension": 1}
+    body = parse_body(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode(), LIMIT)
+    assert body.messages[0].params == params
+
+
+def test_batches_are_capped() -> None:
+    ping = {"jsonrpc": "2.0", "method": "ping"}
+    assert len(parse_body(json.dumps([{**ping, "id": i} for i in range(3)]).encode(), LIMIT, 3).messages) == 3
+    with pytest.raises(Refusal) as info:
+        parse_body(json.dumps([{**ping, "id": i} for i in range(4)]).encode(), LIMIT, 3)
+    assert info.value.cause is Cause.BATCH_TOO_LARGE
+    with pytest.raises(Refusal) as info:
+        parse_body(json.dumps([{**ping, "id": i} for i in range(101)]).encode(), LIMIT)
+    assert info.value.cause is Cause.BATCH_TOO_LARGE

@@ -125,8 +125,8 @@ class Injector:
             arguments, agent_set = inject_arguments(server, tool, message.arguments, resolution)
             if arguments is message.arguments:
                 continue
+            overridden += agent_set + _drop_case_twins(arguments, server.arguments_for(tool))
             message.raw["params"]["arguments"] = arguments
-            overridden += agent_set
             if not body.is_batch:
                 self._mirror_param_headers(flow, server_name, tool, arguments or {})
         return overridden
@@ -150,3 +150,19 @@ class Injector:
             del flow.request.headers[name]
         for name, value in mcp_param_headers(header_map, arguments).items():
             flow.request.headers[name] = value
+
+
+def _drop_case_twins(arguments: dict[str, Any] | None, injected: dict[str, Any]) -> list[str]:
+    """Remove the agent's arguments whose names fold to an injected one's (``TOKEN`` next to ``token``).
+
+    The strict parse refuses case twins the agent sends, but injection adds a member after it: an
+    upstream that ignores case would read the agent's ``TOKEN`` as the credential. Dropped, like an
+    injected argument the agent set exactly, and named in the audit row's ``overridden``.
+    """
+    if not arguments or not injected:
+        return []
+    folded = {name.casefold() for name in injected}
+    twins = [key for key in arguments if key not in injected and key.casefold() in folded]
+    for key in twins:
+        del arguments[key]
+    return twins

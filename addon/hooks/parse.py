@@ -68,12 +68,17 @@ class RpcInspector:
             if raw:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"{request.method} requests carry no body"))
             return
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "application/json":
+        media, _, parameters = request.headers.get("content-type", "").partition(";")
+        if media.strip().lower() != "application/json":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "JSON-RPC requests must be application/json"))
             return
+        if not utf8_charset(parameters):
+            # Valet parses and forwards UTF-8; an upstream told "utf-7" would read other characters.
+            refuse(flow, Refusal(Cause.CHARSET_NOT_UTF8, "JSON-RPC requests must be UTF-8 (charset=utf-8 or none)"))
+            return
+        limits = exchange.snapshot.config.limits
         try:
-            body = parse_body(raw, exchange.snapshot.config.limits.max_body_bytes)
+            body = parse_body(raw, limits.max_body_bytes, limits.max_batch_messages)
             if body_carries_key(raw, body.serialize):  # before describe(): a key never lands in the audit row
                 raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
                               None if body.is_batch else body.messages[0].id)
@@ -84,6 +89,15 @@ class RpcInspector:
             refuse(flow, refusal)
             return
         exchange.body = body
+
+
+def utf8_charset(parameters: str) -> bool:
+    """True when Content-Type parameters name no charset, or exactly utf-8 (any case, quoted or not)."""
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True
 
 
 def describe(exchange: Exchange, body: Body, redact: Callable[[Any], Any] = lambda v: v) -> None:

@@ -12,7 +12,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.request_checks import check_request_line, check_upgrade
+from addon.protocol.request_checks import check_header_names, check_request_line, check_upgrade
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -45,9 +45,14 @@ class Router:
         routes = exchange.snapshot.routes
         try:
             # Every kind of server and passthrough alike: nothing may leave HTTP or be read as another request.
+            check_header_names(request.headers.items(multi=True))
             check_upgrade(request.headers.items(multi=True))
             check_request_line(request.headers.items(multi=True), request.query.items(multi=True))
             if self.state.mode == "reverse":
+                if request.authority and request.http_version.startswith("HTTP/1"):
+                    # absolute-form (``POST http://evil.example.com/x``): a reverse proxy has one origin, and an
+                    # upstream or URL builder behind it may read the target's host instead of Valet's route.
+                    raise Refusal(Cause.ABSOLUTE_TARGET, "send the request target as a path (origin-form)")
                 route = routes.reverse(request.path)
             else:
                 self._check_tunnel_host(flow)

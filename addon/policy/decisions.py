@@ -37,9 +37,13 @@ from addon.policy.arguments import Check, compile_pattern, normalize_fs_path
 from addon.policy.globs import name_pattern, path_pattern
 from addon.policy.files import PolicySources, Rule
 
-HOUSEKEEPING = re.compile(
-    r"(initialize|ping|server/discover|logging/setLevel|tools/list|notifications/.+)\Z"
-)
+# Methods allowed before any rule: the MCP spec's exact names (2025-11-25 and 2026-07-28, the notifications a
+# client sends), a set and not a pattern, so that ``notifications/../tools/call`` goes through the rules.
+HOUSEKEEPING = frozenset({
+    "initialize", "ping", "server/discover", "logging/setLevel", "tools/list",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "notifications/roots/list_changed", "notifications/tasks/status",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +127,20 @@ class _Matcher:
         rewrites: list[tuple[str, str]] = []
         args = call.arguments or {}
         for name, check in self.checks.items():
-            verdict, normalized = check.evaluate(name in args, args.get(name))
-            if normalized is not None and normalized != args.get(name):
-                rewrites.append((name, normalized))
-            # undecidable (None): a deny rule fires, an allow rule does not. Written out, not `verdict or deny`,
-            # so that no reading of None can ever count as "holds" for an allow rule.
-            holds = verdict is not False if deny else verdict is True
+            if self.restrictive:
+                # Every argument whose name folds to the rule's: ``PATH`` is checked as ``path`` (an upstream that
+                # ignores case reads it so). The condition holds when it holds for any of them.
+                folded = name.casefold()
+                named = [key for key in args if key.casefold() == folded]
+                verdicts = [check.evaluate(True, args[key])[0] for key in named] or [check.evaluate(False, None)[0]]
+                holds = any(verdict is not False for verdict in verdicts)
+            else:
+                verdict, normalized = check.evaluate(name in args, args.get(name))
+                if normalized is not None and normalized != args.get(name):
+                    rewrites.append((name, normalized))
+                # undecidable (None): a deny rule fires, an allow rule does not. Written out, not
+                # `verdict or deny`, so that no reading of None can ever count as "holds" for an allow rule.
+                holds = verdict is True
             if not holds:
                 return False, rewrites
         return True, rewrites
@@ -150,6 +162,8 @@ class RateRule:
             if scope.startswith("argument:"):
                 args = call.arguments or {}
                 name = scope[9:]
+                if name not in args:  # the rule reads names in any case: ``PATH`` shares ``path``'s budget
+                    name = next((key for key in args if key.casefold() == name.casefold()), name)
                 out.append(f"{scope}={argument_key(args[name]) if name in args else '-'}")
             else:
                 out.append(f"{scope}={values[scope]}")
@@ -190,7 +204,7 @@ class PolicySet:
         switched = self._switched_off(call)
         if switched is not None:
             return Decision(False, "disabled", switched)
-        if not call.is_http_api and (call.method is None or HOUSEKEEPING.match(call.method)):
+        if not call.is_http_api and (call.method is None or call.method in HOUSEKEEPING):
             return Decision(True, "housekeeping", None)
         call, rewrites = self._normalized(call)
         for matcher in self.denies:

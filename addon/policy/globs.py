@@ -11,7 +11,7 @@ otherwise run the denied call).
 
 Namespaces: gateways and aggregators publish a tool behind a prefix
 (``notes__delete_everything``, ``notes.delete_everything``,
-``notes/delete_everything``, at any depth). A *restrictive* tool pattern (deny
+``notes/delete_everything``, ``notes-delete_everything``, at any depth). A *restrictive* tool pattern (deny
 and rate rules) also matches a name behind such a prefix, so a namespace never
 slips a call past a denial; an allow pattern matches only the name as written.
 """
@@ -23,8 +23,11 @@ from collections.abc import Iterable
 from fnmatch import translate
 
 
-# Any run of characters ending in a namespace separator: ``__``, ``.`` or ``/``.
-NAMESPACE_PREFIX = r"(?:.*(?:__|[./]))?"
+# Any run of characters ending in a namespace separator: ``__``, ``.``, ``/`` or ``-`` (LiteLLM's MCP
+# gateway publishes ``notes-delete_everything``). A single ``-`` also sits inside ordinary names
+# (``list-files``); this prefix is only used by restrictive rules, where reading ``files`` behind
+# ``list-`` can only deny or count more, never allow more.
+NAMESPACE_PREFIX = r"(?:.*(?:__|[./-]))?"
 
 
 def name_pattern(globs: Iterable[str], ignore_case: bool, namespaced: bool = False) -> re.Pattern[str]:

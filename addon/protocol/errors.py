@@ -52,6 +52,13 @@ class Cause(Enum):
     PARAM_HEADERS_UNVERIFIED = ("param_headers_unverified", -32056, 400)
     CASE_TWIN = ("case_twin_members", -32057, 400)
     OAUTH_NOT_SUPPORTED = ("oauth_not_supported", -32058, 404)  # OAuth discovery against Valet itself
+    # The request side, after review: names and values a downstream parser reads differently.
+    UNDERSCORE_HEADER = ("underscore_header", -32059, 400)
+    FOLDED_HEADER = ("folded_header", -32060, 400)
+    MEMBER_CASE = ("member_case", -32061, 400)
+    BATCH_TOO_LARGE = ("batch_too_large", -32062, 413)
+    CHARSET_NOT_UTF8 = ("charset_not_utf8", -32063, 415)
+    ABSOLUTE_TARGET = ("absolute_target", -32064, 400)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

@@ -6,7 +6,9 @@ invalid UTF-8, a byte-order mark, duplicate object keys, NaN/Infinity, members
 JSON-RPC does not define, members of ``params`` (``arguments`` included, at any
 depth) that differ only by letter case (``name`` and ``Name``: a case-insensitive
 upstream, .NET's or Jackson's with the option on, reads the one the policy did
-not), and bodies over the size limit. Anything an upstream
+not), a ``params`` member that is a defined one in another case (``Arguments``),
+numbers out of float range (``1e400``), batches over the message limit, and
+bodies over the size limit. Anything an upstream
 might read differently from us is refused here rather than forwarded.
 """
 
@@ -25,6 +27,17 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 _RESPONSE_KEYS = frozenset({"jsonrpc", "result", "error", "id"})
 _NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# The params members the MCP 2025-11-25 and 2026-07-28 schemas define for the methods a policy reads
+# (mcp_types CallToolRequestParams, GetPromptRequestParams, ReadResourceRequestParams). The SDKs ignore other
+# members, so unknown ones are forwarded; but one that equals a defined name ignoring case (``Arguments``,
+# ``NAME``) is refused: a case-insensitive upstream reads it as the member the policy never saw.
+_META_MEMBERS = frozenset({"_meta", "task", "inputResponses", "requestState"})
+_DEFINED_PARAMS = {
+    "tools/call": frozenset({"name", "arguments"}) | _META_MEMBERS,
+    "prompts/get": frozenset({"name", "arguments"}) | _META_MEMBERS,
+    "resources/read": frozenset({"uri"}) | _META_MEMBERS,
+}
+DEFAULT_MAX_BATCH_MESSAGES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,15 @@ def _no_constants(name: str) -> Any:
     raise Refusal(Cause.PARSE_ERROR, f"{name} is not valid JSON")
 
 
-def parse_body(data: bytes, max_bytes: int) -> Body:
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; ``1e400`` parses to infinity, which cannot be forwarded."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise Refusal(Cause.PARSE_ERROR, "a number is out of range")
+    return value
+
+
+def parse_body(data: bytes, max_bytes: int, max_messages: int = DEFAULT_MAX_BATCH_MESSAGES) -> Body:
     """Parse a request body into JSON-RPC messages, or raise a Refusal saying why not."""
     if len(data) > max_bytes:
         raise Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {max_bytes} bytes")
@@ -98,7 +119,8 @@ def parse_body(data: bytes, max_bytes: int) -> Body:
     except UnicodeDecodeError:
         raise Refusal(Cause.PARSE_ERROR, "body is not valid UTF-8") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                         parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise Refusal(Cause.PARSE_ERROR, "body is not valid JSON") from None
     if _SURROGATE_ESCAPE.search(text):
@@ -109,6 +131,8 @@ def parse_body(data: bytes, max_bytes: int) -> Body:
     if isinstance(doc, list):
         if not doc:
             raise Refusal(Cause.INVALID_REQUEST, "empty batch")
+        if len(doc) > max_messages:  # each message costs a policy decision and an audit row: bound the work
+            raise Refusal(Cause.BATCH_TOO_LARGE, f"a batch holds at most {max_messages} messages")
         return Body(tuple(_message(item) for item in doc), is_batch=True)
     return Body((_message(doc),), is_batch=False)
 
@@ -132,6 +156,7 @@ def _message(obj: Any) -> Message:
             _check_tool_call(obj.get("params"), rpc_id)
         if "params" in obj:
             _no_case_twins(obj["params"], rpc_id)
+            _no_case_variants(method, obj["params"], rpc_id)
     else:
         extra = obj.keys() - _RESPONSE_KEYS
         method = None
@@ -147,6 +172,18 @@ def _check_tool_call(params: Any, rpc_id: Any) -> None:
         raise Refusal(Cause.INVALID_REQUEST, 'tools/call needs params.name as a string', rpc_id)
     if "arguments" in params and not isinstance(params["arguments"], dict):
         raise Refusal(Cause.INVALID_REQUEST, 'tools/call params.arguments must be an object', rpc_id)
+
+
+def _no_case_variants(method: str, params: Any, rpc_id: Any) -> None:
+    """Refuse a params member that is not one the method defines but equals one ignoring case."""
+    if not isinstance(params, dict):
+        return
+    defined = _DEFINED_PARAMS.get(method, frozenset({"_meta"}))
+    folded = {name.casefold(): name for name in defined}
+    for key in params:
+        if key not in defined and key.casefold() in folded:
+            raise Refusal(Cause.MEMBER_CASE, f"params member {key[:64]!r} is not {folded[key.casefold()]!r}: "
+                          "member names are case-sensitive", rpc_id)
 
 
 MAX_DEPTH = 64

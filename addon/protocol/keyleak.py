@@ -41,14 +41,20 @@ def carries_key(value: str, key: str | None) -> bool:
 
 
 def bearer_or_basic_key(value: str) -> str | None:
-    """The token of an ``Authorization`` value (Bearer token, or Basic password), if it has one."""
+    """The credential of an ``Authorization``-shaped value: a Bearer token, or the whole decoded Basic pair.
+
+    For Basic this is ``user:password`` as decoded, not just the password: curl's
+    ``-u KEY:`` puts the key in the user name, and a search that looked only at
+    the password let it reach an upstream. The caller searches the result for a
+    key, so holding both parts is what it needs.
+    """
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer":
         return token or None
     if scheme.lower() == "basic":
         try:
-            return base64.b64decode(token, validate=True).decode("utf-8").partition(":")[2] or None
+            return base64.b64decode(token, validate=True).decode("utf-8") or None
         except (binascii.Error, ValueError):
             return None
     return None
@@ -61,9 +67,10 @@ def misplaced_key(
     for name, value in headers:
         if carries_key(name, key) or carries_key(value, key):
             return f"the {name.lower()} header"
-        if name.lower() in ("authorization", "cookie"):
-            token = bearer_or_basic_key(value)
-            if token and carries_key(token, key):
+        # Any header may carry "Basic <base64>" (X-Authorization, a custom auth header): decode them all.
+        token = bearer_or_basic_key(value)
+        if token:
+            if carries_key(token, key):
                 return f"the {name.lower()} header"
     for name, value in query:
         if carries_key(name, key) or carries_key(value, key):

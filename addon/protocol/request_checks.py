@@ -12,6 +12,19 @@ Pure functions on header pairs and query pairs, refused before routing matters:
   Spring and many reverse proxies route on them instead of the request line, and
   URL builders (a legacy SSE ``endpoint``, a redirect) use them to name an origin.
 
+- header names with an underscore (``X_Original_URL``, ``Mcp_Session_Id``):
+  CGI, WSGI (wsgiref), PHP and others fold ``-`` and ``_`` into one
+  ``HTTP_X_ORIGINAL_URL`` key, so the name Valet compared is not the name the
+  upstream reads. All of them are refused, not just the folded forms of the
+  names Valet guards: the guarded set is long (rewrite, override, forwarding,
+  authorization, cookies, ``mcp-*``, content headers, every header a server's
+  ``headers:`` injects) and grows, and one missed entry is a bypass; nginx
+  drops such headers by default (``underscores_in_headers off``) and no MCP
+  client sends one.
+- folded header values (obs-fold, a continuation line starting with a space or
+  tab): RFC 9112 section 5.2 lets a server refuse them, and a downstream parser
+  that unfolds differently reads another header.
+
 Refusing rather than stripping tells a misconfigured client why, and no
 legitimate MCP client sends any of them.
 """
@@ -39,6 +52,16 @@ def check_upgrade(headers: Iterable[tuple[str, str]]) -> None:
         if lowered == "upgrade" or (lowered == "connection" and "upgrade" in value.lower()) or \
                 lowered in ("http2-settings", "sec-websocket-key"):
             raise Refusal(Cause.UPGRADE_REFUSED, "protocol upgrades (WebSocket, h2c) are not proxied")
+
+
+def check_header_names(headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse underscore header names and folded (multi-line) header values: both are read differently."""
+    for name, value in headers:
+        if "_" in name:
+            raise Refusal(Cause.UNDERSCORE_HEADER, f"header names with an underscore are not accepted "
+                          f"({name.lower()!r}; use '-')")
+        if "\r" in value or "\n" in value:
+            raise Refusal(Cause.FOLDED_HEADER, f"the {name.lower()!r} header is folded over several lines")
 
 
 def check_request_line(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> None:
