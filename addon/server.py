@@ -13,7 +13,7 @@ from pathlib import Path
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
-from addon.protocol import mitm_errors
+from addon.protocol import mitm_errors, mitm_limits
 from addon.config import ConfigError, load_config
 from addon.datadir import lock_down
 from addon.hooks import valet_addons
@@ -67,6 +67,7 @@ def _mitmproxy_addons() -> list[object]:
 
 def build_master(settings: Settings, on_running: Callable[[], None] | None = None) -> master.Master:
     mitm_errors.install()
+    mitm_limits.install()  # request heads capped; Valet's own answer when it cuts an exchange
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
     confdir = mitm_confdir(settings.data_dir)
     confdir.mkdir(parents=True, exist_ok=True)

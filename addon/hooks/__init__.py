@@ -42,6 +42,7 @@ from addon.hooks.relay import ResponseFilter
 from addon.hooks.router import Router
 from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState
+from addon.hooks.watchdog import Watchdog
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
@@ -67,6 +68,7 @@ class Valet:
             OAuthReplay(state),
             ResponseFilter(state),
             LegacyEndpoints(state, sessions),  # wraps the relay ResponseFilter installed
+            Watchdog(state),  # timeouts, revocation and kill switches cut exchanges in transit
             ExchangeRecorder(state),
         ]
         self.stages = stages

@@ -13,6 +13,7 @@ from mitmproxy.addonmanager import Loader
 from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError
+from addon.protocol import mitm_limits
 from addon.protocol.errors import Refusal
 from addon.audit.exchange import Exchange
 from addon.filewatch import reload_if_stale
@@ -98,6 +99,8 @@ class ValetState:
         # mitmproxy aborts any buffered body past this while it arrives (before it is all in memory),
         # for refused flows too; SSE responses are streamed and not held.
         ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
+        mitm_limits.MAX_HEADER_BYTES = config.limits.max_header_bytes
+        mitm_limits.MAX_HEADER_COUNT = config.limits.max_header_count
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if self.audit is not None:

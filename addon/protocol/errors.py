@@ -51,6 +51,9 @@ class Cause(Enum):
     HOST_NOT_ALLOWED = ("host_not_allowed", -32055, 403)
     PARAM_HEADERS_UNVERIFIED = ("param_headers_unverified", -32056, 400)
     CASE_TWIN = ("case_twin_members", -32057, 400)
+    # Holding up under load and faults (issue 9).
+    UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
+    HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

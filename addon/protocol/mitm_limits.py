@@ -1,0 +1,110 @@
+"""Two small patches of mitmproxy's HTTP/1 server side: a cap on request heads, and ends Valet chooses.
+
+1. **Request heads are capped.** mitmproxy's HTTP/1 reader keeps every byte of a request head until
+   it sees the blank line, with no limit and no option for one: a client without a key that sends
+   header lines without end made one connection hold 64 MiB. ``Http1Server.read_headers`` is wrapped:
+   a head longer than ``limits.max_header_bytes`` (still incomplete, or complete) or with more than
+   ``limits.max_header_count`` lines is answered ``431 headers_too_large`` and the connection closed,
+   before anything else (authentication included) reads it.
+2. **An exchange Valet ends gets Valet's answer.** When Valet cuts an upstream (a timeout, a revoked
+   key, a kill switch: :mod:`addon.hooks.watchdog`) it marks the agent's connection here and closes the
+   upstream connection; mitmproxy then reports a protocol error to the agent's side, and
+   ``Http1Server.send`` is wrapped to answer it with Valet's JSON-RPC error (``504 upstream_timeout``)
+   when no response head was sent yet, or with one SSE ``error`` event as the last chunk of a chunked
+   stream that was open, then the connection is closed. The texts are Valet's own: no upstream byte.
+
+mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
+(``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+
+from addon.protocol.errors import Cause, Refusal
+
+# Set from the configuration (limits.max_header_bytes / max_header_count) by hooks/state.py.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 100
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one."""
+
+    cause: Cause
+    message: str
+
+    def response(self) -> bytes:
+        body = Refusal(self.cause, self.message).body()
+        headers = http.Headers(content_type="application/json", connection="close")
+        return http1.assemble_response(http.Response.make(self.cause.status, body, headers))
+
+    def event(self) -> bytes:
+        error = {"code": self.cause.code, "message": self.message, "data": {"reason": self.cause.reason}}
+        data = json.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+        return f"event: error\ndata: {data}\n\n".encode()
+
+
+# agent connection id -> how Valet ends the exchange it cut on it (set just before the upstream is closed)
+ENDINGS: dict[str, Ending] = {}
+
+
+def _too_large() -> bytes:
+    body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
+    headers = http.Headers(content_type="application/json", connection="close")
+    return http1.assemble_response(http.Response.make(431, body, headers))
+
+
+def _head_too_large(buf: _http1.ReceiveBuffer) -> bool:
+    """Whether the buffered request head exceeds the limits (checked before mitmproxy extracts it)."""
+    data = bytes(buf)[: MAX_HEADER_BYTES + 4]
+    end = data.find(b"\r\n\r\n")
+    if end == -1:
+        end = data.find(b"\n\n")
+    head = data if end == -1 else data[:end]
+    if len(head) > MAX_HEADER_BYTES:
+        return True
+    return head.count(b"\n") > MAX_HEADER_COUNT  # request line + header lines
+
+
+_original_read_headers = _http1.Http1Server.read_headers
+_original_send = _http1.Http1Server.send
+
+
+def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
+    if isinstance(event, events.DataReceived) and _head_too_large(self.buf):
+        self.buf = _http1.ReceiveBuffer()  # drop what was read: nothing of it is kept
+        yield commands.SendData(self.conn, _too_large())
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done  # nothing more is read on this connection
+        return
+    return (yield from _original_read_headers(self, event))
+
+
+def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
+    if isinstance(event, ResponseProtocolError):
+        ending = ENDINGS.pop(self.conn.id, None)
+        if ending is not None:
+            if self.conn.state & ConnectionState.CAN_WRITE:
+                if not self.response:
+                    yield commands.SendData(self.conn, ending.response())
+                elif "chunked" in self.response.headers.get("transfer-encoding", "").lower():
+                    notice = ending.event()
+                    yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(notice), notice))
+                yield commands.CloseConnection(self.conn)
+            return
+    return (yield from _original_send(self, event))
+
+
+def install() -> None:
+    _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+    _http1.Http1Server.send = _send  # type: ignore[method-assign]
