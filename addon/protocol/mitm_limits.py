@@ -19,10 +19,12 @@ mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import types
 from dataclasses import dataclass
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
@@ -80,12 +82,36 @@ _original_read_headers = _http1.Http1Server.read_headers
 _original_send = _http1.Http1Server.send
 
 
+def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
+    """The state of a refused connection until it is closed: what still arrives is dropped, not kept."""
+    self.buf = _http1.ReceiveBuffer()
+    yield from ()
+
+
+def _close_client(client_id: str) -> None:
+    """Close the agent's socket ourselves once the 431 is queued.
+
+    mitmproxy's ``CloseConnection`` cancels the reading task, but a reader that always finds data
+    buffered (a flood) never reaches a suspension point where the cancellation lands, so the socket
+    would stay open while the flood goes on. Closing the transport flushes the answer, then closes.
+    """
+    master = getattr(ctx, "master", None)
+    server = master.addons.get("proxyserver") if master is not None else None
+    handler = server.connections.get(client_id) if server is not None else None
+    if handler is None:
+        return
+    for conn, io in list(handler.transports.items()):
+        if conn.id == client_id and io.writer is not None and not io.writer.is_closing():
+            io.writer.close()
+
+
 def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
     if isinstance(event, events.DataReceived) and _head_too_large(self.buf):
         self.buf = _http1.ReceiveBuffer()  # drop what was read: nothing of it is kept
         yield commands.SendData(self.conn, _too_large())
         yield commands.CloseConnection(self.conn)
-        self.state = self.done  # nothing more is read on this connection
+        self.state = types.MethodType(_discard, self)  # nothing more is read on this connection
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
         return
     return (yield from _original_read_headers(self, event))
 
