@@ -26,7 +26,7 @@ from addon.config import timeouts_for
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
-from addon.protocol.mitm_limits import ENDINGS, Ending
+from addon.protocol.mitm_limits import ENDINGS, Ending, forget
 
 log = logging.getLogger("valet")
 SWEEP_SECONDS = 0.2
@@ -104,7 +104,7 @@ class Watchdog:
             self.state.record(exchange, ending.cause.status)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        ENDINGS.pop(client.id, None)
+        forget(client.id)
 
     async def done(self) -> None:
         if self._task is not None:

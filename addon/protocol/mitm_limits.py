@@ -12,6 +12,9 @@
    ``Http1Server.send`` is wrapped to answer it with Valet's JSON-RPC error (``504 upstream_timeout``)
    when no response head was sent yet, or with one SSE ``error`` event as the last chunk of a chunked
    stream that was open, then the connection is closed. The texts are Valet's own: no upstream byte.
+3. **A refusal decided on headers does not read the body.** ``HttpStream.state_consume_request_body``
+   is wrapped: a flow already answered when its first body byte arrives is answered at once, the rest
+   of the body is dropped as it arrives (never buffered) and the connection is closed.
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -29,7 +32,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage, ResponseEndOfMessage, ResponseProtocolError
 
 from addon.protocol.errors import Cause, Refusal
 
@@ -78,7 +82,11 @@ def _head_too_large(buf: _http1.ReceiveBuffer) -> bool:
     return head.count(b"\n") > MAX_HEADER_COUNT  # request line + header lines
 
 
+# agent connections answered before their request body was read: closed once the answer is out
+_CLOSE_AFTER_ANSWER: set[str] = set()
+
 _original_read_headers = _http1.Http1Server.read_headers
+_original_consume = HttpStream.state_consume_request_body
 _original_send = _http1.Http1Server.send
 
 
@@ -116,7 +124,31 @@ def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # t
     return (yield from _original_read_headers(self, event))
 
 
+def _swallow(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """The agent's side of a stream answered before its body: what still arrives is dropped."""
+    yield from ()
+
+
+def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A request refused on its headers (no key, unknown server, ...) is answered at its first body
+    byte, without reading the body, and its connection closed. mitmproxy would otherwise buffer the
+    whole body (up to ``body_size_limit``) only to throw it away: ten such bodies took 700 MB."""
+    if self.flow.response is not None and isinstance(event, RequestData):
+        self.flow.response.headers["connection"] = "close"
+        _CLOSE_AFTER_ANSWER.add(self.context.client.id)
+        yield from _original_consume(self, RequestEndOfMessage(self.stream_id))
+        self.client_state = types.MethodType(_swallow, self)
+        return
+    return (yield from _original_consume(self, event))
+
+
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
+    if isinstance(event, ResponseEndOfMessage) and self.conn.id in _CLOSE_AFTER_ANSWER:
+        _CLOSE_AFTER_ANSWER.discard(self.conn.id)
+        yield from _original_send(self, event)
+        self.state = types.MethodType(_discard, self)  # the rest of the body is dropped as it arrives
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+        return
     if isinstance(event, ResponseProtocolError):
         ending = ENDINGS.pop(self.conn.id, None)
         if ending is not None:
@@ -131,6 +163,13 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     return (yield from _original_send(self, event))
 
 
+def forget(client_id: str) -> None:
+    """The agent's connection is gone: nothing to end on it any more."""
+    ENDINGS.pop(client_id, None)
+    _CLOSE_AFTER_ANSWER.discard(client_id)
+
+
 def install() -> None:
     _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
     _http1.Http1Server.send = _send  # type: ignore[method-assign]
+    HttpStream.state_consume_request_body = _consume  # type: ignore[method-assign]
