@@ -12,7 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import ROOT, running_valet
+import httpx
+import psutil
+
+from tests.support import MCP_HEADERS, ROOT, jsonrpc, running_valet
+from tests.test_e2e_holdup_timeouts import stalling  # noqa: F401  (the fixture)
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -48,3 +52,17 @@ def test_a_refusal_on_headers_is_answered_before_the_body(tmp: Path) -> None:
             assert time.monotonic() - started < 30
         row = valet.rows("reason = 'missing_key'")[0]
         assert row["http_status"] == 401
+
+
+def test_a_compression_bomb_is_refused_within_the_cap(tmp: Path, stalling: tuple[int, Path]) -> None:
+    """A ~64 KB gzip answer that inflates to 64 MiB: decoded in bounded steps, refused past max_buffered_bytes."""
+    port, _ = stalling
+    with running_valet(tmp, {"bomb": f"http://127.0.0.1:{port}/bomb"}) as valet:
+        key, _ = valet.new_key()
+        process = psutil.Process(valet.process.pid)
+        idle = process.memory_info().rss
+        response = httpx.post(f"{valet.base}/bomb", json=jsonrpc("tools/list"),
+                              headers={**MCP_HEADERS, "authorization": f"Bearer {key}"}, timeout=60)
+        assert response.status_code == 502 and response.json()["error"]["data"]["reason"] == "upstream_error"
+        assert len(response.content) < 4096
+        assert process.memory_info().rss - idle < 100 * 1024 * 1024

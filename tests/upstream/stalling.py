@@ -3,7 +3,8 @@
 By the first path segment (``/hang/...``, ``/stream/...``):
 
 - ``hang``: reads the request, never answers;
-- ``stream``: answers a chunked ``text/event-stream`` with one event, then stays open sending nothing.
+- ``stream``: answers a chunked ``text/event-stream`` with one event, then stays open sending nothing;
+- ``bomb``: answers a small gzip body that inflates to 64 MiB (labelled ``content-encoding: gzip``).
 
 Every connection that ends (the peer closed it) appends a line ``closed <path>`` to the file given with
 ``--log``, so a test can tell that Valet cancelled the upstream request.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 
 EVENT = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/message","params":{"data":"hello"}}\n\n'
+
+BOMB = gzip.compress(b"0" * (64 * 1024 * 1024), compresslevel=9)
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: str) -> None:
@@ -30,6 +34,11 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log
                 length = int(value.strip())
         if length:
             await reader.readexactly(length)
+        if path.startswith("/bomb"):
+            body = BOMB
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
         if path.startswith("/stream"):
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             writer.write(b"%x\r\n%s\r\n" % (len(EVENT), EVENT))
