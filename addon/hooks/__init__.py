@@ -88,6 +88,10 @@ class Valet:
 
     def configure(self, updated: set[str]) -> None:
         self.state.configure(updated)
+        for stage in self.stages:
+            configure = getattr(stage, "configure", None)
+            if configure is not None:
+                configure(updated)
 
     def running(self) -> None:
         self.state.running()

@@ -13,10 +13,13 @@ there.
 
 from __future__ import annotations
 
-from mitmproxy import http
+from pathlib import Path
+
+from mitmproxy import ctx, http
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.sessions import SessionOwners
+from addon.protocol.session_store import SessionStore
+from addon.protocol.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -32,6 +35,14 @@ class SessionGuard:
         self.state = state
         self.owners = SessionOwners()
         self.legacy_params: set[str] = set(LEGACY_SESSION_PARAMS)
+
+    def configure(self, updated: set[str]) -> None:
+        """The bindings of the data dir (``sessions.db``): loaded at startup, every change persisted."""
+        if "valet_data_dir" in updated and ctx.options.valet_data_dir:
+            self.owners.attach(SessionStore(Path(ctx.options.valet_data_dir) / "sessions.db", DEFAULT_MAX_SESSIONS))
+
+    async def done(self) -> None:
+        self.owners.close()
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
