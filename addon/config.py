@@ -228,6 +228,11 @@ class LimitsConfig(Strict):
         64 * 1024, ge=4096, le=1024 * 1024,
         description="largest request head (request line and headers); more is answered 431 and closed",
     )
+    max_buffered_total_bytes: int = Field(
+        256 * 1024 * 1024, gt=0,
+        description="request bytes buffered across all connections at once; a body that would take more gets "
+        "503 busy",
+    )
     max_header_count: int = Field(
         100, ge=8, le=10000, description="most request header lines; more is answered 431 and closed",
     )
@@ -236,6 +241,8 @@ class LimitsConfig(Strict):
     def _ordered(self) -> LimitsConfig:
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        if self.max_buffered_total_bytes < self.max_buffered_bytes:
+            raise ValueError("max_buffered_total_bytes must be at least max_buffered_bytes")
         return self
 
 

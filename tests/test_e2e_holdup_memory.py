@@ -66,3 +66,47 @@ def test_a_compression_bomb_is_refused_within_the_cap(tmp: Path, stalling: tuple
         assert response.status_code == 502 and response.json()["error"]["data"]["reason"] == "upstream_error"
         assert len(response.content) < 4096
         assert process.memory_info().rss - idle < 100 * 1024 * 1024
+
+
+def _start_upload(port: int, key: str, size: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"POST /up HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+                 f"authorization: Bearer {key}\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+    piece = b"x" * 65536
+    for _ in range(size // len(piece)):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+    return sock
+
+
+def test_one_budget_for_bodies_across_connections(tmp: Path) -> None:
+    """Two uploads in progress hold most of the global budget: a third gets 503 busy at once, the others go on."""
+    extra = ("limits:\n  max_body_bytes: 65536\n  max_buffered_bytes: 1048576\n"
+             "  max_buffered_total_bytes: 2097152\n")
+    with running_valet(tmp, {"up": "http://127.0.0.1:9/mcp"}, extra=extra) as valet:
+        key, key_id = valet.new_key()
+        first = _start_upload(valet.port, key, 917504)
+        second = _start_upload(valet.port, key, 917504)
+        time.sleep(1.0)  # both bodies are being buffered
+        third = _start_upload(valet.port, key, 393216)
+        answer = b""
+        while b"busy" not in answer:
+            chunk = third.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+        for sock in (first, second, third):
+            sock.close()
+        row = valet.rows("reason = 'busy'")[0]
+        assert row["http_status"] == 503 and row["key_id"] == key_id
+        # the budget comes back once those connections are gone
+        deadline = time.monotonic() + 20
+        while True:
+            late = _start_upload(valet.port, key, 393216)
+            late.sendall(b"0\r\n\r\n")
+            late.settimeout(30)
+            head = late.recv(100)
+            late.close()
+            if not head.startswith(b"HTTP/1.1 503") or time.monotonic() > deadline:
+                break
+            time.sleep(1.1)
+        assert head.startswith(b"HTTP/1.1 413"), head  # over max_body_bytes: judged, not refused for the budget

@@ -101,6 +101,8 @@ class ValetState:
         ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
         mitm_limits.MAX_HEADER_BYTES = config.limits.max_header_bytes
         mitm_limits.MAX_HEADER_COUNT = config.limits.max_header_count
+        mitm_limits.MAX_BUFFERED_TOTAL = config.limits.max_buffered_total_bytes
+        mitm_limits.REFUSE = refuse
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if self.audit is not None:

@@ -54,6 +54,7 @@ class Cause(Enum):
     # Holding up under load and faults (issue 9).
     UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
     HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)
+    BUSY = ("busy", -32015, 503)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

@@ -1,4 +1,4 @@
-"""Two small patches of mitmproxy's HTTP/1 server side: a cap on request heads, and ends Valet chooses.
+"""Small patches of mitmproxy's HTTP/1 server side and request buffering: bounded memory, Valet's own ends.
 
 1. **Request heads are capped.** mitmproxy's HTTP/1 reader keeps every byte of a request head until
    it sees the blank line, with no limit and no option for one: a client without a key that sends
@@ -15,6 +15,9 @@
 3. **A refusal decided on headers does not read the body.** ``HttpStream.state_consume_request_body``
    is wrapped: a flow already answered when its first body byte arrives is answered at once, the rest
    of the body is dropped as it arrives (never buffered) and the connection is closed.
+4. **One budget for request bodies being buffered**, across all connections
+   (``limits.max_buffered_total_bytes``): a body that would take more is answered ``503 busy`` at once,
+   the same way (the rest dropped, the connection closed).
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -23,8 +26,12 @@ mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import time
 import types
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
@@ -37,9 +44,52 @@ from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage
 
 from addon.protocol.errors import Cause, Refusal
 
-# Set from the configuration (limits.max_header_bytes / max_header_count) by hooks/state.py.
+# Set from the configuration (limits.max_header_bytes / max_header_count / max_buffered_total_bytes)
+# by hooks/state.py.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 100
+MAX_BUFFERED_TOTAL = 256 * 1024 * 1024
+# How a flow is refused (hooks/state.refuse, set there: the audit row then says why).
+REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
+
+
+class _Budget:
+    """Request bytes held by mitmproxy across all connections while bodies arrive.
+
+    Each stream's share is released when its body is complete (handed to Valet's hooks, bounded per
+    body by ``max_buffered_bytes``) or when the stream object goes away (an agent that disconnects
+    mid-body), so no path can leak budget.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._held: dict[int, int] = {}
+        self._collected = 0.0
+
+    def add(self, stream: object, size: int) -> None:
+        key = id(stream)
+        if key not in self._held:
+            self._held[key] = 0
+            weakref.finalize(stream, self.release, key)
+        self._held[key] += size
+        self.total += size
+
+    def release(self, key: int) -> None:
+        self.total -= self._held.pop(key, 0)
+
+    def spent(self, size: int) -> bool:
+        """Whether ``size`` more bytes would pass the budget; streams of closed connections are collected
+        first (at most once a second), since mitmproxy's layers hold reference cycles."""
+        if self.total + size <= MAX_BUFFERED_TOTAL:
+            return False
+        now = time.monotonic()
+        if now - self._collected > 1.0:
+            self._collected = now
+            gc.collect()
+        return self.total + size > MAX_BUFFERED_TOTAL
+
+
+BUDGET = _Budget()
 
 
 @dataclass(frozen=True)
@@ -133,6 +183,15 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
     """A request refused on its headers (no key, unknown server, ...) is answered at its first body
     byte, without reading the body, and its connection closed. mitmproxy would otherwise buffer the
     whole body (up to ``body_size_limit``) only to throw it away: ten such bodies took 700 MB."""
+    if isinstance(event, RequestData) and self.flow.response is None:
+        if REFUSE is not None and BUDGET.spent(len(event.data)):
+            BUDGET.release(id(self))
+            REFUSE(self.flow, Refusal(Cause.BUSY, "Valet holds as many request bodies as it may; retry later",
+                                      headers={"retry-after": "1"}), "error")
+        else:
+            BUDGET.add(self, len(event.data))
+    elif isinstance(event, RequestEndOfMessage):
+        BUDGET.release(id(self))
     if self.flow.response is not None and isinstance(event, RequestData):
         self.flow.response.headers["connection"] = "close"
         _CLOSE_AFTER_ANSWER.add(self.context.client.id)
