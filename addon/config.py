@@ -119,10 +119,13 @@ class TimeoutsConfig(Strict):
     total_seconds: float | None = Field(
         None, gt=0, le=7 * 86400, description="a whole response, from forwarding to its last byte; "
         "standing GET streams (the agent's own listening stream) are exempt")
+    header_read_seconds: float | None = Field(
+        None, gt=0, le=3600, description="global only: a request head must be complete this long after its "
+        "first byte (408 otherwise)")
 
 
 DEFAULT_TIMEOUTS = {"connect_seconds": 10.0, "first_byte_seconds": 120.0, "idle_seconds": 300.0,
-                    "total_seconds": 3600.0}
+                    "total_seconds": 3600.0, "header_read_seconds": 30.0}
 
 
 class ServerConfig(Strict):
@@ -135,6 +138,13 @@ class ServerConfig(Strict):
     auth: Literal["none", "oauth"] = Field("none", description="oauth: Valet holds each user's OAuth grant")
     oauth: OAuthConfig | None = None
     timeouts: TimeoutsConfig | None = Field(None, description="overrides of the global timeouts for this server")
+
+    @field_validator("timeouts")
+    @classmethod
+    def _server_timeouts(cls, value: TimeoutsConfig | None) -> TimeoutsConfig | None:
+        if value is not None and value.header_read_seconds is not None:
+            raise ValueError("header_read_seconds is global only (the server is not known before the head)")
+        return value
 
     @field_validator("headers")
     @classmethod

@@ -146,3 +146,23 @@ def test_request_heads_are_capped(tmp: Path, stalling: tuple[int, Path]) -> None
         with socket.create_connection(("127.0.0.1", valet.port), timeout=30) as sock:
             sock.sendall(b"GET /slow HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n\r\n" % valet.port)
             assert sock.recv(100).startswith(b"HTTP/1.1 401")
+
+
+def test_a_slow_request_head_gets_408_and_is_closed(tmp: Path) -> None:
+    config = "servers:\n  up:\n    url: http://127.0.0.1:9/mcp\ntimeouts:\n  header_read_seconds: 1\n"
+    with running_valet(tmp, {}, config_text=config) as valet:
+        with socket.create_connection(("127.0.0.1", valet.port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /up HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+            answer = b""
+            for _ in range(3):
+                sock.sendall(b"x-slow: 1\r\n")  # a header line now and then, never the end of the head
+                time.sleep(0.2)
+            answer, _ = _read_to_close(sock)
+            took = time.monotonic() - started
+        assert took < 15, took  # cut after about 1 s, generous on a loaded machine (600 s before)
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:200]
+        # a prompt request on a new connection is unaffected
+        with socket.create_connection(("127.0.0.1", valet.port), timeout=30) as sock:
+            sock.sendall(b"GET /up HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n\r\n" % valet.port)
+            assert sock.recv(100).startswith(b"HTTP/1.1 401")

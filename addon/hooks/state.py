@@ -12,7 +12,7 @@ from mitmproxy.addonmanager import Loader
 
 from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
-from addon.config import ConfigError
+from addon.config import ConfigError, timeouts_for
 from addon.protocol import mitm_limits
 from addon.protocol.errors import Refusal
 from addon.audit.exchange import Exchange
@@ -103,6 +103,7 @@ class ValetState:
         mitm_limits.MAX_HEADER_COUNT = config.limits.max_header_count
         mitm_limits.MAX_BUFFERED_TOTAL = config.limits.max_buffered_total_bytes
         mitm_limits.REFUSE = refuse
+        mitm_limits.HEADER_READ_SECONDS = timeouts_for(config, None)["header_read_seconds"]
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if self.audit is not None:

@@ -55,6 +55,7 @@ class Cause(Enum):
     UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
     HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)
     BUSY = ("busy", -32015, 503)
+    REQUEST_TIMEOUT = ("request_timeout", -32016, 408)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

@@ -15,6 +15,8 @@
 3. **A refusal decided on headers does not read the body.** ``HttpStream.state_consume_request_body``
    is wrapped: a flow already answered when its first body byte arrives is answered at once, the rest
    of the body is dropped as it arrives (never buffered) and the connection is closed.
+5. **Slow request heads are cut**: a head not complete ``timeouts.header_read_seconds`` after its first
+   byte gets ``408 request_timeout`` and the connection is closed (a slowloris client holds nothing).
 4. **One budget for request bodies being buffered**, across all connections
    (``limits.max_buffered_total_bytes``): a body that would take more is answered ``503 busy`` at once,
    the same way (the rest dropped, the connection closed).
@@ -49,6 +51,7 @@ from addon.protocol.errors import Cause, Refusal
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 100
 MAX_BUFFERED_TOTAL = 256 * 1024 * 1024
+HEADER_READ_SECONDS = 30.0  # timeouts.header_read_seconds
 # How a flow is refused (hooks/state.refuse, set there: the audit row then says why).
 REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
 
@@ -146,7 +149,7 @@ def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-
     yield from ()
 
 
-def _close_client(client_id: str) -> None:
+def _close_client(client_id: str, answer: bytes = b"") -> None:
     """Close the agent's socket ourselves once the 431 is queued.
 
     mitmproxy's ``CloseConnection`` cancels the reading task, but a reader that always finds data
@@ -160,10 +163,30 @@ def _close_client(client_id: str) -> None:
         return
     for conn, io in list(handler.transports.items()):
         if conn.id == client_id and io.writer is not None and not io.writer.is_closing():
+            if answer:
+                io.writer.write(answer)
             io.writer.close()
 
 
+def _head_timeout(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
+    """A request head still incomplete ``HEADER_READ_SECONDS`` after its first byte: 408, then closed."""
+    server = ref()
+    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
+        return
+    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server.state = types.MethodType(_discard, server)
+    server.buf = _http1.ReceiveBuffer()
+    body = Refusal(Cause.REQUEST_TIMEOUT, "the request head did not arrive in time").body()
+    answer = http1.assemble_response(http.Response.make(
+        408, body, http.Headers(content_type="application/json", connection="close")))
+    _close_client(server.conn.id, answer)
+
+
 def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
+    if isinstance(event, events.DataReceived) and getattr(self, "_valet_head_timer", None) is None:
+        timer = object()
+        self._valet_head_timer = timer
+        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _head_timeout, weakref.ref(self), timer)
     if isinstance(event, events.DataReceived) and _head_too_large(self.buf):
         self.buf = _http1.ReceiveBuffer()  # drop what was read: nothing of it is kept
         yield commands.SendData(self.conn, _too_large())
@@ -171,7 +194,10 @@ def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # t
         self.state = types.MethodType(_discard, self)  # nothing more is read on this connection
         asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
         return
-    return (yield from _original_read_headers(self, event))
+    result = yield from _original_read_headers(self, event)
+    if getattr(self.state, "__func__", None) is not _read_headers:  # the head is complete (or refused)
+        self._valet_head_timer = None
+    return result
 
 
 def _swallow(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
