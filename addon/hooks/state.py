@@ -10,6 +10,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addon import fdlimit
 from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError, timeouts_for
@@ -195,6 +196,7 @@ class ValetState:
         return scrubber
 
     def running(self) -> None:
+        fdlimit.install(asyncio.get_running_loop())  # fd exhaustion: one line per interval, not a traceback flood
         self._key_refresh = asyncio.get_running_loop().create_task(self._refresh_keys())
 
     async def _refresh_keys(self) -> None:
