@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -63,3 +64,34 @@ def test_a_legacy_sdk_session_keeps_working_after_a_restart(tmp: Path, upstream:
         assert session.encode() not in db.read_bytes()  # only a digest of the id is stored
     finally:
         valet.stop()
+
+
+def test_bindings_are_shared_through_redis(tmp: Path, upstream: Upstream, redis_url: str) -> None:
+    """Valet B (another data dir, no sessions.db) knows a session Valet A bound, through Redis; still per key."""
+    extra = f"rate_limits:\n  storage: {redis_url}\n"
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    first = start_valet(tmp / "a", {"notes": upstream.url}, extra=extra)
+    try:
+        key, _ = first.new_key("alice", "holder")
+        thief, _ = first.new_key("mallory", "thief")
+        init = jsonrpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                      "clientInfo": {"name": "raw", "version": "0"}})
+        opened = post(first.base + "/notes", init, key)
+        session = opened.headers["mcp-session-id"]
+        time.sleep(0.5)  # the Redis write is queued behind the answer
+    finally:
+        first.stop()
+    shutil.copytree(first.data_dir, tmp / "b" / "data")  # the same keys and vault, but...
+    for name in ("sessions.db", "sessions.db-wal", "sessions.db-shm"):  # ...no persisted bindings:
+        (tmp / "b" / "data" / name).unlink(missing_ok=True)  # only Redis knows the session
+    second = start_valet(tmp / "b", {"notes": upstream.url}, extra=extra)
+    try:
+        headers = {"mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+        assert post(second.base + "/notes", jsonrpc("notifications/initialized", rpc_id=None), key,
+                    headers=headers).status_code == 202
+        assert post(second.base + "/notes", jsonrpc("tools/list", rpc_id=2), key, headers=headers).status_code == 200
+        stolen = post(second.base + "/notes", jsonrpc("tools/list", rpc_id=3), thief, headers=headers)
+        assert stolen.status_code == 404 and stolen.json()["error"]["data"]["reason"] == "unknown_session"
+    finally:
+        second.stop()

@@ -110,3 +110,58 @@ class SessionStore:
                     return
         finally:
             db.close()
+
+
+class RedisSessions:
+    """Bindings shared through Redis when ``rate_limits.storage`` is Redis: several Valets (or one that
+    restarted with another data dir) know every session any of them bound. Keys are
+    ``valet:session:<hex digest>`` (never the id) holding the key id, expiring after the TTL of disuse.
+    Writes are fire-and-forget tasks; a lookup that fails or takes over a second finds nothing
+    (``unknown_session``: fail closed)."""
+
+    PREFIX = "valet:session:"
+    LOOKUP_SECONDS = 1.0
+
+    def __init__(self, url: str) -> None:
+        from coredis import Redis
+
+        self._redis = Redis.from_url(url, decode_responses=True)
+        self._tasks: set[object] = set()
+
+    def _spawn(self, coro: object) -> None:
+        import asyncio
+
+        try:
+            task = asyncio.get_running_loop().create_task(self._quiet(coro))
+        except RuntimeError:  # no loop (tests of the pure core)
+            coro.close()  # type: ignore[attr-defined]
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quiet(coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - the binding still holds in memory and in sessions.db
+            log.warning("session store: Redis write failed (%s)", type(exc).__name__)
+
+    def bind(self, digest: bytes, key_id: str) -> None:
+        self._spawn(self._redis.set(self.PREFIX + digest.hex(), key_id, ex=SESSION_TTL_SECONDS))
+
+    def touch(self, digest: bytes) -> None:
+        self._spawn(self._redis.expire(self.PREFIX + digest.hex(), SESSION_TTL_SECONDS))
+
+    def end(self, digest: bytes) -> None:
+        self._spawn(self._redis.delete([self.PREFIX + digest.hex()]))
+
+    async def lookup(self, digest: bytes) -> str | None:
+        import asyncio
+
+        try:
+            async with asyncio.timeout(self.LOOKUP_SECONDS):
+                value = await self._redis.get(self.PREFIX + digest.hex())
+        except Exception as exc:  # noqa: BLE001 - not found is the fail-closed answer
+            log.warning("session store: Redis lookup failed (%s)", type(exc).__name__)
+            return None
+        return value if isinstance(value, str) else None

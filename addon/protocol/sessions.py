@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.session_store import TOUCH_EVERY_SECONDS, SessionStore
+from addon.protocol.session_store import TOUCH_EVERY_SECONDS, RedisSessions, SessionStore
 
 DEFAULT_MAX_SESSIONS = 100_000
 
@@ -32,6 +32,7 @@ class SessionOwners:
         self._owners: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # digest -> (key id, last persisted)
         self._max = max_sessions
         self.store: SessionStore | None = None
+        self.shared: RedisSessions | None = None  # when rate_limits.storage is Redis
 
     def attach(self, store: SessionStore) -> None:
         """Load the persisted bindings (at startup) and persist every change from now on."""
@@ -44,6 +45,20 @@ class SessionOwners:
         while len(self._owners) > self._max:
             self._owners.popitem(last=False)
 
+    async def recall(self, server: str, session_id: str) -> None:
+        """A session id not known here may have been bound by another Valet sharing Redis (or before a
+        restart with another data dir): learn its owner from there before :meth:`check`."""
+        entry = digest(server, session_id)
+        if self.shared is None or entry in self._owners:
+            return
+        owner = await self.shared.lookup(entry)
+        if owner is not None and entry not in self._owners:
+            self._owners[entry] = (owner, time.time())
+            if self.store is not None:
+                self.store.bind(entry, owner)
+            while len(self._owners) > self._max:
+                self._owners.popitem(last=False)
+
     def check(self, server: str, session_id: str, key_id: str | None) -> None:
         entry = digest(server, session_id)
         owner = self._owners.get(entry)
@@ -55,6 +70,8 @@ class SessionOwners:
         if self.store is not None and now - owner[1] > TOUCH_EVERY_SECONDS:
             self._owners[entry] = (owner[0], now)
             self.store.touch(entry)
+            if self.shared is not None:
+                self.shared.touch(entry)
 
     def bind(self, server: str, session_id: str, key_id: str) -> None:
         entry = digest(server, session_id)
@@ -62,6 +79,8 @@ class SessionOwners:
             self._owners[entry] = (key_id, time.time())
             if self.store is not None:
                 self.store.bind(entry, key_id)
+            if self.shared is not None:
+                self.shared.bind(entry, key_id)
         self._owners.move_to_end(entry)
         while len(self._owners) > self._max:
             self._owners.popitem(last=False)
@@ -70,6 +89,8 @@ class SessionOwners:
         entry = digest(server, session_id)
         if self._owners.pop(entry, None) is not None and self.store is not None:
             self.store.end(entry)
+        if self.shared is not None:
+            self.shared.end(entry)
 
     def close(self) -> None:
         if self.store is not None:
