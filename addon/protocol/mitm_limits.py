@@ -219,8 +219,9 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
     elif isinstance(event, RequestEndOfMessage):
         BUDGET.release(id(self))
     if self.flow.response is not None and isinstance(event, RequestData):
-        self.flow.response.headers["connection"] = "close"
-        _CLOSE_AFTER_ANSWER.add(self.context.client.id)
+        if self.flow.request.http_version.upper().startswith("HTTP/1"):  # h2/h3 forbid a Connection header;
+            self.flow.response.headers["connection"] = "close"  # there the stream ends, the body is dropped
+            _CLOSE_AFTER_ANSWER.add(self.context.client.id)
         yield from _original_consume(self, RequestEndOfMessage(self.stream_id))
         self.client_state = types.MethodType(_swallow, self)
         return
