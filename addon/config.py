@@ -106,6 +106,28 @@ class OAuthConfig(Strict):
         return value
 
 
+class TimeoutsConfig(Strict):
+    """How long Valet waits on an upstream; on expiry the agent gets ``upstream_timeout`` (504, or an
+    error event on an open stream) and the upstream connection is closed. Per server: only the fields given
+    override the global ones."""
+
+    connect_seconds: float | None = Field(None, gt=0, le=3600, description="TCP/TLS connect to the upstream")
+    first_byte_seconds: float | None = Field(
+        None, gt=0, le=86400, description="from forwarding the request to the upstream's response headers")
+    idle_seconds: float | None = Field(
+        None, gt=0, le=86400, description="between two pieces of a streamed response (SSE events, chunks)")
+    total_seconds: float | None = Field(
+        None, gt=0, le=7 * 86400, description="a whole response, from forwarding to its last byte; "
+        "standing GET streams (the agent's own listening stream) are exempt")
+    header_read_seconds: float | None = Field(
+        None, gt=0, le=3600, description="global only: a request head must be complete this long after its "
+        "first byte (408 otherwise)")
+
+
+DEFAULT_TIMEOUTS = {"connect_seconds": 10.0, "first_byte_seconds": 120.0, "idle_seconds": 300.0,
+                    "total_seconds": 3600.0, "header_read_seconds": 30.0}
+
+
 class ServerConfig(Strict):
     url: str = Field(description="The upstream MCP endpoint, http:// or https://")
     kind: Literal["mcp", "http"] = Field("mcp", description="mcp: JSON-RPC over HTTP; http: a plain HTTP API")
@@ -115,6 +137,14 @@ class ServerConfig(Strict):
     inject: list[InjectRule] = Field(default_factory=list, description="tools/call arguments to inject")
     auth: Literal["none", "oauth"] = Field("none", description="oauth: Valet holds each user's OAuth grant")
     oauth: OAuthConfig | None = None
+    timeouts: TimeoutsConfig | None = Field(None, description="overrides of the global timeouts for this server")
+
+    @field_validator("timeouts")
+    @classmethod
+    def _server_timeouts(cls, value: TimeoutsConfig | None) -> TimeoutsConfig | None:
+        if value is not None and value.header_read_seconds is not None:
+            raise ValueError("header_read_seconds is global only (the server is not known before the head)")
+        return value
 
     @field_validator("headers")
     @classmethod
@@ -207,11 +237,25 @@ class LimitsConfig(Strict):
     max_batch_messages: int = Field(
         100, gt=0, description="most JSON-RPC messages in one batch (each costs a decision and an audit row)",
     )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=1024 * 1024,
+        description="largest request head (request line and headers); more is answered 431 and closed",
+    )
+    max_buffered_total_bytes: int = Field(
+        256 * 1024 * 1024, gt=0,
+        description="request bytes buffered across all connections at once; a body that would take more gets "
+        "503 busy",
+    )
+    max_header_count: int = Field(
+        100, ge=8, le=10000, description="most request header lines; more is answered 431 and closed",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitsConfig:
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        if self.max_buffered_total_bytes < self.max_buffered_bytes:
+            raise ValueError("max_buffered_total_bytes must be at least max_buffered_bytes")
         return self
 
 
@@ -261,6 +305,7 @@ class ValetConfig(Strict):
         "default: the listen address, localhost, 127.0.0.1 and [::1] with the listen port",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("allowed_origins", "allowed_hosts")
@@ -379,3 +424,12 @@ def _describe(err: dict[str, Any], root: yaml.Node | None, source: str) -> str:
     if err.get("type") == "extra_forbidden":
         message = "unknown key (check its spelling and indentation)"
     return f"{source}:{_line(_node_at(root, loc))}: {field}: {message}"
+
+
+def timeouts_for(config: ValetConfig, server: str | None) -> dict[str, float]:
+    """The timeouts in force for a server: its own, else the global ones, else the defaults."""
+    merged = dict(DEFAULT_TIMEOUTS)
+    for layer in (config.timeouts, config.servers[server].timeouts if server in config.servers else None):
+        if layer is not None:
+            merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
+    return merged

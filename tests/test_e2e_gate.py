@@ -281,6 +281,6 @@ def test_chunked_bodies_past_the_buffer_limit_are_cut_while_arriving(upstream: U
         except httpx.HTTPError:
             pass
         else:
-            assert r.status_code == 413
+            assert r.status_code in (401, 413)  # without a key: 401 at the first body byte, the body unread (issue 9)
         k, _ = proxy.new_key()
         assert post(proxy.base + "/notes", INIT, k).status_code == 200

@@ -318,6 +318,8 @@ def test_policy_reload_valid_then_broken_then_fixed_while_calls_are_in_flight(
             await settled(policy_file, "rules:\n  - id: oops\n    effect: alow\n")
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "y"})).status_code == 200
             assert (await asyncio.to_thread(raw_call, proxy, key, "add", {"a": 1, "b": 1})).status_code == 200
+            # reloads (valid or broken) never drop a call in flight; a kill switch does end one (issue 9 item 3)
+            assert await in_flight == "done", "a reload never drops a call in flight"
             # 3. a new file with a kill switch takes effect once settled, and removing it restores service
             (tmp_path / "rules" / "00-kill.yaml").write_text("servers:\n  notes: {enabled: false}\n")
             await settled(policy_file, POLICY)
@@ -327,7 +329,6 @@ def test_policy_reload_valid_then_broken_then_fixed_while_calls_are_in_flight(
             await settled(tmp_path / "rules" / "00-kill.yaml", None)
             assert (await asyncio.to_thread(raw_call, proxy, key, "add", {"a": 1, "b": 1})).status_code == 200
             assert (await asyncio.to_thread(raw_call, proxy, key, "whoami", {"text": "x"})).status_code == 403
-            assert await in_flight == "done", "a reload never drops a call in flight"
 
         asyncio.run(scenario())
         log = proxy.log.read_text()

@@ -43,6 +43,7 @@ from addon.hooks.router import Router
 from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState
 from addon.hooks.wellknown import FirstContact
+from addon.hooks.watchdog import Watchdog
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
@@ -69,6 +70,7 @@ class Valet:
             OAuthReplay(state),
             ResponseFilter(state),
             LegacyEndpoints(state, sessions),  # wraps the relay ResponseFilter installed
+            Watchdog(state),  # timeouts, revocation and kill switches cut exchanges in transit
             ExchangeRecorder(state),
         ]
         self.stages = stages
@@ -88,6 +90,10 @@ class Valet:
 
     def configure(self, updated: set[str]) -> None:
         self.state.configure(updated)
+        for stage in self.stages:
+            configure = getattr(stage, "configure", None)
+            if configure is not None:
+                configure(updated)
 
     def running(self) -> None:
         self.state.running()

@@ -6,17 +6,26 @@ the stream again. The replayed answer is read whole (an SSE answer arrives at
 once rather than event by event) and then scrubbed like any other, by the
 server's scrubber as it is when the answer passes: the new tokens are noted
 (:meth:`ValetState.note_grant`) before, and the old ones stay in it.
+
+The replay holds to the same limits as any answer: its raw bytes are read in pieces up to
+``limits.max_buffered_bytes`` (past it: 502 ``upstream_error``), a compressed body is decoded in
+bounded steps under the same cap, and the server's ``timeouts`` apply (504 ``upstream_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx2
 from mitmproxy import ctx, http
 
-from addon.protocol.errors import Refusal
+from addon.config import timeouts_for
+from addon.protocol.errors import Cause, Refusal
+from addon.secrets import compressed
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, exchange_of, refuse
 
+_CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                "content-length", "proxy-authorization"}
 
@@ -54,12 +63,40 @@ class OAuthReplay:
         headers = [(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _HOP_BY_HOP]
         headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         headers.append(("authorization", f"Bearer {grant.access_token}"))
-        replayed = await self._client().request(request.method, request.url, headers=headers,
-                                                content=request.raw_content or b"")
+        config = exchange.snapshot.config
+        cap, limits = config.limits.max_buffered_bytes, timeouts_for(config, exchange.server)
+        timeout = httpx2.Timeout(limits["first_byte_seconds"], connect=limits["connect_seconds"])
+        try:
+            async with asyncio.timeout(limits["total_seconds"]):
+                async with self._client().stream(request.method, request.url, headers=headers,
+                                                 content=request.raw_content or b"", timeout=timeout) as replayed:
+                    body = bytearray()
+                    async for piece in replayed.aiter_raw():
+                        body += piece
+                        if len(body) > cap:
+                            raise compressed.TooLarge("the replayed answer is over the size limit")
+                    status, replied = replayed.status_code, replayed.headers
+            content = bytes(body)
+            encoding = replied.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("identity", ""):
+                codec = _CODECS.get(encoding)
+                if codec is None:
+                    raise ValueError(encoding)
+                content = await asyncio.to_thread(compressed.decode, codec, content, cap)
+        except (TimeoutError, httpx2.TimeoutException):
+            refuse(flow, Refusal(Cause.UPSTREAM_TIMEOUT, "the upstream did not answer the replayed request in time"),
+                   "error")
+            return
+        except compressed.TooLarge:
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream's answer is larger than Valet may hold"), "error")
+            return
+        except (ValueError, httpx2.HTTPError):
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream failed to answer the replayed request"), "error")
+            return
         exchange.replayed = True
-        kept = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in replayed.headers.multi_items()
-                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"]  # .content is decoded
-        flow.response = http.Response.make(replayed.status_code, replayed.content, http.Headers(kept))
+        kept = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in replied.multi_items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"]  # the body is decoded
+        flow.response = http.Response.make(status, content, http.Headers(kept))
 
     async def done(self) -> None:
         if self._http is not None:

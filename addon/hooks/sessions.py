@@ -13,10 +13,13 @@ there.
 
 from __future__ import annotations
 
-from mitmproxy import http
+from pathlib import Path
+
+from mitmproxy import ctx, http
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.sessions import SessionOwners
+from addon.protocol.session_store import RedisSessions, SessionStore
+from addon.protocol.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -32,9 +35,23 @@ class SessionGuard:
         self.state = state
         self.owners = SessionOwners()
         self.legacy_params: set[str] = set(LEGACY_SESSION_PARAMS)
+        self._shared_url: str | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        """The bindings of the data dir (``sessions.db``): loaded at startup, every change persisted."""
+        if "valet_data_dir" in updated and ctx.options.valet_data_dir:
+            self.owners.attach(SessionStore(Path(ctx.options.valet_data_dir) / "sessions.db", DEFAULT_MAX_SESSIONS))
+        snapshot = self.state.snapshot
+        storage = snapshot.config.rate_limits.storage if snapshot is not None else ""
+        if self._shared_url != storage:
+            self._shared_url = storage
+            self.owners.shared = RedisSessions(storage) if storage.startswith("redis") else None
+
+    async def done(self) -> None:
+        self.owners.close()
 
     @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if answered(flow):
             return
         exchange = exchange_of(flow)
@@ -43,6 +60,7 @@ class SessionGuard:
         try:
             session_id = flow.request.headers.get("mcp-session-id")
             if session_id is not None:
+                await self.owners.recall(exchange.server, session_id)
                 self.owners.check(exchange.server, session_id, exchange.key_id)
             if exchange.snapshot.config.servers[exchange.server].kind == "mcp":  # an HTTP API's own query is its own
                 self._check_legacy(flow, exchange.server, exchange.key_id)

@@ -10,9 +10,11 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
+from addon import fdlimit
 from addon.audit.chain import ChainKeys
 from addon.audit.log import AuditWriter
-from addon.config import ConfigError
+from addon.config import ConfigError, timeouts_for
+from addon.protocol import mitm_limits
 from addon.protocol.errors import Refusal
 from addon.audit.exchange import Exchange
 from addon.filewatch import reload_if_stale
@@ -100,6 +102,11 @@ class ValetState:
         # mitmproxy aborts any buffered body past this while it arrives (before it is all in memory),
         # for refused flows too; SSE responses are streamed and not held.
         ctx.options.update(body_size_limit=str(config.limits.max_buffered_bytes))
+        mitm_limits.MAX_HEADER_BYTES = config.limits.max_header_bytes
+        mitm_limits.MAX_HEADER_COUNT = config.limits.max_header_count
+        mitm_limits.MAX_BUFFERED_TOTAL = config.limits.max_buffered_total_bytes
+        mitm_limits.REFUSE = refuse
+        mitm_limits.HEADER_READ_SECONDS = timeouts_for(config, None)["header_read_seconds"]
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if self.audit is not None:
@@ -191,6 +198,7 @@ class ValetState:
         return scrubber
 
     def running(self) -> None:
+        fdlimit.install(asyncio.get_running_loop())  # fd exhaustion: one line per interval, not a traceback flood
         self._key_refresh = asyncio.get_running_loop().create_task(self._refresh_keys())
 
     async def _refresh_keys(self) -> None:

@@ -59,6 +59,11 @@ class Cause(Enum):
     BATCH_TOO_LARGE = ("batch_too_large", -32062, 413)
     CHARSET_NOT_UTF8 = ("charset_not_utf8", -32063, 415)
     ABSOLUTE_TARGET = ("absolute_target", -32064, 400)
+    # Holding up under load and faults (issue 9).
+    UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
+    HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)
+    BUSY = ("busy", -32015, 503)
+    REQUEST_TIMEOUT = ("request_timeout", -32016, 408)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property

@@ -1,0 +1,178 @@
+"""Cut exchanges that must not go on: upstream timeouts, revoked keys and kill switches on open streams.
+
+mitmproxy's only timeout is a 600 s inactivity timeout, after which the agent's connection is closed
+with no answer; and a flow in transit cannot be killed (``flow.kill`` acts only at hook boundaries).
+So one sweeper task looks at every forwarded exchange a few times a second and, when one is due,
+marks how it ends (:data:`addon.protocol.mitm_limits.ENDINGS`) and closes its upstream connection:
+the upstream request is cancelled, and the agent gets ``504 upstream_timeout`` (or ``revoked_key`` /
+``disabled``) as a JSON-RPC error, or that error as the last SSE event of an open stream, then its
+connection is closed. The audit row says why.
+
+Deadlines (``timeouts`` in the configuration, global and per server): connect, first byte (response
+head), idle between pieces of a streamed response, and a total per response. A standing GET stream
+(the agent's own listening stream) is exempt from idle and total: it is quiet by nature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from mitmproxy import connection, ctx, http
+
+from addon.audit.exchange import Exchange
+from addon.config import timeouts_for
+from addon.hooks.failsafe import fail_closed
+from addon.hooks.state import ValetState, answered, exchange_of
+from addon.protocol.errors import Cause
+from addon.protocol.mitm_limits import ENDINGS, Ending, forget
+
+log = logging.getLogger("valet")
+SWEEP_SECONDS = 0.2
+POLICY_CHECK_SECONDS = 0.5
+
+
+@dataclass
+class _Watch:
+    flow: http.HTTPFlow
+    exchange: Exchange
+    limits: dict[str, float]
+    started: float
+    last: float
+    standing: bool  # a GET stream: no idle or total limit
+    headers: bool = False
+    streamed: bool = False
+    ending: Ending | None = field(default=None)
+
+
+class Watchdog:
+    def __init__(self, state: ValetState) -> None:
+        self.state = state
+        self._watches: dict[str, _Watch] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if answered(flow):
+            return
+        exchange = exchange_of(flow)
+        if exchange is None:
+            return
+        now = asyncio.get_running_loop().time()
+        limits = timeouts_for(exchange.snapshot.config, exchange.server)
+        self._watches[flow.id] = _Watch(flow, exchange, limits, now, now, flow.request.method.upper() == "GET")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._sweep())
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        watch = self._watches.get(flow.id)
+        if watch is None or flow.response is None:
+            return
+        watch.headers = True
+        watch.last = asyncio.get_running_loop().time()
+        stream = flow.response.stream
+        if callable(stream):
+            watch.streamed = True
+            loop = asyncio.get_running_loop()
+
+            def noted(chunk: bytes, _inner=stream):  # type: ignore[no-untyped-def]
+                watch.last = loop.time()
+                return _inner(chunk)
+
+            flow.response.stream = noted
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._watches.pop(flow.id, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        watch = self._watches.pop(flow.id, None)
+        if watch is None or watch.ending is None or watch.exchange.recorded:
+            return
+        exchange, ending, response = watch.exchange, watch.ending, flow.response
+        exchange.reason = ending.cause.reason
+        exchange.error_code = ending.cause.code
+        if watch.headers and response is not None:  # the agent had the head: the error event ended the stream
+            if ending.cause is Cause.UPSTREAM_TIMEOUT:
+                exchange.decision = "error"
+            exchange.bytes_out += len(ending.event())
+            self.state.record(exchange, response.status_code)
+        else:
+            exchange.decision = "error" if ending.cause is Cause.UPSTREAM_TIMEOUT else "deny"
+            exchange.bytes_out = len(ending.response())
+            self.state.record(exchange, ending.cause.status)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        forget(client.id)
+
+    async def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        policy_checked = 0.0
+        while self._watches:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = loop.time()
+            try:
+                if now - policy_checked >= POLICY_CHECK_SECONDS and self.state.snapshot is not None:
+                    policy_checked = now
+                    await self.state.current()  # a kill switch set in a policy file is noticed without requests
+                for flow_id, watch in list(self._watches.items()):
+                    if not watch.flow.live or watch.ending is not None:
+                        if not watch.flow.live:
+                            self._watches.pop(flow_id, None)
+                        continue
+                    ending = self._due(watch, now)
+                    if ending is not None:
+                        self._cut(watch, ending)
+            except Exception as exc:  # noqa: BLE001 - the sweeper must keep running
+                log.error("watchdog sweep failed: %s", type(exc).__name__)
+
+    def _due(self, watch: _Watch, now: float) -> Ending | None:
+        exchange = watch.exchange
+        keyring = self.state.keyring
+        if keyring is not None and exchange.key_id is not None and keyring.revoked(exchange.key_id):
+            return Ending(Cause.REVOKED_KEY, "the valet key was revoked; Valet closed this exchange")
+        snapshot = self.state.snapshot
+        if snapshot is not None and exchange.server is not None:
+            sources = snapshot.policy.sources
+            for kind, value, switched in (("servers", exchange.server, sources.disabled_servers),
+                                          ("users", exchange.user, sources.disabled_users),
+                                          ("keys", exchange.key_id, sources.disabled_keys)):
+                if value is not None and value in switched:
+                    return Ending(Cause.DISABLED, f"switched off by {kind}.{value}.enabled; Valet closed this exchange")
+        limits, elapsed = watch.limits, now - watch.started
+        if not watch.headers:
+            server = watch.flow.server_conn
+            if server.timestamp_tcp_setup is None and elapsed > limits["connect_seconds"]:
+                return _timeout(f"the upstream did not accept a connection within {limits['connect_seconds']:g} s")
+            if elapsed > limits["first_byte_seconds"]:
+                return _timeout(f"the upstream did not answer within {limits['first_byte_seconds']:g} s")
+            return None
+        if watch.standing:
+            return None
+        if watch.streamed and now - watch.last > limits["idle_seconds"]:
+            return _timeout(f"the upstream's stream was idle for more than {limits['idle_seconds']:g} s")
+        if elapsed > limits["total_seconds"]:
+            return _timeout(f"the upstream's answer took more than {limits['total_seconds']:g} s")
+        return None
+
+    def _cut(self, watch: _Watch, ending: Ending) -> None:
+        """Mark how the exchange ends, then close its upstream connection (mitmproxy does the rest)."""
+        flow = watch.flow
+        watch.ending = ending
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(flow.client_conn.id) if server is not None else None
+        if handler is None:
+            return
+        ENDINGS[flow.client_conn.id] = ending
+        target = flow.server_conn if flow.server_conn in handler.transports else flow.client_conn
+        if target in handler.transports:
+            handler.close_connection(target)
+
+
+def _timeout(message: str) -> Ending:
+    return Ending(Cause.UPSTREAM_TIMEOUT, message)

@@ -1,0 +1,261 @@
+"""Small patches of mitmproxy's HTTP/1 server side and request buffering: bounded memory, Valet's own ends.
+
+1. **Request heads are capped.** mitmproxy's HTTP/1 reader keeps every byte of a request head until
+   it sees the blank line, with no limit and no option for one: a client without a key that sends
+   header lines without end made one connection hold 64 MiB. ``Http1Server.read_headers`` is wrapped:
+   a head longer than ``limits.max_header_bytes`` (still incomplete, or complete) or with more than
+   ``limits.max_header_count`` lines is answered ``431 headers_too_large`` and the connection closed,
+   before anything else (authentication included) reads it.
+2. **An exchange Valet ends gets Valet's answer.** When Valet cuts an upstream (a timeout, a revoked
+   key, a kill switch: :mod:`addon.hooks.watchdog`) it marks the agent's connection here and closes the
+   upstream connection; mitmproxy then reports a protocol error to the agent's side, and
+   ``Http1Server.send`` is wrapped to answer it with Valet's JSON-RPC error (``504 upstream_timeout``)
+   when no response head was sent yet, or with one SSE ``error`` event as the last chunk of a chunked
+   stream that was open, then the connection is closed. The texts are Valet's own: no upstream byte.
+3. **A refusal decided on headers does not read the body.** ``HttpStream.state_consume_request_body``
+   is wrapped: a flow already answered when its first body byte arrives is answered at once, the rest
+   of the body is dropped as it arrives (never buffered) and the connection is closed.
+5. **Slow request heads are cut**: a head not complete ``timeouts.header_read_seconds`` after its first
+   byte gets ``408 request_timeout`` and the connection is closed (a slowloris client holds nothing).
+4. **One budget for request bodies being buffered**, across all connections
+   (``limits.max_buffered_total_bytes``): a body that would take more is answered ``503 busy`` at once,
+   the same way (the rest dropped, the connection closed).
+
+mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
+(``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+import types
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage, ResponseEndOfMessage, ResponseProtocolError
+
+from addon.protocol.errors import Cause, Refusal
+
+# Set from the configuration (limits.max_header_bytes / max_header_count / max_buffered_total_bytes)
+# by hooks/state.py.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 100
+MAX_BUFFERED_TOTAL = 256 * 1024 * 1024
+HEADER_READ_SECONDS = 30.0  # timeouts.header_read_seconds
+# How a flow is refused (hooks/state.refuse, set there: the audit row then says why).
+REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
+
+
+class _Budget:
+    """Request bytes held by mitmproxy across all connections while bodies arrive.
+
+    Each stream's share is released when its body is complete (handed to Valet's hooks, bounded per
+    body by ``max_buffered_bytes``) or when the stream object goes away (an agent that disconnects
+    mid-body), so no path can leak budget.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._held: dict[int, int] = {}
+        self._collected = 0.0
+
+    def add(self, stream: object, size: int) -> None:
+        key = id(stream)
+        if key not in self._held:
+            self._held[key] = 0
+            weakref.finalize(stream, self.release, key)
+        self._held[key] += size
+        self.total += size
+
+    def release(self, key: int) -> None:
+        self.total -= self._held.pop(key, 0)
+
+    def spent(self, size: int) -> bool:
+        """Whether ``size`` more bytes would pass the budget; streams of closed connections are collected
+        first (at most once a second), since mitmproxy's layers hold reference cycles."""
+        if self.total + size <= MAX_BUFFERED_TOTAL:
+            return False
+        now = time.monotonic()
+        if now - self._collected > 1.0:
+            self._collected = now
+            gc.collect()
+        return self.total + size > MAX_BUFFERED_TOTAL
+
+
+BUDGET = _Budget()
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one."""
+
+    cause: Cause
+    message: str
+
+    def response(self) -> bytes:
+        body = Refusal(self.cause, self.message).body()
+        headers = http.Headers(content_type="application/json", connection="close")
+        return http1.assemble_response(http.Response.make(self.cause.status, body, headers))
+
+    def event(self) -> bytes:
+        error = {"code": self.cause.code, "message": self.message, "data": {"reason": self.cause.reason}}
+        data = json.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+        return f"event: error\ndata: {data}\n\n".encode()
+
+
+# agent connection id -> how Valet ends the exchange it cut on it (set just before the upstream is closed)
+ENDINGS: dict[str, Ending] = {}
+
+
+def _too_large() -> bytes:
+    body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
+    headers = http.Headers(content_type="application/json", connection="close")
+    return http1.assemble_response(http.Response.make(431, body, headers))
+
+
+def _head_too_large(buf: _http1.ReceiveBuffer) -> bool:
+    """Whether the buffered request head exceeds the limits (checked before mitmproxy extracts it)."""
+    data = bytes(buf)[: MAX_HEADER_BYTES + 4]
+    end = data.find(b"\r\n\r\n")
+    if end == -1:
+        end = data.find(b"\n\n")
+    head = data if end == -1 else data[:end]
+    if len(head) > MAX_HEADER_BYTES:
+        return True
+    return head.count(b"\n") > MAX_HEADER_COUNT  # request line + header lines
+
+
+# agent connections answered before their request body was read: closed once the answer is out
+_CLOSE_AFTER_ANSWER: set[str] = set()
+
+_original_read_headers = _http1.Http1Server.read_headers
+_original_consume = HttpStream.state_consume_request_body
+_original_send = _http1.Http1Server.send
+
+
+def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
+    """The state of a refused connection until it is closed: what still arrives is dropped, not kept."""
+    self.buf = _http1.ReceiveBuffer()
+    yield from ()
+
+
+def _close_client(client_id: str, answer: bytes = b"") -> None:
+    """Close the agent's socket ourselves once the 431 is queued.
+
+    mitmproxy's ``CloseConnection`` cancels the reading task, but a reader that always finds data
+    buffered (a flood) never reaches a suspension point where the cancellation lands, so the socket
+    would stay open while the flood goes on. Closing the transport flushes the answer, then closes.
+    """
+    master = getattr(ctx, "master", None)
+    server = master.addons.get("proxyserver") if master is not None else None
+    handler = server.connections.get(client_id) if server is not None else None
+    if handler is None:
+        return
+    for conn, io in list(handler.transports.items()):
+        if conn.id == client_id and io.writer is not None and not io.writer.is_closing():
+            if answer:
+                io.writer.write(answer)
+            io.writer.close()
+
+
+def _head_timeout(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
+    """A request head still incomplete ``HEADER_READ_SECONDS`` after its first byte: 408, then closed."""
+    server = ref()
+    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
+        return
+    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server.state = types.MethodType(_discard, server)
+    server.buf = _http1.ReceiveBuffer()
+    body = Refusal(Cause.REQUEST_TIMEOUT, "the request head did not arrive in time").body()
+    answer = http1.assemble_response(http.Response.make(
+        408, body, http.Headers(content_type="application/json", connection="close")))
+    _close_client(server.conn.id, answer)
+
+
+def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
+    if isinstance(event, events.DataReceived) and getattr(self, "_valet_head_timer", None) is None:
+        timer = object()
+        self._valet_head_timer = timer
+        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _head_timeout, weakref.ref(self), timer)
+    if isinstance(event, events.DataReceived) and _head_too_large(self.buf):
+        self.buf = _http1.ReceiveBuffer()  # drop what was read: nothing of it is kept
+        yield commands.SendData(self.conn, _too_large())
+        yield commands.CloseConnection(self.conn)
+        self.state = types.MethodType(_discard, self)  # nothing more is read on this connection
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+        return
+    result = yield from _original_read_headers(self, event)
+    if getattr(self.state, "__func__", None) is not _read_headers:  # the head is complete (or refused)
+        self._valet_head_timer = None
+    return result
+
+
+def _swallow(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """The agent's side of a stream answered before its body: what still arrives is dropped."""
+    yield from ()
+
+
+def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A request refused on its headers (no key, unknown server, ...) is answered at its first body
+    byte, without reading the body, and its connection closed. mitmproxy would otherwise buffer the
+    whole body (up to ``body_size_limit``) only to throw it away: ten such bodies took 700 MB."""
+    if isinstance(event, RequestData) and self.flow.response is None:
+        if REFUSE is not None and BUDGET.spent(len(event.data)):
+            BUDGET.release(id(self))
+            REFUSE(self.flow, Refusal(Cause.BUSY, "Valet holds as many request bodies as it may; retry later",
+                                      headers={"retry-after": "1"}), "error")
+        else:
+            BUDGET.add(self, len(event.data))
+    elif isinstance(event, RequestEndOfMessage):
+        BUDGET.release(id(self))
+    if self.flow.response is not None and isinstance(event, RequestData):
+        if self.flow.request.http_version.upper().startswith("HTTP/1"):  # h2/h3 forbid a Connection header;
+            self.flow.response.headers["connection"] = "close"  # there the stream ends, the body is dropped
+            _CLOSE_AFTER_ANSWER.add(self.context.client.id)
+        yield from _original_consume(self, RequestEndOfMessage(self.stream_id))
+        self.client_state = types.MethodType(_swallow, self)
+        return
+    return (yield from _original_consume(self, event))
+
+
+def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
+    if isinstance(event, ResponseEndOfMessage) and self.conn.id in _CLOSE_AFTER_ANSWER:
+        _CLOSE_AFTER_ANSWER.discard(self.conn.id)
+        yield from _original_send(self, event)
+        self.state = types.MethodType(_discard, self)  # the rest of the body is dropped as it arrives
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+        return
+    if isinstance(event, ResponseProtocolError):
+        ending = ENDINGS.pop(self.conn.id, None)
+        if ending is not None:
+            if self.conn.state & ConnectionState.CAN_WRITE:
+                if not self.response:
+                    yield commands.SendData(self.conn, ending.response())
+                elif "chunked" in self.response.headers.get("transfer-encoding", "").lower():
+                    notice = ending.event()
+                    yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(notice), notice))
+                yield commands.CloseConnection(self.conn)
+            return
+    return (yield from _original_send(self, event))
+
+
+def forget(client_id: str) -> None:
+    """The agent's connection is gone: nothing to end on it any more."""
+    ENDINGS.pop(client_id, None)
+    _CLOSE_AFTER_ANSWER.discard(client_id)
+
+
+def install() -> None:
+    _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+    _http1.Http1Server.send = _send  # type: ignore[method-assign]
+    HttpStream.state_consume_request_body = _consume  # type: ignore[method-assign]
