@@ -14,7 +14,10 @@ segment:
   used both for POST answers (MCP servers) and GET streams;
 - ``trailers``: a chunked body with the forms in a trailer;
 - ``sse-<codec>`` and ``sse-<codec>-unlabelled``: a compressed event stream;
-- ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open.
+- ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open;
+- ``legacy-dots``/``legacy-slashes``: a legacy ``endpoint`` event naming
+  ``/mcp/messages/<token>`` with ``x/../`` (or ``/``) spliced into the token after
+  its first ``/``: resolved or collapsed, the path would spell the token.
 """
 
 from __future__ import annotations
@@ -120,6 +123,13 @@ class Hostile:
             await writer.drain()
             await asyncio.sleep(60)
             return
+        if shape.startswith("legacy-"):  # a legacy `endpoint` event that resolving would turn into the token
+            cut = token.find("/") + 1 or len(token) // 2
+            spliced = token[:cut] + ("x/../" if shape == "legacy-dots" else "/") + token[cut:]
+            event = f"event: endpoint\r\ndata: /mcp/messages/{spliced}?session_id=abc\r\n\r\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                         + f"{len(event):x}\r\n".encode() + event + b"\r\n0\r\n\r\n")
+            return
         if shape in ("sse", "mcp") or shape.startswith("sse-"):
             events = b"".join(
                 b"event: message\r\nid: " + f.encode() + b"\r\ndata: " + json.dumps(
@@ -158,7 +168,8 @@ class Hostile:
                 extra.append(("content-encoding", codec))
         reason = f"OK {token} {forms(token)[4]}"
         response = [f"HTTP/1.1 200 {reason}", f"content-type: {content_type}", f"content-length: {len(body)}",
-                    f"x-{token}: name", *(f"x-echo-{i}: {f}" for i, f in enumerate(every)),
+                    f"x-{token}: name", f"x-token-length: {len(token)}",  # (tells a rotation was picked up)
+                    *(f"x-echo-{i}: {f}" for i, f in enumerate(every)),
                     *(f"{k}: {v}" for k, v in extra)]
         writer.write(("\r\n".join(response) + "\r\n\r\n").encode("utf-8") + body)
 
