@@ -22,6 +22,7 @@ import pytest
 
 from addon.protocol.legacy_sse import EndpointRefused, Mount, rewrite_endpoint
 from addon.protocol.routing import Upstream as Route
+from addon.secrets import compressed
 
 from .support import Upstream, Valet, assert_clean_log, start_valet
 from .test_e2e_leaks import body_of, hostile, raw_exchange  # noqa: F401 - the hostile fixture
@@ -146,3 +147,21 @@ def test_forward_passthrough_is_scrubbed_with_its_origins_values(hostile: Upstre
     finally:
         assert proxy.stop() == 0
     assert_clean_log(proxy)
+
+
+# --- 5. compressed bodies: every member decoded, formats Valet does not decode refused -------------------------
+
+@pytest.mark.parametrize("shape", ["gzipmulti-unlabelled", "zstdmulti-unlabelled", "bzip2-unlabelled"])
+def test_every_member_is_scrubbed_and_an_unreadable_format_refused(valet: Valet, shape: str) -> None:
+    key, _ = valet.new_key("alice", f"compressed-{shape}")
+    raw = raw_exchange(valet, "GET", f"/a/{shape}", key)
+    head, body = body_of(raw)
+    if shape.startswith("bzip2"):
+        assert head.split(b" ")[1] != b"200", head
+        assert b"BZh" not in body
+    else:
+        assert head.split(b" ")[1] == b"200", head
+        codec = "gzip" if shape.startswith("gzip") else "zstd"
+        body = compressed.decode(codec, raw.partition(b"\r\n\r\n")[2], 1 << 26)
+        assert b"REDACTED" in body
+    assert_absent(raw + head + body, (A_TOKEN, B_TOKEN), shape)

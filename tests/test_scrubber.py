@@ -265,3 +265,65 @@ def test_leading_zeros_across_the_scan_slices() -> None:
 
 def test_a_huge_reference_decodes_to_nothing_not_an_error() -> None:
     assert S.bytes(b"&#" + b"9" * 5000 + b";") == b"&#" + b"9" * 5000 + b";"
+
+
+# --- compressed bodies: every member, and formats Valet does not decode refused ---------------------------
+
+def _pieces(plain: bytes) -> tuple[bytes, bytes]:
+    half = len(plain) // 2
+    return plain[:half], plain[half:]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "deflate"])
+def test_every_member_or_frame_is_decoded_and_scrubbed(codec: str) -> None:
+    plain = b'{"echo": "harmless first part, then ' + SECRET.encode() + b'"}'
+    first, second = b'{"echo": "harmless first part", ', b'"then": "' + SECRET.encode() + b'"}'
+    for body in (compressed.encode(codec, first) + compressed.encode(codec, second),
+                 compressed.encode(codec, b"") + compressed.encode(codec, plain)):
+        out = Outbound(S).body(body)
+        decoded = compressed.decode(codec, out, 1 << 20)
+        assert SECRET.encode() not in decoded and MARK in decoded, decoded
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "deflate"])
+def test_a_stream_of_several_members_is_decoded_whole(codec: str) -> None:
+    parts = [b"event: message\r\ndata: one\r\n\r\n", b"event: message\r\ndata: " + SECRET.encode() + b"\r\n\r\n"]
+    encoded = b"".join(compressed.encode(codec, p) for p in parts)
+    decoder = compressed.StreamDecoder(codec, 1 << 26)
+    got = b"".join(decoder.feed(encoded[i:i + 7]) for i in range(0, len(encoded), 7))
+    decoder.end()
+    assert got == b"".join(parts)
+
+
+def test_gzip_with_nul_padding_decodes_and_with_trailing_garbage_is_refused() -> None:
+    body = gzip.compress(SECRET.encode())
+    assert MARK in compressed.decode("gzip", Outbound(S).body(body + b"\0" * 8), 1 << 20)
+    with pytest.raises(compressed.Unreadable):
+        Outbound(S).body(body + b"garbage")
+    with pytest.raises(compressed.Unreadable):
+        Outbound(S).body(body[:-6])  # truncated: a lenient client still reads the secret
+
+
+def test_formats_valet_does_not_decode_are_refused() -> None:
+    import bz2
+    import io
+    import lzma
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", SECRET)
+    for body in (bz2.compress(SECRET.encode()), archive.getvalue(), lzma.compress(SECRET.encode()),
+                 gzip.compress(bz2.compress(SECRET.encode()))):
+        with pytest.raises(compressed.Unreadable):
+            Outbound(S).body(body)
+    for text in (b"BZh is how bzip2 starts", b"PK is a prefix", b"hbar"):
+        assert Outbound(S).body(text) == text
+
+
+def test_raw_deflate_is_decoded_and_scrubbed() -> None:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    body = compressor.compress(b'{"echo": "' + SECRET.encode() + b'"}' + bytes(range(256))) + compressor.flush()
+    out = Outbound(S).body(body)
+    decoded = compressed.decode("raw-deflate", out, 1 << 20)
+    assert MARK in decoded and SECRET.encode() not in decoded

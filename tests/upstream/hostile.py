@@ -10,6 +10,7 @@ segment:
 - ``json``: reason, header values, a header NAME, and a JSON body with every form;
 - ``html``: an HTML page with numeric and named character references;
 - ``gzip``/``br``/``zstd``/``deflate`` (labelled) and ``<codec>-unlabelled``;
+  ``gzipmulti``/``zstdmulti``/``bzip2``-unlabelled: two members (frames), or bzip2;
 - ``sse``: a text/event-stream (chunked) with the forms in ``id:`` and ``data:``,
   used both for POST answers (MCP servers) and GET streams;
 - ``trailers``: a chunked body with the forms in a trailer;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bz2
 import gzip
 import json
 import zlib
@@ -161,7 +163,10 @@ class Hostile:
             content_type = "text/html"
             body = ("<html><body>" + "".join(f"<p title='{f}'>{f}</p>" for f in every) + "</body></html>").encode()
         codec, _, unlabelled = shape.partition("-")
-        encoders = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress, "deflate": zlib.compress}
+        encoders = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress, "deflate": zlib.compress,
+                    # two members/frames, the secrets in the second; a format Valet refuses
+                    "gzipmulti": lambda b: gzip.compress(b[:9]) + gzip.compress(b[9:]),
+                    "zstdmulti": lambda b: zstd.compress(b[:9]) + zstd.compress(b[9:]), "bzip2": bz2.compress}
         if codec in encoders:
             body = encoders[codec](body)
             if not unlabelled:
