@@ -14,6 +14,8 @@ previous request's token, in every form).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +167,30 @@ def test_every_member_is_scrubbed_and_an_unreadable_format_refused(valet: Valet,
         body = compressed.decode(codec, raw.partition(b"\r\n\r\n")[2], 1 << 26)
         assert b"REDACTED" in body
     assert_absent(raw + head + body, (A_TOKEN, B_TOKEN), shape)
+
+
+# --- 11. escape-dense events are not scrubbed on the event loop ------------------------------------------------
+
+def test_an_escape_dense_event_ends_its_stream_and_others_are_served(valet: Valet) -> None:
+    key, _ = valet.new_key("alice", "escsse")
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def small_calls() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            raw_exchange(valet, "GET", "/a/small", key)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    caller = threading.Thread(target=small_calls, daemon=True)
+    caller.start()
+    try:
+        raw = raw_exchange(valet, "GET", "/hmcp/escsse", key, extra="Accept: text/event-stream\r\n")
+    finally:
+        stop.set()
+        caller.join(60)
+    print(f"escape-dense stream: {len(latencies)} small calls meanwhile, slowest {max(latencies or [0]):.2f} s")
+    _, body = body_of(raw)
+    assert b"stream refused" in body and b"%61&#107;" not in body, body[:300]
+    assert_absent(raw + body, (SLASHED,), "escsse")

@@ -16,6 +16,7 @@ segment:
 - ``trailers``: a chunked body with the forms in a trailer;
 - ``sse-<codec>`` and ``sse-<codec>-unlabelled``: a compressed event stream;
 - ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open;
+- ``escsse``: three 1 MiB SSE events of nothing but escapes (CPU for the scrubber);
 - ``legacy-dots``/``legacy-slashes``: a legacy ``endpoint`` event naming
   ``/mcp/messages/<token>`` with ``x/../`` (or ``/``) spliced into the token after
   its first ``/``: resolved or collapsed, the path would spell the token.
@@ -29,6 +30,7 @@ import base64
 import bz2
 import gzip
 import json
+import os
 import zlib
 
 import brotli
@@ -124,6 +126,13 @@ class Hostile:
                          b"content-encoding: gzip\r\n\r\n" + f"{len(part):x}\r\n".encode() + part + b"\r\n")
             await writer.drain()
             await asyncio.sleep(60)
+            return
+        if shape == "escsse":  # three 1 MiB events of nothing but escapes (and the token, percent-encoded)
+            mib = float(os.environ.get("HOSTILE_ESC_MIB", "1"))  # (7 for the review's measurement)
+            data = forms(token)[4].encode() + (b"\\u0066%61&#107;" * int(mib * (1 << 20) // 15))
+            events = b"".join(b"event: message\r\ndata: " + data + b"\r\n\r\n" for _ in range(3))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                         + str(len(events)).encode() + b"\r\n\r\n" + events)
             return
         if shape.startswith("legacy-"):  # a legacy `endpoint` event that resolving would turn into the token
             cut = token.find("/") + 1 or len(token) // 2
