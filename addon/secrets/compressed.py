@@ -6,8 +6,11 @@ it. So the scrubber does not trust labels: it recognizes gzip, zlib (deflate)
 and zstd by their magic bytes, and tries brotli (which has none) on any body
 that is not valid UTF-8. A body that decodes is scrubbed decoded; when that
 changed something it is compressed again with the same codec, so the agent
-gets what it expected minus the secrets. A body that decodes past the cap is
-refused (:class:`TooLarge`): never passed unread.
+gets what it expected minus the secrets. Every gzip member, zstd frame and zlib
+stream is decoded (clients decode them all). A body that decodes past the cap
+is refused (:class:`TooLarge`), and so is one Valet cannot read although it is
+certainly compressed (:class:`Unreadable`: bzip2, zip, xz..., or gzip/zstd
+that does not decode): never passed unread. See docs/security.md for the list.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ for long):
   ``\\\\``, ``\\n``...), HTML character references, numeric (``&#114;``,
   ``&#x72;``, any case, leading zeros, ``;`` optional) and named (``&amp;``).
   Decoding is per character, so any subset of encoded characters, and mixed
-  encodings inside one occurrence, decode to the raw secret. A match found
+  encodings inside one occurrence, decode to the raw secret. The characters
+  decoded are those of the secrets, of the base64 and hex alphabets (a
+  secret's base64 holds ``/`` and ``+`` even when the secret does not) and of
+  the escapes themselves (``&amp;#102;``: one level of nesting). A match found
   there is mapped back to the original bytes it came from.
 
 The literals per secret: its UTF-8 bytes (and, if it has spaces, the same with
