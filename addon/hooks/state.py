@@ -215,6 +215,7 @@ class ValetState:
         for old in list(remembered)[: max(0, len(remembered) - len(current) - MAX_REMEMBERED_VALUES)]:
             del remembered[old]
         scrubber = Scrubber([(name, value) for value, name in remembered.items()])
+        key = (generation, self._token_epoch, key[2])  # note_grant above may have learnt tokens
         self._scrubbers[origin] = (key, scrubber)
         return scrubber
 
