@@ -214,3 +214,116 @@ def test_values_with_control_bytes_and_regex_characters_are_matched_literally() 
     s = Scrubber([("N", "fake\x00nul.+*?[value]\\é")])
     assert s.bytes("x fake\x00nul.+*?[value]\\é y".encode()) == b"x [REDACTED:N] y"
     assert s.bytes(b"x fakeXnulA+*?[value]\\ y") == b"x fakeXnulA+*?[value]\\ y"
+
+
+# --- the review of today's main: forms that passed -------------------------------------------------------
+
+REVIEW_SECRET = "sk-live????>>>>~~~~abcd1234"  # its base64 has '/' and '+', which the secret itself has not
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\x00", b"\x00\x00"])
+@pytest.mark.parametrize("escape", ["\\/", "%2F", "%2f", "\\u002f", "\\u002F", "&#47;", "&#x2f;"])
+def test_base64_with_escaped_separators_is_found(prefix: bytes, escape: str) -> None:
+    scrubber = Scrubber([("API_TOKEN", REVIEW_SECRET)])
+    for alphabet in (base64.b64encode, base64.urlsafe_b64encode):
+        blob = alphabet(prefix + REVIEW_SECRET.encode() + b"tail").decode()
+        form = blob.replace("/", escape).replace("+", "%2B").encode()
+        assert b"[REDACTED:API_TOKEN]" in scrubber.bytes(form), form
+        assert b"[REDACTED:API_TOKEN]" in scrubber.bytes(b'{"a": "' + form + b'"}')
+
+
+def test_review_repro_base64_with_json_slash() -> None:
+    scrubber = Scrubber([("API_TOKEN", REVIEW_SECRET)])
+    assert scrubber.bytes(b"AHNrLWxpdmU\\/Pz8\\/Pj4+Pn5+fn5hYmNkMTIzNHRhaWw=") != \
+        b"AHNrLWxpdmU\\/Pz8\\/Pj4+Pn5+fn5hYmNkMTIzNHRhaWw="
+
+
+@pytest.mark.parametrize("outer", ["&amp;", "\\u0026", "%26", "&#38;", "\\u0026amp;"])
+def test_one_level_of_nesting_of_numeric_references(outer: str) -> None:
+    """``&amp;#102;`` is ``&#102;`` once decoded, which is ``f``: the documented nesting."""
+    form = "".join(f"{outer}#{ord(c)};" for c in SECRET).encode()
+    out = S.bytes(form)
+    assert MARK in out and b"#102;" not in out.replace(MARK, b""), out
+
+
+def test_numeric_references_with_any_number_of_leading_zeros() -> None:
+    for zeros in (0, 1, 32, 33, 100, 5000):
+        for template in ("&#{z}{d};", "&#x{z}{x};", "&#X{z}{x}"):
+            form = "".join(template.format(z="0" * zeros, d=ord(c), x=f"{ord(c):x}") for c in SECRET)
+            assert S.bytes(form.encode()) == MARK, (zeros, template)
+
+
+def test_leading_zeros_across_the_scan_slices() -> None:
+    """A reference whose zeros straddle the 1 MiB slice boundary of the unit scan is still decoded."""
+    from addon.secrets import scrubber as module
+
+    for pad in (module.SLICE_BYTES - 3, module.SLICE_BYTES - 40, module.SLICE_BYTES - 1000):
+        form = "".join(f"&#{'0' * 2000}{ord(c)};" for c in SECRET).encode()
+        data = b"x" * pad + form
+        assert S.bytes(data) == b"x" * pad + MARK, pad
+
+
+def test_a_huge_reference_decodes_to_nothing_not_an_error() -> None:
+    assert S.bytes(b"&#" + b"9" * 5000 + b";") == b"&#" + b"9" * 5000 + b";"
+
+
+# --- compressed bodies: every member, and formats Valet does not decode refused ---------------------------
+
+def _pieces(plain: bytes) -> tuple[bytes, bytes]:
+    half = len(plain) // 2
+    return plain[:half], plain[half:]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "deflate"])
+def test_every_member_or_frame_is_decoded_and_scrubbed(codec: str) -> None:
+    plain = b'{"echo": "harmless first part, then ' + SECRET.encode() + b'"}'
+    first, second = b'{"echo": "harmless first part", ', b'"then": "' + SECRET.encode() + b'"}'
+    for body in (compressed.encode(codec, first) + compressed.encode(codec, second),
+                 compressed.encode(codec, b"") + compressed.encode(codec, plain)):
+        out = Outbound(S).body(body)
+        decoded = compressed.decode(codec, out, 1 << 20)
+        assert SECRET.encode() not in decoded and MARK in decoded, decoded
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "deflate"])
+def test_a_stream_of_several_members_is_decoded_whole(codec: str) -> None:
+    parts = [b"event: message\r\ndata: one\r\n\r\n", b"event: message\r\ndata: " + SECRET.encode() + b"\r\n\r\n"]
+    encoded = b"".join(compressed.encode(codec, p) for p in parts)
+    decoder = compressed.StreamDecoder(codec, 1 << 26)
+    got = b"".join(decoder.feed(encoded[i:i + 7]) for i in range(0, len(encoded), 7))
+    decoder.end()
+    assert got == b"".join(parts)
+
+
+def test_gzip_with_nul_padding_decodes_and_with_trailing_garbage_is_refused() -> None:
+    body = gzip.compress(SECRET.encode())
+    assert MARK in compressed.decode("gzip", Outbound(S).body(body + b"\0" * 8), 1 << 20)
+    with pytest.raises(compressed.Unreadable):
+        Outbound(S).body(body + b"garbage")
+    with pytest.raises(compressed.Unreadable):
+        Outbound(S).body(body[:-6])  # truncated: a lenient client still reads the secret
+
+
+def test_formats_valet_does_not_decode_are_refused() -> None:
+    import bz2
+    import io
+    import lzma
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", SECRET)
+    for body in (bz2.compress(SECRET.encode()), archive.getvalue(), lzma.compress(SECRET.encode()),
+                 gzip.compress(bz2.compress(SECRET.encode()))):
+        with pytest.raises(compressed.Unreadable):
+            Outbound(S).body(body)
+    for text in (b"BZh is how bzip2 starts", b"PK is a prefix", b"hbar"):
+        assert Outbound(S).body(text) == text
+
+
+def test_raw_deflate_is_decoded_and_scrubbed() -> None:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    body = compressor.compress(b'{"echo": "' + SECRET.encode() + b'"}' + bytes(range(256))) + compressor.flush()
+    out = Outbound(S).body(body)
+    decoded = compressed.decode("raw-deflate", out, 1 << 20)
+    assert MARK in decoded and SECRET.encode() not in decoded

@@ -3,6 +3,9 @@
 Runs after :class:`~addon.hooks.relay.ResponseFilter` and wraps the event relay
 it installed, so it sees complete, already scrubbed events; a stream that was
 buffered instead (compressed and scrubbed whole) is rewritten in ``response``.
+A rewritten event is new bytes made of upstream bytes AFTER the scrubber ran, so
+it goes through the exchange's scrubber once more (and the rewrite itself never
+resolves or collapses anything: such endpoints are refused).
 The rules are :mod:`addon.protocol.legacy_sse`'s; the bindings are
 :class:`~addon.hooks.sessions.SessionGuard`'s.
 """
@@ -17,6 +20,7 @@ from mitmproxy import http
 from addon.audit.exchange import Exchange
 from addon.protocol.legacy_sse import EndpointRefused, Mount, rewrite_event
 from addon.protocol.sse import SSEFramer
+from addon.secrets.outbound import Outbound
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState, exchange_of
@@ -63,6 +67,15 @@ class LegacyEndpoints:
         rewrite = self._wrap(lambda _chunk: whole, exchange, mount)  # the whole body is one "chunk"
         response.content = b"".join(rewrite(b""))
 
+    def _outbound(self, exchange: Exchange) -> Outbound:
+        """The exchange's own scrubbing (the relay made it); the origin's scrubber if none was made."""
+        outbound: Outbound | None = exchange.outbound
+        if outbound is None:
+            server_name = exchange.server or ""
+            outbound = Outbound(lambda: self.state.scrubber(server_name),
+                                cap=exchange.snapshot.config.limits.max_buffered_bytes)
+        return outbound
+
     def _wrap(self, relay: Callable[[bytes], Any], exchange: Exchange, mount: Mount) -> Callable[[bytes], list[bytes]]:
         refused = False
         key_id = exchange.key_id
@@ -86,7 +99,7 @@ class LegacyEndpoints:
                     break
                 if params and key_id is not None:
                     self.sessions.bind_legacy(mount.server, params, key_id)
-                out.append(event)
+                out.append(self._outbound(exchange).event(event) if params or b"endpoint" in event else event)
             return out
 
         return rewritten

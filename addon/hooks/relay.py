@@ -42,11 +42,12 @@ class ResponseFilter:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        # every response of a flow routed to a server, whatever was decided: Valet's own refusals carry no
-        # secret, and a decision changed on the way (a stream refused) must not open a way around
-        if exchange is None or exchange.server is None or response is None:
+        # every response of a flow, whatever was decided and passthrough too (with the scrubber of its
+        # origin): Valet's own refusals carry no secret, and a decision changed on the way (a stream
+        # refused) must not open a way around
+        if exchange is None or response is None:
             return
-        outbound = _outbound_of(self.state, exchange)
+        outbound = _outbound_of(self.state, exchange, flow)
         exchange.outbound = outbound
         _scrub_headers(response, outbound)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -73,9 +74,9 @@ class ResponseFilter:
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange = exchange_of(flow)
         response = flow.response
-        if exchange is None or exchange.server is None or response is None:
+        if exchange is None or response is None:
             return
-        outbound = _outbound_of(self.state, exchange)
+        outbound = _outbound_of(self.state, exchange, flow)
         if response.trailers:  # sent after this hook, streamed body or not
             _scrub_fields(response.trailers, outbound)
         if response.stream:
@@ -118,13 +119,15 @@ class ResponseFilter:
             response.content = scrubbed
 
 
-def _outbound_of(state: ValetState, exchange: Exchange) -> Outbound:
-    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten)."""
+def _outbound_of(state: ValetState, exchange: Exchange, flow: http.HTTPFlow) -> Outbound:
+    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten):
+    with the server's scrubber, or for passthrough the one of the origin the answer came from."""
     outbound: Outbound | None = exchange.outbound
     if outbound is None:
-        server_name = exchange.server or ""
-        outbound = Outbound(lambda: state.scrubber(server_name),
-                            cap=exchange.snapshot.config.limits.max_buffered_bytes)
+        server_name = exchange.server
+        origin = (flow.request.scheme, flow.request.host.lower(), flow.request.port)
+        outbound = Outbound((lambda: state.scrubber(server_name)) if server_name is not None else (
+            lambda: state.origin_scrubber(origin)), cap=exchange.snapshot.config.limits.max_buffered_bytes)
     return outbound
 
 

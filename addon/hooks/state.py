@@ -28,6 +28,7 @@ from addon.secrets.scrubber import Scrubber
 from addon.oauth.grants import GRANT, Grant, parse_grant, read_registration
 
 MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed after a refresh
+MAX_REMEMBERED_VALUES = 256  # per origin: previous values of every secret stay scrubbed after a rotation
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
@@ -54,7 +55,10 @@ class ValetState:
         self.open_exchanges = 0  # written ahead, outcome not yet recorded (GET streams not counted)
         # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
         self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
-        self._scrubbers: dict[str, tuple[tuple[object, ...], Scrubber]] = {}
+        # origin (scheme, host, port; None: every server) -> (what it was built from, scrubber)
+        self._scrubbers: dict[tuple[str, str, int] | None, tuple[tuple[object, ...], Scrubber]] = {}
+        self._remembered: dict[tuple[str, str, int] | None, dict[str, str]] = {}  # origin -> {value: name}
+        self._token_epoch = 0
         self._tokens: dict[str, dict[str, str]] = {}  # server -> {token value: name}, current and previous
 
     def load(self, loader: Loader) -> None:
@@ -166,35 +170,60 @@ class ValetState:
                 for old in list(tokens)[: len(tokens) + len(fresh) - MAX_REMEMBERED_TOKENS]:
                     del tokens[old]
             tokens.update(fresh)
-            self._scrubbers.pop(server, None)
+            self._token_epoch += 1  # the scrubbers of the origins this server is on are rebuilt
     def scrubber(self, server_name: str) -> Scrubber:
-        """THE egress scrubber of a server, for the values of this moment (looked up as bytes pass).
-        It knows every user's and the shared value of every secret the server's
-        injections reference, every user's OAuth tokens for it (current and
-        previous), its OAuth client secret, and the valet-key shape. Rebuilt when
-        the vault generation, the server's config or its known tokens change;
-        never per request.
+        """THE egress scrubber for an answer of ``server_name``: the one of its upstream ORIGIN.
+
+        Two servers on one origin (scheme, host, port) may be one upstream, which
+        can echo what the other was sent; so the scrubber knows every value that
+        could have reached that origin. An unknown server gets the union of all.
         """
         snapshot = self.snapshot
-        server = snapshot.config.servers.get(server_name) if snapshot is not None else None
+        upstream = snapshot.routes.upstreams.get(server_name) if snapshot is not None else None
+        return self.origin_scrubber((upstream.scheme, upstream.host, upstream.port) if upstream else None)
+
+    def origin_scrubber(self, origin: tuple[str, str, int] | None) -> Scrubber:
+        """The scrubber of every value that could have reached ``origin``: every user's and the shared
+        value of every secret the injections of every server on that origin reference, every user's OAuth
+        tokens for them (current and previous), their OAuth client secrets, the valet-key shape, and the
+        values of all of these that were replaced since (MAX_REMEMBERED_VALUES per origin, for the process
+        lifetime: a stateful upstream may echo a rotated secret). An origin no server is on (passthrough)
+        gets the union of every server's. Cached per origin; rebuilt when the vault generation, the config
+        of a server there or its known tokens change; never per request.
+        """
+        snapshot = self.snapshot
+        upstreams = snapshot.routes.upstreams if snapshot is not None else {}
+        names = sorted(n for n, u in upstreams.items() if (u.scheme, u.host, u.port) == origin)
+        if not names:
+            names, origin = sorted(upstreams), None
+        servers = {n: snapshot.config.servers[n] for n in names} if snapshot is not None else {}
         secrets = self.secrets
         generation = secrets.generation if secrets is not None else 0
-        key = (generation, server.secret_names if server else None, server.auth if server else None)
-        cached = self._scrubbers.get(server_name)
+        key = (generation, self._token_epoch, tuple((n, s.secret_names, s.auth) for n, s in servers.items()))
+        cached = self._scrubbers.get(origin)
         if cached is not None and cached[0] == key:
             return cached[1]
         values: list[tuple[str, str]] = []
-        if secrets is not None and server is not None:
-            values += secrets.values_of(server_name, server.secret_names)
-            if server.auth == "oauth":
-                for _, grant_text in secrets.values_of(server_name, {GRANT}):
-                    self.note_grant(server_name, parse_grant(grant_text))
-                registration = read_registration(secrets, server_name)
-                if registration is not None and registration.client.client_secret:
-                    values.append(("OAUTH_CLIENT_SECRET", registration.client.client_secret))
-        values += [(name, value) for value, name in self._tokens.get(server_name, {}).items()]
-        scrubber = Scrubber(values)
-        self._scrubbers[server_name] = (key, scrubber)
+        for server_name, server in servers.items():
+            if secrets is not None:
+                values += secrets.values_of(server_name, server.secret_names)
+                if server.auth == "oauth":
+                    for _, grant_text in secrets.values_of(server_name, {GRANT}):
+                        self.note_grant(server_name, parse_grant(grant_text))
+                    registration = read_registration(secrets, server_name)
+                    if registration is not None and registration.client.client_secret:
+                        values.append(("OAUTH_CLIENT_SECRET", registration.client.client_secret))
+            values += [(name, value) for value, name in self._tokens.get(server_name, {}).items()]
+        remembered = self._remembered.setdefault(origin, {})
+        current = {value for _, value in values}
+        for name, value in values:
+            remembered.pop(value, None)
+            remembered[value] = name  # the current ones last: the oldest previous ones are dropped first
+        for old in list(remembered)[: max(0, len(remembered) - len(current) - MAX_REMEMBERED_VALUES)]:
+            del remembered[old]
+        scrubber = Scrubber([(name, value) for value, name in remembered.items()])
+        key = (generation, self._token_epoch, key[2])  # note_grant above may have learnt tokens
+        self._scrubbers[origin] = (key, scrubber)
         return scrubber
 
     def running(self) -> None:

@@ -11,6 +11,13 @@ of the stream and:
 - refused (the event is dropped and the stream ends) unless it stays on the
   upstream's origin and under the configured server URL's path, in the
   normal form :func:`addon.protocol.routing.normalize_path` accepts;
+- refused too when resolving or normalizing it would change any of its
+  characters: dot segments (``x/../y``, also percent-encoded), empty segments
+  (``//``), a backslash, escapes normalization rewrites. Such a rewrite builds
+  new bytes out of upstream bytes AFTER the scrubber saw them, so it could
+  assemble a secret (``fake/x/../alice-token`` becomes ``fake/alice-token``).
+  The endpoint the agent gets is the upstream's text, prefix swapped, and the
+  hook scrubs the rewritten event once more anyway;
 - rewritten to Valet's mount: ``/<server><rest>?<query>`` in reverse mode,
   the origin-relative upstream path in forward mode (the agent resolves it
   against the URL it used, which Valet routes back to the same server);
@@ -22,6 +29,7 @@ Pure functions on bytes and strings; the hook is ``addon.hooks.legacy``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
@@ -58,6 +66,7 @@ def rewrite_endpoint(data: str, mount: Mount) -> tuple[str, list[tuple[str, str]
     if not text or len(text) > MAX_ENDPOINT_CHARS or not text.isascii() or \
             any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
         raise EndpointRefused("the endpoint is empty, too long or not printable ASCII")
+    _refuse_transformations(text)
     resolved = urlsplit(urljoin(mount.stream_url, text))
     upstream = mount.upstream
     try:
@@ -72,6 +81,9 @@ def rewrite_endpoint(data: str, mount: Mount) -> tuple[str, list[tuple[str, str]
         path = normalize_path(resolved.path or "/") or "/"
     except Refusal as refusal:
         raise EndpointRefused(f"the endpoint's path is refused: {refusal.message}") from None
+    own_path = urlsplit(text).path
+    if path != resolved.path or not (own_path == path or (not own_path.startswith("/") and path.endswith("/" + own_path))):
+        raise EndpointRefused("the endpoint is not in normal form (Valet does not rewrite upstream bytes)")
     prefix = upstream.path
     if prefix and not (path == prefix or path.startswith(prefix + "/")):
         raise EndpointRefused("the endpoint is outside the server's URL")
@@ -79,6 +91,19 @@ def rewrite_endpoint(data: str, mount: Mount) -> tuple[str, list[tuple[str, str]
     rest = path[len(prefix):] if prefix else ("" if path == "/" else path)
     endpoint = f"/{mount.server}{rest}{query}" if mount.mode == "reverse" else f"{path}{query}"
     return endpoint, parse_qsl(resolved.query, keep_blank_values=True)
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2[eE]){1,2}(?:[/;?#]|$)")
+
+
+def _refuse_transformations(text: str) -> None:
+    """Anything :func:`urljoin` or :func:`normalize_path` would resolve, collapse or re-encode is refused."""
+    path = re.split(r"[?#]", text, maxsplit=1)[0]
+    after_authority = path.split("//", 1)[1].partition("/")[2] if "://" in path or path.startswith("//") else path
+    if _DOT_SEGMENT.search(after_authority):
+        raise EndpointRefused("the endpoint has a dot segment")
+    if "//" in after_authority or "\\" in text:
+        raise EndpointRefused("the endpoint has an empty segment or a backslash")
 
 
 def rewrite_event(event: bytes, mount: Mount) -> tuple[bytes, list[tuple[str, str]]]:

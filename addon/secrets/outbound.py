@@ -12,6 +12,7 @@ and are small); every other body is scrubbed as bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,32 @@ from addon.secrets.scrubber import Scrubber
 
 ToolFilter = Callable[[dict[str, Any]], bool]
 DEFAULT_CAP = 64 * 1024 * 1024
+
+# Stream events are scrubbed inside mitmproxy's event loop (its stream callable is synchronous), and the
+# decoded view of escapes costs Python work per escape (about 4 µs): 7 MiB of ``%61`` stalled every agent
+# for seconds. So an event on the loop over INLINE_EVENT_BYTES with more than MAX_INLINE_ESCAPES escape
+# characters (about 0.25 s of work at most) is refused, ending its stream; counted with bytes.count (C).
+# Buffered bodies are scrubbed in a worker thread by the relay and are not bounded here.
+INLINE_EVENT_BYTES = 256 * 1024
+MAX_INLINE_ESCAPES = 65536
+
+
+class TooCostly(compressed.TooLarge):
+    """An SSE event that would hold the event loop too long to scrub (refused like an over-sized one)."""
+
+
+def escapes_in(data: bytes) -> int:
+    """How many encoded characters ``data`` may hold at most, as the scrubber decodes them (C speed)."""
+    return data.count(b"%") + data.count(b"&") + data.count(b"\\u") + data.count(b"\\U") + \
+        data.count(b"\\/") + data.count(b"\\\\")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False  # a worker thread (asyncio.to_thread): it may take its time
+    return True
 
 
 class Outbound:
@@ -75,7 +102,9 @@ class Outbound:
         return compressed.scrub(data, scrubber.bytes, self.cap)
 
     def event(self, event: bytes) -> bytes:
-        """One complete SSE event."""
+        """One complete SSE event. Raises :class:`TooCostly` for an escape-dense event on the event loop."""
+        if len(event) > INLINE_EVENT_BYTES and _on_event_loop() and escapes_in(event) > MAX_INLINE_ESCAPES:
+            raise TooCostly("an event too dense in escapes to scrub without stalling every other agent")
         others, data, eol = split_event(event)
         scrubber = self.scrubber
         if (not self.tools_list_ids and (data is None or (b"\n" not in data and compressed.sniff(data) is None))

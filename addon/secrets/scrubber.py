@@ -18,7 +18,10 @@ for long):
   ``\\\\``, ``\\n``...), HTML character references, numeric (``&#114;``,
   ``&#x72;``, any case, leading zeros, ``;`` optional) and named (``&amp;``).
   Decoding is per character, so any subset of encoded characters, and mixed
-  encodings inside one occurrence, decode to the raw secret. A match found
+  encodings inside one occurrence, decode to the raw secret. The characters
+  decoded are those of the secrets, of the base64 and hex alphabets (a
+  secret's base64 holds ``/`` and ``+`` even when the secret does not) and of
+  the escapes themselves (``&amp;#102;``: one level of nesting). A match found
   there is mapped back to the original bytes it came from.
 
 The literals per secret: its UTF-8 bytes (and, if it has spaces, the same with
@@ -63,6 +66,8 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _KEY_SHAPE = re.compile(rb"vk_[A-Za-z0-9]{12}_[A-Za-z0-9_-]{32,}")
 _KEY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 _UNIT_START = re.compile(rb"[\\%&]")
+_ENCODED_FORM_CHARS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_"  # base64, hex
+                       "\\%&#;")  # the escapes' own characters
 _JSON_SHORT = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b", ord("f"): b"\f",
                ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
 _ENTITIES = {name[:-1].lower(): char for name, char in html.entities.html5.items()
@@ -104,8 +109,9 @@ def unit_patterns(chars: Iterable[str]) -> list[str]:
         alternatives.append(r"\\(?:" + "|".join(shorts) + ")")
     alternatives.append("%(?:" + "|".join(_ci_hex(f"{b:02x}") for b in byte_values) + ")")
     codes = [ord(c) for c in chars]
-    alternatives.append("&#0{0,32}(?:" + "|".join(str(code) for code in codes) + ");?")
-    alternatives.append("&#[xX]0{0,32}(?:" + "|".join(_ci_hex(f"{code:x}") for code in codes) + ");?")
+    # any number of leading zeros (a bound would be a way around); Units.find widens its window over them
+    alternatives.append("&#0*(?:" + "|".join(str(code) for code in codes) + ");?")
+    alternatives.append("&#[xX]0*(?:" + "|".join(_ci_hex(f"{code:x}") for code in codes) + ");?")
     names = [name for name, char in _ENTITIES.items() if char in chars]
     if names:
         alternatives.append("&(?:" + "|".join(_ci_word(n) for n in sorted(names, key=len, reverse=True)) + ");")
@@ -139,7 +145,7 @@ class Units:
                 if base + start < stop and found.get(base + start, -1) < base + end:
                     found[base + start] = base + end
 
-            self._db.scan(bytes(view[pos:min(size, stop + MAX_UNIT_BYTES)]), match_event_handler=on_match,
+            self._db.scan(bytes(view[pos:_window_end(data, stop)]), match_event_handler=on_match,
                           scratch=self._scratch())
             last = pos
             for start in sorted(found):
@@ -147,6 +153,19 @@ class Units:
                     yield start, found[start]
                     last = found[start]
             pos = max(stop, last)
+
+
+_NOT_ZERO = re.compile(rb"[^0]")
+
+
+def _window_end(data: bytes, stop: int) -> int:
+    """Where the scan of a slice ending at ``stop`` must end so that an encoded character starting before
+    ``stop`` is seen whole: MAX_UNIT_BYTES further, and past any run of zeros there (``&#000…0102;``)."""
+    end = min(len(data), stop + MAX_UNIT_BYTES)
+    while end < len(data) and data[end - 1] == 0x30:
+        beyond = _NOT_ZERO.search(data, end)
+        end = min(len(data), (beyond.start() if beyond else len(data)) + MAX_UNIT_BYTES)
+    return end
 
 
 def _char_bytes(code: int) -> bytes:
@@ -170,7 +189,11 @@ def decode_unit(unit: bytes) -> bytes:
         return _JSON_SHORT[unit[1]]
     body = unit[2:].rstrip(b";") if unit[1:2] == b"#" else b""
     if unit[1:2] == b"#":
-        code = int(body[1:], 16) if body[:1] in (b"x", b"X") else int(body)
+        hexadecimal = body[:1] in (b"x", b"X")
+        digits = (body[1:] if hexadecimal else body).lstrip(b"0") or b"0"  # int() refuses > 4300 digits
+        if len(digits) > 8:
+            return b""
+        code = int(digits, 16 if hexadecimal else 10)
         return _char_bytes(code) if code <= 0x10FFFF else b""
     char = _ENTITIES.get(unit[1:-1].decode("ascii").lower())
     return char.encode("utf-8") if char is not None else b""
@@ -309,8 +332,11 @@ class Scrubber:
                 flags.append(hyperscan.HS_FLAG_CASELESS if caseless else 0)
                 self.names.append(name)
                 longest = max(longest, len(literal))
-        # the escape characters themselves too, so that a second level (\\u0026, %2541) decodes
-        self._units = Units("".join(seen) + (_KEY_CHARS if key_shape else "") + "\\%")
+        # Besides the secrets' own characters: every character of the base64 (standard and URL-safe) and
+        # hex alphabets, since the encoded forms of a secret consist of them whatever the secret's
+        # characters are (``\\/`` inside base64); and the escape characters themselves, so that a second
+        # level decodes (``\\u0026#102;``, ``&amp;#102;``, ``%2541``)
+        self._units = Units("".join(seen) + (_KEY_CHARS if key_shape else "") + _ENCODED_FORM_CHARS)
         self.overlap = max(longest, 256)
         self.size = len(seen)
         self._db: hyperscan.Database | None = None

@@ -10,11 +10,16 @@ segment:
 - ``json``: reason, header values, a header NAME, and a JSON body with every form;
 - ``html``: an HTML page with numeric and named character references;
 - ``gzip``/``br``/``zstd``/``deflate`` (labelled) and ``<codec>-unlabelled``;
+  ``gzipmulti``/``zstdmulti``/``bzip2``-unlabelled: two members (frames), or bzip2;
 - ``sse``: a text/event-stream (chunked) with the forms in ``id:`` and ``data:``,
   used both for POST answers (MCP servers) and GET streams;
 - ``trailers``: a chunked body with the forms in a trailer;
 - ``sse-<codec>`` and ``sse-<codec>-unlabelled``: a compressed event stream;
-- ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open.
+- ``sse-live-gzip``: one gzip-compressed event, flushed, then the stream stays open;
+- ``escsse``: three 1 MiB SSE events of nothing but escapes (CPU for the scrubber);
+- ``legacy-dots``/``legacy-slashes``: a legacy ``endpoint`` event naming
+  ``/mcp/messages/<token>`` with ``x/../`` (or ``/``) spliced into the token after
+  its first ``/``: resolved or collapsed, the path would spell the token.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bz2
 import gzip
 import json
+import os
 import zlib
 
 import brotli
@@ -120,6 +127,20 @@ class Hostile:
             await writer.drain()
             await asyncio.sleep(60)
             return
+        if shape == "escsse":  # three 1 MiB events of nothing but escapes (and the token, percent-encoded)
+            mib = float(os.environ.get("HOSTILE_ESC_MIB", "1"))  # (7 for the review's measurement)
+            data = forms(token)[4].encode() + (b"\\u0066%61&#107;" * int(mib * (1 << 20) // 15))
+            events = b"".join(b"event: message\r\ndata: " + data + b"\r\n\r\n" for _ in range(3))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                         + str(len(events)).encode() + b"\r\n\r\n" + events)
+            return
+        if shape.startswith("legacy-"):  # a legacy `endpoint` event that resolving would turn into the token
+            cut = token.find("/") + 1 or len(token) // 2
+            spliced = token[:cut] + ("x/../" if shape == "legacy-dots" else "/") + token[cut:]
+            event = f"event: endpoint\r\ndata: /mcp/messages/{spliced}?session_id=abc\r\n\r\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                         + f"{len(event):x}\r\n".encode() + event + b"\r\n0\r\n\r\n")
+            return
         if shape in ("sse", "mcp") or shape.startswith("sse-"):
             events = b"".join(
                 b"event: message\r\nid: " + f.encode() + b"\r\ndata: " + json.dumps(
@@ -151,14 +172,18 @@ class Hostile:
             content_type = "text/html"
             body = ("<html><body>" + "".join(f"<p title='{f}'>{f}</p>" for f in every) + "</body></html>").encode()
         codec, _, unlabelled = shape.partition("-")
-        encoders = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress, "deflate": zlib.compress}
+        encoders = {"gzip": gzip.compress, "br": brotli.compress, "zstd": zstd.compress, "deflate": zlib.compress,
+                    # two members/frames, the secrets in the second; a format Valet refuses
+                    "gzipmulti": lambda b: gzip.compress(b[:9]) + gzip.compress(b[9:]),
+                    "zstdmulti": lambda b: zstd.compress(b[:9]) + zstd.compress(b[9:]), "bzip2": bz2.compress}
         if codec in encoders:
             body = encoders[codec](body)
             if not unlabelled:
                 extra.append(("content-encoding", codec))
         reason = f"OK {token} {forms(token)[4]}"
         response = [f"HTTP/1.1 200 {reason}", f"content-type: {content_type}", f"content-length: {len(body)}",
-                    f"x-{token}: name", *(f"x-echo-{i}: {f}" for i, f in enumerate(every)),
+                    f"x-{token}: name", f"x-token-length: {len(token)}",  # (tells a rotation was picked up)
+                    *(f"x-echo-{i}: {f}" for i, f in enumerate(every)),
                     *(f"{k}: {v}" for k, v in extra)]
         writer.write(("\r\n".join(response) + "\r\n\r\n").encode("utf-8") + body)
 
