@@ -95,6 +95,10 @@ class ResponseFilter:
                 if codec is None:
                     raise ValueError(encoding)
                 decoded = await asyncio.to_thread(compressed.decode, codec, response.raw_content, outbound.cap)
+            except compressed.Unreadable:
+                refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered in an encoding Valet cannot "
+                                     "read"), "error")
+                return
             except compressed.TooLarge:
                 refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
                                      "than Valet may decode"), "error")
@@ -111,6 +115,10 @@ class ResponseFilter:
                 scrubbed = await asyncio.to_thread(_transform, response, outbound, content)
             else:
                 scrubbed = _transform(response, outbound, content)
+        except compressed.Unreadable:  # compressed without a label, in a form Valet does not (fully) decode
+            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body Valet "
+                                 "cannot read"), "error")
+            return
         except compressed.TooLarge:
             refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
                                  "than Valet may decode"), "error")
