@@ -57,12 +57,20 @@ def main() -> None:
 @click.option("--listen", default="127.0.0.1:8787", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--mode", type=click.Choice(["reverse", "forward"]), default="reverse", show_default=True,
               help="reverse: agents call http://LISTEN/<server>; forward: agents set HTTPS_PROXY to Valet.")
-def run_command(config_path: Path, data_dir: Path, listen: str, mode: str) -> None:
+@click.option("--admin-listen", default=None, help="HOST:PORT for /metrics, /healthz, /readyz (off by default; "
+              "a bare :PORT is loopback). See docs/metrics.md.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per line (docs/operations.md).")
+@click.option("--metrics-users", is_flag=True, help="Also count exchanges per user in /metrics.")
+def run_command(config_path: Path, data_dir: Path, listen: str, mode: str, admin_listen: str | None,
+                log_format: str, metrics_users: bool) -> None:
     """Run the proxy until SIGINT/SIGTERM."""
     from addon.server import Settings, run
 
     host, port = _listen(listen)
-    sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode)))
+    admin = _listen(admin_listen) if admin_listen else None
+    sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode, admin=admin,
+                          log_format=log_format, metrics_users=metrics_users)))
 
 
 @main.group()

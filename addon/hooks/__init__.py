@@ -42,6 +42,7 @@ from addon.hooks.relay import ResponseFilter
 from addon.hooks.router import Router
 from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState
+from addon.ops import metrics
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
@@ -104,6 +105,7 @@ class Valet:
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await _run(self._http_connect, flow)
         await self.write_ahead.commit(flow, forwarding=False)
+        metrics.flow_done(flow)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -114,11 +116,13 @@ class Valet:
     async def request(self, flow: http.HTTPFlow) -> None:
         await _run(self._request, flow)
         await self.write_ahead.commit(flow, forwarding=True)
+        metrics.forwarded(flow)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         for hook in self._responseheaders:
             hook(flow)
+        metrics.response_headers(flow)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -126,10 +130,12 @@ class Valet:
             result = hook(flow)
             if inspect.isawaitable(result):
                 await result
+        metrics.flow_done(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         for hook in self._error:
             hook(flow)
+        metrics.flow_done(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hook in self._client_disconnected:
