@@ -431,3 +431,12 @@ def config_check(path: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _register_ops() -> None:
+    from addon.cli.replay import register
+
+    register(policy, data_dir_option, DEFAULT_CONFIG)
+
+
+_register_ops()
