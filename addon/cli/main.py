@@ -202,14 +202,23 @@ def _read_secret_value() -> str:
 
 @secret.command("set")
 @click.argument("name")
-@click.option("--server", required=True, help="The configured server the secret is for.")
+@click.option("--server", default=None, help="The configured server the secret is for (required but with --canary).")
 @click.option("--user", default=None, help="Whose secret; without it, a shared secret every user falls back to.")
+@click.option("--canary", is_flag=True, help="A decoy Valet never injects: a request carrying it is refused "
+              "(docs/operations.md).")
 @data_dir_option
-def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None:
+def secret_set(name: str, server: str | None, user: str | None, canary: bool, data_dir: Path) -> None:
     """Store a secret; the value is read from stdin or a no-echo prompt."""
     if name.startswith("OAUTH_"):
         raise click.ClickException("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
-    from addon.secrets.vault import check_value
+    from addon.secrets.vault import CANARY_SERVER, check_value
+
+    if canary:
+        if server is not None or user is not None:
+            raise click.ClickException("a canary belongs to no server and no user: drop --server and --user")
+        server = CANARY_SERVER
+    elif server is None:
+        raise click.ClickException("--server is required (or --canary for a decoy)")
 
     vault = _vault(data_dir)
     value = _read_secret_value()
@@ -217,6 +226,9 @@ def secret_set(name: str, server: str, user: str | None, data_dir: Path) -> None
         check_value(value)  # no CR/LF/NUL/C0/DEL (header injection), at least 8 characters (scrubbing)
         row = vault.set(server, user, name, value)
     assert row is not None
+    if canary:
+        click.echo(f"stored canary {name}, fingerprint {row.fingerprint}; Valet refuses any request carrying it")
+        return
     click.echo(f"stored {name} for server {server} ({'user ' + user if user else 'shared'}), "
                f"fingerprint {row.fingerprint}")
 

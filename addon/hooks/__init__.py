@@ -5,7 +5,8 @@ addon implements the event or not, and that walk is most of what an addon
 costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
-    open the exchange -> check Origin/Host -> authenticate -> route -> check the session -> parse
+    open the exchange -> check Origin/Host -> authenticate -> route -> check the session
+    -> refuse canaries -> parse
     -> decide (policy, rate) -> inject -> rebuild Mcp-Param-* -> write ahead -> (upstream)
     -> filter the response -> rewrite legacy SSE endpoints -> record
 
@@ -29,6 +30,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from addon.hooks.authenticate import Authenticator
+from addon.hooks.canary import CanaryTrap
 from addon.hooks.inject import Injector
 from addon.hooks.legacy import LegacyEndpoints
 from addon.hooks.oauthretry import OAuthReplay
@@ -61,6 +63,7 @@ class Valet:
             Authenticator(state),
             Router(state),
             sessions,
+            CanaryTrap(state),  # before anything parses or forwards a request that carries a canary
             RpcInspector(state),
             PolicyGate(state),
             injector,

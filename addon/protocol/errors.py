@@ -51,6 +51,7 @@ class Cause(Enum):
     HOST_NOT_ALLOWED = ("host_not_allowed", -32055, 403)
     PARAM_HEADERS_UNVERIFIED = ("param_headers_unverified", -32056, 400)
     CASE_TWIN = ("case_twin_members", -32057, 400)
+    CANARY_TRIPPED = ("canary_tripped", -32058, 403)  # the request carried a canary secret (docs/operations.md)
     INTERNAL_ERROR = ("internal_error", -32603, 500)
 
     @property
