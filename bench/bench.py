@@ -172,6 +172,37 @@ def _start_bare(upstream_port: int) -> tuple[subprocess.Popen[str], int]:
     return process, port
 
 
+def _measure_admin(tmp: Path, upstream_url: str, args: argparse.Namespace) -> Result:
+    """The same workload through a second Valet with the admin listener on (every metric counted),
+    scraped once a second as Prometheus would (more often than the usual 15 s)."""
+    from tests.ops_support import start_ops_valet
+
+    folder = tmp / "admin"
+    folder.mkdir()
+    admin_port = free_port()
+    valet = start_ops_valet(folder, _valet_config(upstream_url, args.rules), _valet_policy(args.rules),
+                            "--admin-listen", f"127.0.0.1:{admin_port}")
+    stop = False
+
+    def scraper() -> None:
+        while not stop:
+            httpx2.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10)
+            time.sleep(1.0)
+
+    import threading
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    try:
+        key, _ = valet.new_key("bench", "bench")
+        valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
+        valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
+        thread.start()
+        return measure("valet + admin", f"{valet.base}/bench", valet.process.pid, key, args)
+    finally:
+        stop = True
+        valet.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per target")
@@ -182,6 +213,8 @@ def main() -> None:
                         help="extra injection rules in Valet's config, and extra policy rules")
     parser.add_argument("--scrub-only", action="store_true", help="only the scrubbing figures (bench/scrub_bench.py)")
     parser.add_argument("--no-scrub", action="store_true", help="skip the scrubbing figures")
+    parser.add_argument("--no-admin", action="store_true",
+                        help="skip the 'valet + admin' target (Valet with --admin-listen: metrics on)")
     args = parser.parse_args()
     if args.scrub_only:
         scrub_bench.main()
@@ -201,6 +234,8 @@ def main() -> None:
                 measure("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None, args),
                 measure("valet", f"{valet.base}/bench", valet.process.pid, key, args),
             ]
+            if not args.no_admin:
+                results.append(_measure_admin(Path(tmp), upstream.url, args))
         finally:
             valet.stop()
             bare.terminate()
@@ -216,6 +251,8 @@ def main() -> None:
     bare_cpu, valet_cpu = results[1].cpu_per_call_ms, results[2].cpu_per_call_ms
     assert bare_cpu and valet_cpu
     print(f"valet_cpu_per_call_vs_bare_mitmproxy={valet_cpu / bare_cpu:.2f}")
+    if len(results) > 3 and results[3].cpu_per_call_ms:
+        print(f"valet_admin_listener_cpu_overhead_pct={(results[3].cpu_per_call_ms / valet_cpu - 1) * 100:.1f}")
     if not args.no_scrub:
         scrub_bench.main()
 
