@@ -446,9 +446,11 @@ if __name__ == "__main__":
 
 
 def _register_ops() -> None:
+    from addon.cli.browse import register as register_browse
     from addon.cli.replay import register
 
     register(policy, data_dir_option, DEFAULT_CONFIG)
+    register_browse(main.commands["audit"], data_dir_option)  # type: ignore[arg-type]
 
 
 _register_ops()
