@@ -3,8 +3,8 @@
 A tiny HTTP/1.1 server on asyncio streams inside the proxy's own event loop: no
 thread, no web framework, nothing that could block the loop. It answers GET (and
 HEAD) on three paths and closes the connection after each answer. Requests are
-bounded (8 KiB of head, 5 s to send it) because the port may be reachable by
-more than the operator's scraper. It is separate from the proxy listener, so
+bounded (8 KiB of head, 5 s to send it, 32 connections at once) because the port may
+be reachable by more than the operator's scraper. It is separate from the proxy listener, so
 that metrics never travel through the proxy's hooks, and it is off unless
 ``--admin-listen`` is given (loopback by default when it is).
 """
@@ -21,6 +21,7 @@ from addon.ops.health import readiness
 
 MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
+MAX_CONNECTIONS = 32  # more at once are closed at once: a scraper needs one
 log = logging.getLogger("valet.admin")
 
 
@@ -28,6 +29,7 @@ class AdminServer:
     def __init__(self, host: str, port: int, state: Any, valet: Any = None) -> None:
         self.host, self.port, self.state, self.valet = host, port, state, valet
         self._server: asyncio.Server | None = None
+        self._active = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD)
@@ -43,6 +45,10 @@ class AdminServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._active += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
@@ -59,6 +65,7 @@ class AdminServer:
         except Exception as exc:  # noqa: BLE001 - never take the loop down for an admin request
             log.error("admin request failed: %s", type(exc).__name__)
         finally:
+            self._active -= 1
             writer.close()
 
     async def _answer(self, method: str, path: str) -> tuple[int, str, bytes]:
