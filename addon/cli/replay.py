@@ -69,6 +69,7 @@ class Report:
     unchanged: int = 0
     not_judged: Counter[str] = field(default_factory=Counter)  # recorded reason -> rows refused before the policy
     inexact: Counter[str] = field(default_factory=Counter)  # why -> rows replayed on incomplete data
+    not_replayed: Counter[str] = field(default_factory=Counter)  # why -> rows that could not be re-decided
     changes: list[Change] = field(default_factory=list)
     rate_counted: Counter[str] = field(default_factory=Counter)
     rate_budgets: dict[str, set[tuple[str, ...]]] = field(default_factory=lambda: defaultdict(set))
@@ -80,7 +81,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"replayed": self.replayed, "unchanged": self.unchanged,
-                               "not_judged_by_policy": dict(self.not_judged), "inexact": dict(self.inexact)}
+                               "not_judged_by_policy": dict(self.not_judged), "inexact": dict(self.inexact),
+                               "not_replayed": dict(self.not_replayed)}
         for name, (before, after) in (("allow_to_deny", ("allow", "deny")), ("deny_to_allow", ("deny", "allow"))):
             changes = self.direction(before, after)
             out[name] = {
@@ -109,8 +111,12 @@ def recorded_verdict(row: dict[str, Any]) -> str | None:
     return None
 
 
-def calls_of(row: dict[str, Any], snapshot: Any, inexact: Counter[str]) -> list[Any] | None:
-    """The policy calls the gate built for this row (None: the server is not in the candidate config)."""
+class Unreplayable(Exception):
+    """The row cannot be re-decided at all (its reason is counted)."""
+
+
+def calls_of(row: dict[str, Any], snapshot: Any, inexact: Counter[str]) -> list[Any]:
+    """The policy calls the gate built for this row. Raises Unreplayable."""
     from urllib.parse import urlsplit
 
     from addon.hooks.gate import _mcp_request, matching_path
@@ -119,7 +125,7 @@ def calls_of(row: dict[str, Any], snapshot: Any, inexact: Counter[str]) -> list[
 
     server = snapshot.config.servers.get(row["server"])
     if server is None:
-        return None
+        raise Unreplayable("server not in the candidate config")
     base = Call(row["user"], row["agent"] or "", row["key_id"] or "", row["server"])
     path = row["http_path"] or "/"
     if row["mode"] == "reverse":
@@ -146,7 +152,9 @@ def calls_of(row: dict[str, Any], snapshot: Any, inexact: Counter[str]) -> list[
         calls.append(Call(base.user, base.agent, base.key_id, base.server, http_method=http_method,
                           http_path=matching_path(path), is_http_api=True))
     if server.kind != "http" and method is not None:
-        if method == "batch" and isinstance(arguments, list):
+        if method == "batch":
+            if not isinstance(arguments, list):
+                raise Unreplayable("batch whose messages were not recorded whole")
             for item in arguments:
                 if isinstance(item, dict):
                     args = item.get("arguments")
@@ -155,7 +163,7 @@ def calls_of(row: dict[str, Any], snapshot: Any, inexact: Counter[str]) -> list[
         else:
             calls.append(Call(base.user, base.agent, base.key_id, base.server, method=method, tool=row["tool"],
                               arguments=arguments if isinstance(arguments, dict) else None))
-    elif not calls:
+    if not calls:  # the session's GET stream or DELETE (or a batch whose summary was truncated)
         calls.append(base)
     return calls
 
@@ -171,9 +179,10 @@ def replay(rows: list[dict[str, Any]], snapshot: Any) -> Report:
         if before is None:  # refused before the policy (bad key, bad body), or not routed to a server
             report.not_judged[row["reason"] or "not routed"] += 1
             continue
-        calls = calls_of(row, snapshot, report.inexact)
-        if calls is None:
-            report.inexact["server not in the candidate config"] += 1
+        try:
+            calls = calls_of(row, snapshot, report.inexact)
+        except Unreplayable as exc:
+            report.not_replayed[str(exc)] += 1
             continue
         report.replayed += 1
         decisions = [policy.decide(call) for call in calls]
@@ -225,6 +234,8 @@ def _lines(report: Report) -> list[str]:
     if report.not_judged:
         out.append("not judged by the policy when recorded (refused before it): "
                    + ", ".join(f"{k} {v}" for k, v in sorted(report.not_judged.items())))
+    if report.not_replayed:
+        out.append("could not be replayed: " + ", ".join(f"{k} {v}" for k, v in sorted(report.not_replayed.items())))
     if report.inexact:
         out.append("replayed on incomplete data: " + ", ".join(f"{k} {v}" for k, v in sorted(report.inexact.items())))
     return out
