@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 CHECK_TIMEOUT = 2.0
 
@@ -21,7 +21,8 @@ def _audit_probe(path: Path) -> None:
     """Take the write lock on the audit log and let it go: proves the file is there and writable now."""
     if not path.is_file():
         raise OSError("audit.db is missing")
-    conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    # mode=rw: never creates the file (a missing log must stay missing, for the writer to notice)
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=1.0, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
