@@ -284,6 +284,10 @@ class RateLimitsConfig(Strict):
         return value
 
 
+class CanariesConfig(Strict):
+    revoke_key: bool = Field(False, description="revoke the valet key that sent a canary secret, at once")
+
+
 class ValetConfig(Strict):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     policy_files: list[str] = Field(
@@ -307,6 +311,7 @@ class ValetConfig(Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    canaries: CanariesConfig = Field(default_factory=CanariesConfig)
 
     @field_validator("allowed_origins", "allowed_hosts")
     @classmethod

@@ -16,7 +16,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from addon.protocol import mitm_errors, mitm_limits
-from addon.config import ConfigError, load_config
+from addon.config import ConfigError
 from addon.datadir import lock_down
 from addon.config import ConfigError
 from addon.snapshot import load_snapshot
@@ -44,6 +44,9 @@ class Settings:
     port: int
     mode: str  # reverse | forward
     ready_file: Path | None = None  # written once listening (scripts wait for it), removed on exit
+    admin: tuple[str, int] | None = None  # --admin-listen: /metrics, /healthz, /readyz (addon/ops/admin.py)
+    log_format: str = "text"  # --log-format text | json (addon/ops/logs.py)
+    metrics_users: bool = False  # --metrics-users: a per-user exchange counter
 
 
 def mitm_confdir(data_dir: Path) -> Path:
@@ -168,6 +171,45 @@ async def _drain(proxy: master.Master) -> None:
         proxy.shutdown()
 
 
+def _configure_logging(settings: Settings) -> None:
+    from addon.ops.logs import configure
+
+    configure(settings.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_hide_listen_errors)
+
+
+def _announce_ops(s: Settings) -> None:
+    """With --log-format json the startup line is a JSON object too (it still says "listening on")."""
+    if s.log_format == "json":
+        logging.getLogger("valet").warning(
+            "listening on http://%s:%d (%s mode), config %s, data dir %s", s.host, s.port, s.mode, s.config,
+            s.data_dir)
+    else:
+        _announce(s)
+    if s.admin is not None:
+        logging.getLogger("valet").warning("admin listener on http://%s:%d (/metrics, /healthz, /readyz)", *s.admin)
+
+
+async def _start_admin(settings: Settings, proxy: master.Master) -> object | None:
+    """The admin listener, in this event loop, before the proxy starts (its port is then bound)."""
+    if settings.admin is None:
+        return None
+    from addon.ops import metrics
+    from addon.ops.admin import AdminServer
+
+    metrics.enable(users=settings.metrics_users)
+    valet = next(a for a in proxy.addons.chain if hasattr(a, "state") and hasattr(a, "write_ahead"))
+    admin = AdminServer(settings.admin[0], settings.admin[1], valet.state, valet)
+    try:
+        await admin.start()
+    except OSError as exc:
+        print(f"valet: cannot listen on {settings.admin[0]}:{settings.admin[1]} (admin): {exc.strerror or exc}",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+    return admin
+
+
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
 def _write_ready_file(s: Settings) -> None:
@@ -178,12 +220,13 @@ def _write_ready_file(s: Settings) -> None:
     tmp.write_text(f"http://{s.host}:{s.port}\n")
     os.replace(tmp, s.ready_file)
 def _on_running(s: Settings) -> None:
-    _announce(s)  # first, so that whoever sees the ready file has the line in its log already
+    _announce_ops(s)  # first, so that whoever sees the ready file has the line in its log already
     _write_ready_file(s)
 
 
 async def serve(settings: Settings) -> None:
     proxy = build_master(settings, on_running=lambda: _on_running(settings))
+    admin = await _start_admin(settings, proxy)
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
 
@@ -195,14 +238,15 @@ async def serve(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await proxy.run()
+    try:
+        await proxy.run()
+    finally:
+        if admin is not None:
+            await admin.close()
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("valet").setLevel(logging.INFO)  # reloads and refusals of config changes are for ops
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_hide_listen_errors)
+    _configure_logging(settings)  # reloads and refusals of config changes are for ops (INFO)
     try:  # fail before binding anything, with the file:line message; what `valet config check` loads
         load_snapshot(settings.config)
     except ConfigError as exc:

@@ -36,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -257,11 +259,43 @@ def _start_bare(upstream_port: int) -> tuple[subprocess.Popen[str], int]:
     return process, port
 
 
+@contextlib.contextmanager
+def _admin_target(tmp: Path, upstream_url: str, args: argparse.Namespace) -> Iterator[Target]:
+    """A second Valet with the admin listener on (every metric counted), scraped once a second as
+    Prometheus would (more often than the usual 15 s); measured in the same turns as the others."""
+    from tests.ops_support import start_ops_valet
+
+    folder = tmp / "admin"
+    folder.mkdir()
+    admin_port = free_port()
+    valet = start_ops_valet(folder, _valet_config(upstream_url, args.rules), _valet_policy(args.rules),
+                            "--admin-listen", f"127.0.0.1:{admin_port}")
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            httpx2.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10)
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    try:
+        key, _ = valet.new_key("bench", "bench")
+        valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
+        valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
+        thread.start()
+        yield Target("valet + admin", f"{valet.base}/bench", valet.process.pid, key)
+    finally:
+        stop.set()
+        valet.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.add_argument("--scrub-only", action="store_true", help="only the scrubbing figures (bench/scrub_bench.py)")
     parser.add_argument("--no-scrub", action="store_true", help="skip the scrubbing figures")
+    parser.add_argument("--no-admin", action="store_true",
+                        help="skip the 'valet + admin' target (Valet with --admin-listen: metrics on)")
     args = parser.parse_args()
     if args.scrub_only:
         scrub_bench.main()
@@ -276,11 +310,15 @@ def main() -> None:
         valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
         valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
         try:
-            results = measure_all([
-                Target("direct", upstream.url, None, None),
-                Target("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None),
-                Target("valet", f"{valet.base}/bench", valet.process.pid, key),
-            ], args)
+            with contextlib.ExitStack() as stack:
+                targets = [
+                    Target("direct", upstream.url, None, None),
+                    Target("bare mitmproxy", f"http://127.0.0.1:{bare_port}/mcp", bare.pid, None),
+                    Target("valet", f"{valet.base}/bench", valet.process.pid, key),
+                ]
+                if not args.no_admin:
+                    targets.append(stack.enter_context(_admin_target(Path(tmp), upstream.url, args)))
+                results = measure_all(targets, args)
         finally:
             valet.stop()
             bare.terminate()
@@ -297,6 +335,8 @@ def main() -> None:
     bare_cpu, valet_cpu = results[1].cpu_per_call_ms, results[2].cpu_per_call_ms
     assert bare_cpu and valet_cpu
     print(f"valet_cpu_per_call_vs_bare_mitmproxy={valet_cpu / bare_cpu:.2f}")
+    if len(results) > 3 and results[3].cpu_per_call_ms:
+        print(f"valet_admin_listener_cpu_overhead_pct={(results[3].cpu_per_call_ms / valet_cpu - 1) * 100:.1f}")
     if not args.no_scrub:
         scrub_bench.main()
 

@@ -92,13 +92,20 @@ def main() -> None:
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write this file (holding the listen URL) once Valet accepts connections; removed on exit. "
                    "Scripts wait for it instead of polling the port.")
-def run_command(config_path: Path, data_dir: Path, listen: str, mode: str, ready_file: Path | None) -> None:
+@click.option("--admin-listen", default=None, help="HOST:PORT for /metrics, /healthz, /readyz (off by default; "
+              "a bare :PORT is loopback). See docs/metrics.md.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per line (docs/operations.md).")
+@click.option("--metrics-users", is_flag=True, help="Also count exchanges per user in /metrics.")
+def run_command(config_path: Path, data_dir: Path, listen: str, mode: str, ready_file: Path | None,
+                admin_listen: str | None, log_format: str, metrics_users: bool) -> None:
     """Run the proxy until SIGINT/SIGTERM."""
     from addon.server import Settings, run
 
     host, port = _listen(listen)
+    admin = _listen(admin_listen) if admin_listen else None
     sys.exit(run(Settings(config=config_path, data_dir=data_dir, host=host, port=port, mode=mode,
-                          ready_file=ready_file)))
+                          ready_file=ready_file, admin=admin, log_format=log_format, metrics_users=metrics_users)))
 
 
 @main.group()
@@ -222,12 +229,15 @@ def _read_secret_value() -> str:
 
 @secret.command("set")
 @click.argument("name")
-@click.option("--server", required=True, help="The configured server the secret is for.")
+@click.option("--server", default=None, help="The configured server the secret is for (required but with --canary).")
 @click.option("--user", default=None, help="Whose secret; without it, a shared secret every user falls back to.")
 @config_option
 @click.option("--force", is_flag=True, help="Store it even though --server is not in the config (yet).")
+@click.option("--canary", is_flag=True, help="A decoy Valet never injects: a request carrying it is refused "
+              "(docs/operations.md).")
 @data_dir_option
-def secret_set(name: str, server: str, user: str | None, config_path: Path, force: bool, data_dir: Path) -> None:
+def secret_set(name: str, server: str | None, user: str | None, config_path: Path, force: bool, canary: bool,
+               data_dir: Path) -> None:
     """Store a secret; the value is read from stdin or a no-echo prompt.
 
     A server the config does not name is refused (exit 2) unless --force: a typo in
@@ -235,9 +245,16 @@ def secret_set(name: str, server: str, user: str | None, config_path: Path, forc
     """
     if name.startswith("OAUTH_"):
         raise ConfigProblem("the OAUTH_ prefix is reserved for grants Valet manages (valet oauth ...)")
-    if not force:
+    from addon.secrets.vault import CANARY_SERVER, check_value
+
+    if canary:
+        if server is not None or user is not None:
+            raise ConfigProblem("a canary belongs to no server and no user: drop --server and --user")
+        server = CANARY_SERVER
+    elif server is None:
+        raise ConfigProblem("--server is required (or --canary for a decoy)")
+    elif not force:
         _check_server_configured(config_path, server)
-    from addon.secrets.vault import check_value
 
     vault = _vault(data_dir)
     value = _read_secret_value()
@@ -245,6 +262,9 @@ def secret_set(name: str, server: str, user: str | None, config_path: Path, forc
         check_value(value)  # no CR/LF/NUL/C0/DEL (header injection), at least 8 characters (scrubbing)
         row = vault.set(server, user, name, value)
     assert row is not None
+    if canary:
+        click.echo(f"stored canary {name}, fingerprint {row.fingerprint}; Valet refuses any request carrying it")
+        return
     click.echo(f"stored {name} for server {server} ({'user ' + user if user else 'shared'}), "
                f"fingerprint {row.fingerprint}")
 
@@ -485,3 +505,14 @@ def config_check(path: Path, data_dir: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _register_ops() -> None:
+    from addon.cli.browse import register as register_browse
+    from addon.cli.replay import register
+
+    register(policy, data_dir_option, DEFAULT_CONFIG)
+    register_browse(main.commands["audit"], data_dir_option)  # type: ignore[arg-type]
+
+
+_register_ops()

@@ -5,7 +5,8 @@ addon implements the event or not, and that walk is most of what an addon
 costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
 fixed order; each stage is still its own small class with one concern:
 
-    open the exchange -> check Origin/Host -> authenticate -> route -> check the session -> parse
+    open the exchange -> check Origin/Host -> authenticate -> route -> check the session
+    -> refuse canaries -> parse
     -> decide (policy, rate) -> inject -> rebuild Mcp-Param-* -> write ahead -> (upstream)
     -> filter the response -> rewrite legacy SSE endpoints -> record
 
@@ -29,6 +30,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from addon.hooks.authenticate import Authenticator
+from addon.hooks.canary import CanaryTrap
 from addon.hooks.inject import Injector
 from addon.hooks.legacy import LegacyEndpoints
 from addon.hooks.oauthretry import OAuthReplay
@@ -44,6 +46,7 @@ from addon.hooks.sessions import SessionGuard
 from addon.hooks.state import ValetState
 from addon.hooks.wellknown import FirstContact
 from addon.hooks.watchdog import Watchdog
+from addon.ops import metrics
 
 
 def _chain(stages: list[Any], hook: str) -> list[Callable[..., Any]]:
@@ -63,6 +66,7 @@ class Valet:
             Authenticator(state),
             Router(state),
             sessions,
+            CanaryTrap(state),  # before anything parses or forwards a request that carries a canary
             RpcInspector(state),
             PolicyGate(state),
             injector,
@@ -112,6 +116,7 @@ class Valet:
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await _run(self._http_connect, flow)
         await self.write_ahead.commit(flow, forwarding=False)
+        metrics.flow_done(flow)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -122,11 +127,13 @@ class Valet:
     async def request(self, flow: http.HTTPFlow) -> None:
         await _run(self._request, flow)
         await self.write_ahead.commit(flow, forwarding=True)
+        metrics.forwarded(flow)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         for hook in self._responseheaders:
             hook(flow)
+        metrics.response_headers(flow)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -134,10 +141,12 @@ class Valet:
             result = hook(flow)
             if inspect.isawaitable(result):
                 await result
+        metrics.flow_done(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         for hook in self._error:
             hook(flow)
+        metrics.flow_done(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
         for hook in self._client_disconnected:

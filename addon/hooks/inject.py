@@ -29,6 +29,7 @@ from addon.secrets.outbound import Outbound
 from addon.secrets.vault import VaultError
 from addon.hooks.parse import describe
 from addon.hooks.failsafe import fail_closed
+from addon.ops import metrics
 from addon.hooks.state import ValetState, refuse, routed
 
 log = logging.getLogger("valet.inject")
@@ -62,6 +63,7 @@ class Injector:
                 if len(self.schemas) >= MAX_REMEMBERED_SCHEMAS:
                     self.schemas.clear()
                 self.schemas[(server, name)] = copy.deepcopy(schema)
+                metrics.tool_seen(server, name)
 
         return remember
 

@@ -26,6 +26,7 @@ from addon.snapshot import SETTLE_SECONDS, Snapshot, describe_change, load_snaps
 from addon.secrets.vault import SecretCache, VaultError
 from addon.secrets.scrubber import Scrubber
 from addon.oauth.grants import GRANT, Grant, parse_grant, read_registration
+from addon.ops import metrics
 
 MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed after a refresh
 MAX_REMEMBERED_VALUES = 256  # per origin: previous values of every secret stay scrubbed after a rotation
@@ -133,14 +134,17 @@ class ValetState:
                 snapshot = await asyncio.to_thread(load_snapshot, self.snapshot.config_path)
             except ConfigError as exc:
                 self._rejected = signature
+                metrics.config_reload("rejected")
                 log.error("configuration change rejected, the last good configuration stays in force:\n%s", exc)
             except Exception as exc:  # noqa: BLE001 - never fail open, never crash the request path
                 self._rejected = signature
+                metrics.config_reload("failed")
                 log.error("configuration reload failed (%s); the last good configuration stays in force",
                           type(exc).__name__)
             else:
                 self._rejected = None
                 self._install(snapshot)
+                metrics.config_reload("ok")
                 log.warning("configuration reloaded: %d servers, %d rules from %d policy files; %s",
                             len(snapshot.config.servers), snapshot.policy.rule_count,
                             len(snapshot.policy.sources.files), describe_change(previous, snapshot))
@@ -253,6 +257,8 @@ class ValetState:
 
     def audit_event(self, row: dict[str, object]) -> None:
         """An audit row that is not an agent's exchange (an OAuth refresh, a failure)."""
+        if row.get("rpc_method") == "oauth/refresh":
+            metrics.oauth_refresh(row.get("server"), "ok" if row.get("decision") == "allow" else str(row.get("reason")))
         if self.audit is not None:
             self.audit.submit({"ts": _utc_now(), "mode": self.mode, **row})
 
@@ -272,6 +278,7 @@ class ValetState:
         """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
         assert self.audit is not None
         exchange.row, exchange.committed = self.audit.begin(exchange.request_row(), uses)
+        metrics.audit_queued(exchange.committed)
         if exchange.http_method != "GET":  # a GET is a standing stream: a shutdown does not wait for it
             self.open_exchanges += 1
 

@@ -59,6 +59,7 @@ class Cause(Enum):
     BATCH_TOO_LARGE = ("batch_too_large", -32062, 413)
     CHARSET_NOT_UTF8 = ("charset_not_utf8", -32063, 415)
     ABSOLUTE_TARGET = ("absolute_target", -32064, 400)
+    CANARY_TRIPPED = ("canary_tripped", -32065, 403)  # the request carried a canary secret (docs/operations.md)
     # Holding up under load and faults (issue 9).
     UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
     HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)

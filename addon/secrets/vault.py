@@ -549,6 +549,9 @@ def reencrypt(data_dir: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- the proxy's view
 
 
+CANARY_SERVER = "@canary"  # canaries (valet secret set --canary): no server may have this name, so never injected
+
+
 class SecretCache:
     """The proxy's in-memory copy of the vault, reloaded when ``vault.db`` or the key file changes.
 
@@ -609,6 +612,10 @@ class SecretCache:
             if value is not None:
                 return value
         return None
+
+    def canaries(self) -> list[tuple[str, str]]:
+        """(name, value) of every canary: the decoys Valet refuses to see in a request (addon/secrets/canary.py)."""
+        return self.values_of(CANARY_SERVER, {name for server, _, name in list(self._rows) if server == CANARY_SERVER})
 
     def values_of(self, server: str, names: frozenset[str] | set[str]) -> list[tuple[str, str]]:
         """Every owner's value (every user's and the shared one) of these secret names of ``server``:

@@ -1,0 +1,1 @@
+"""Operations: the admin listener (metrics, health), Prometheus metrics, structured logs."""
