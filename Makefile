@@ -6,7 +6,7 @@ PYTHON ?= $(shell for p in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean venv
+.PHONY: run test bench clean venv mutate
 
 venv: $(STAMP)
 
@@ -26,5 +26,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/bench.py $(ARGS)
 
+# Mutation testing of the security core against the unit tests (slow: not part of `make test` or CI).
+# [tool.mutmut] in pyproject.toml says what is mutated and which tests run; docs/development.md explains.
+mutate: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,mutate]'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(ARGS); status=$$?; \
+	$(VENV)/bin/python -m tests.mutation_report; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf mutants $(VENV) .pytest_cache build *.egg-info
