@@ -407,3 +407,237 @@ def test_key_store_listing_is_ordered(tmp_path: Path) -> None:
     listed = store.all()
     assert [r.id for r in listed] == [r.id for r in sorted(made, key=lambda r: (r.created_at, r.id))]
     assert all(r.revoked_at is None for r in listed)
+
+
+# --- the exact refusal an agent reads (cause, message, id), for every refusal of the parser ----------------
+
+@pytest.mark.parametrize(
+    ("data", "cause", "message", "rpc_id"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"method":"ping"}', Cause.BODY_TOO_LARGE, "body is larger than 10 bytes", None),
+        (b"\xef\xbb\xbf{}", Cause.PARSE_ERROR, "body starts with a byte-order mark", None),
+        (b'{"a":"\xff"}', Cause.PARSE_ERROR, "body is not valid UTF-8", None),
+        (b'{"a":', Cause.PARSE_ERROR, "body is not valid JSON", None),
+        (b'{"a":1,"a":2}', Cause.PARSE_ERROR, "duplicate key 'a' in JSON object", None),
+        (b'{"' + b"k" * 70 + b'":1,"' + b"k" * 70 + b'":2}', Cause.PARSE_ERROR,
+         f"duplicate key {'k' * 64!r} in JSON object", None),
+        (b'{"a":NaN}', Cause.PARSE_ERROR, "NaN is not valid JSON", None),
+        (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"\\udc00"}}', Cause.PARSE_ERROR,
+         "body has a lone UTF-16 surrogate escape", None),
+        (b"[]", Cause.INVALID_REQUEST, "empty batch", None),
+        (b"[1]", Cause.INVALID_REQUEST, "a JSON-RPC message must be an object", None),
+        (b'{"id":"q","method":"x"}', Cause.INVALID_REQUEST, 'missing or wrong "jsonrpc" member', "q"),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"x"}', Cause.INVALID_REQUEST, '"id" must be a string or an integer', None),
+        (b'{"jsonrpc":"2.0","id":2,"method":""}', Cause.INVALID_REQUEST, '"method" must be a non-empty string', 2),
+        (b'{"jsonrpc":"2.0","id":2,"method":"x","params":1}', Cause.INVALID_REQUEST,
+         '"params" must be an object or an array', 2),
+        (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":[]}', Cause.INVALID_REQUEST,
+         "tools/call needs params.name as a string", 2),
+        (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","arguments":1}}', Cause.INVALID_REQUEST,
+         "tools/call params.arguments must be an object", 2),
+        (b'{"jsonrpc":"2.0","id":2,"result":1,"error":1}', Cause.INVALID_REQUEST,
+         "a message needs a method, or an id and one of result/error", None),
+        (b'{"jsonrpc":"2.0","id":2,"method":"x","zz":1,"' + b"y" * 70 + b'":1}', Cause.INVALID_REQUEST,
+         f"unknown member {'y' * 64!r}", 2),
+        (b'{"jsonrpc":"2.0","id":2,"result":1,"extra":1}', Cause.INVALID_REQUEST, "unknown member 'extra'", 2),
+        (b'{"jsonrpc":"2.0","id":2,"method":"x","params":{"b":1,"a":1,"A":1}}', Cause.CASE_TWIN,
+         "members differ only by letter case: 'A'", 2),
+        (b'{"jsonrpc":"2.0","id":2,"method":"x","params":{"' + b"N" * 70 + b'":1,"' + b"n" * 70 + b'":1}}',
+         Cause.CASE_TWIN, f"members differ only by letter case: {'N' * 64!r}", 2),
+    ],
+)
+def test_parser_refusals_exactly(data: bytes, cause: Cause, message: str, rpc_id: object) -> None:
+    r = refusal(data, 10 if cause is Cause.BODY_TOO_LARGE else LIMIT)
+    assert (r.cause, r.message, r.rpc_id) == (cause, message, rpc_id)
+
+
+def test_depth_refusal_exactly() -> None:
+    value: object = {}
+    for _ in range(MAX_DEPTH + 1):
+        value = [value]
+    r = refusal(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "x", "params": value}).encode())
+    assert (r.cause, r.message, r.rpc_id) == (Cause.INVALID_REQUEST, f"params nest deeper than {MAX_DEPTH} levels", 3)
+    ok: object = {}
+    for _ in range(MAX_DEPTH):
+        ok = [ok]
+    assert parse_body(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "x", "params": ok}).encode(), LIMIT)
+    mixed: object = {"a": 1, "A": 2}
+    for _ in range(MAX_DEPTH - 1):
+        mixed = {"k": [mixed]} if False else [mixed]
+    r = refusal(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "x", "params": {"p": mixed}}).encode())
+    assert r.cause is Cause.CASE_TWIN
+
+
+def test_serialize_never_writes_nan_and_keeps_non_ascii() -> None:
+    body = parse_body('{"jsonrpc":"2.0","id":1,"method":"x","params":{"t":"ü"}}'.encode(), LIMIT)
+    assert "ü".encode() in body.serialize()
+    body.messages[0].raw["params"]["n"] = float("nan")
+    with pytest.raises(ValueError):
+        body.serialize()
+    two = parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"x"},{"jsonrpc":"2.0","id":2,"method":"y"}]', LIMIT)
+    assert json.loads(two.serialize()) == [{"jsonrpc": "2.0", "id": 1, "method": "x"}, {"jsonrpc": "2.0", "id": 2, "method": "y"}]
+    one_batch = parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"x"}]', LIMIT)
+    assert one_batch.serialize().startswith(b"[")
+
+
+def test_a_valid_surrogate_pair_escape_is_accepted_and_kept() -> None:
+    body = parse_body(b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"\\ud83d\\ude00 \\u00e9"}}', LIMIT)
+    assert body.messages[0].params["s"] == "😀 é"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        ("batch", (None, "ping", None), "2026-07-28 requests cannot be batched"),
+        ("modern", ("2025-11-25", "tools/call", "add"), "MCP-Protocol-Version header does not match the body"),
+        ("modern", ("2026-07-28", "ping", "add"), "Mcp-Method header does not match the body's method"),
+        ("modern", ("2026-07-28", "tools/call", "sub"), "Mcp-Name header does not match the body"),
+        ("modern", ("2026-07-28", "tools/call", None), "Mcp-Name header does not match the body"),
+        ("legacy", (None, None, "sub"), "Mcp-Name header does not match the body"),
+        ("legacy", (None, "ping", None), "Mcp-Method header does not match the body's method"),
+        ("modern-noname", ("2026-07-28", None, None), "Mcp-Method header does not match the body's method"),
+    ],
+)
+def test_header_refusals_exactly(body: str, headers: tuple, message: str) -> None:
+    parsed = {
+        "batch": parse_body(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', LIMIT),
+        "modern": modern("add"),
+        "modern-noname": modern(None, "ping"),
+        "legacy": parse_body(b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"add"}}', LIMIT),
+    }[body]
+    with pytest.raises(Refusal) as info:
+        check_headers(parsed, *headers)
+    r = info.value
+    assert (r.cause, r.message, r.rpc_id) == (Cause.HEADER_MISMATCH, message, None if body == "batch" else parsed.messages[0].id)
+
+
+def test_headers_that_agree_pass() -> None:
+    check_headers(modern("add"), "2026-07-28", "tools/call", "add")
+    check_headers(modern(None, "ping"), "2026-07-28", "ping", None)
+    legacy = parse_body(b'{"jsonrpc":"2.0","id":4,"method":"ping"}', LIMIT)
+    check_headers(legacy, "2026-07-28", None, None)  # a version alone, no envelope: nothing to compare
+    check_headers(legacy, None, "ping", None)
+
+
+# --- routing and path refusals, exactly --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("/é", "path must be ASCII (percent-encode anything else)"),
+        ("/a%4", "path has a malformed percent-escape"),
+        ("/%c0%ae", "path is not valid UTF-8 once percent-decoded"),
+        ("/a/./b", "path may not contain '.' or '..' segments"),
+        ("/a/../b", "path may not contain '.' or '..' segments"),
+        ("/a/..;x/b", "path may not contain '.' or '..' segments"),
+        ("/a/.;x/b", "path may not contain '.' or '..' segments"),
+        ("/a%2fb", "path may not contain encoded separators or control characters"),
+        ("/a%5cb", "path may not contain encoded separators or control characters"),
+        ("/a%01", "path may not contain encoded separators or control characters"),
+        ("/a%7F", "path may not contain encoded separators or control characters"),
+        ("/a%2541", "path is ambiguous: a percent-escape that survives decoding (double encoding or %u)"),
+        ("/a.;x", "path is ambiguous: a segment ending in a dot or a space"),
+        ("/a;x.", "path is ambiguous: a segment ending in a dot or a space"),
+        ("/a%20;x", "path is ambiguous: a segment ending in a dot or a space"),
+        ("/%20a", "path is ambiguous: a segment starting or ending with a space"),
+        ("/a%c2%85", "path is ambiguous: a control character"),
+        ("/a%e2%80%a8", "path is ambiguous: a surrogate or line separator (U+2028)"),
+        ("/a%e2%88%95", "path is ambiguous: a look-alike of '.', '/' or '\\\\' (U+2215)"),
+    ],
+)
+def test_normalize_path_refusals_exactly(raw: str, message: str) -> None:
+    with pytest.raises(Refusal) as info:
+        normalize_path(raw)
+    assert (info.value.cause, info.value.message) == (Cause.BAD_PATH, message)
+
+
+def test_normalize_path_keeps_what_is_not_a_dot_segment() -> None:
+    with pytest.raises(Refusal):
+        normalize_path("/a/...")  # not a dot segment, but a trailing dot
+    assert normalize_path("/a/x;..;y") == "/a/x;..;y"
+    assert normalize_path("/a/b;c") == "/a/b;c"
+    assert normalize_path("/a%20b") == "/a%20b"
+    assert normalize_path("/a\"b") == "/a%22b"
+    assert normalize_path("/a\x7eb") == "/a~b"
+    assert normalize_path("/a\x20b") == "/a%20b"
+
+
+def test_route_refusals_exactly() -> None:
+    t = RouteTable(CONFIG)
+    with pytest.raises(Refusal) as info:
+        t.reverse("x")
+    assert (info.value.cause, info.value.message) == (Cause.BAD_PATH, "request path must start with '/'")
+    with pytest.raises(Refusal) as info:
+        t.reverse("/nope/x")
+    assert (info.value.cause, info.value.message) == (Cause.UNKNOWN_SERVER, "no server named 'nope' is configured")
+    with pytest.raises(Refusal) as info:
+        t.forward("https", "Evil.example", 8443, "/x?y")
+    assert info.value.message == "https://evil.example:8443 is neither a configured server nor allowed passthrough"
+    with pytest.raises(Refusal) as info:
+        t.forward("https", "evil\x01" + "e" * 70, 1, "/")
+    assert info.value.message.startswith("https://evil?" + "e" * 59 + "...:1 ")
+
+
+def test_forward_query_and_empty_path() -> None:
+    t = RouteTable(CONFIG)
+    assert t.forward("http", "plain.example.com", 80, "?q=1").path == "/?q=1"
+    assert t.forward("http", "127.0.0.1", 9001, "/mcp/a?b?c").path == "/mcp/a?b?c"
+    assert t.forward("http", "127.0.0.1", 9001, "/mcp").path == "/mcp"
+    with pytest.raises(Refusal):
+        t.forward("http", "127.0.0.1", 9001, "/mcpx")
+
+
+def test_upstream_default_ports_and_missing_host() -> None:
+    config = parse_config('servers:\n  a: {url: "http://h.example"}\n  b: {url: "https://h.example/p//"}\n')
+    t = RouteTable(config)
+    assert (t.upstreams["a"].port, t.upstreams["b"].port) == (80, 443)
+    assert t.upstreams["b"].path == "/p"
+    assert t.allows_host("h.example", 80) and t.allows_host("h.example", 443) and not t.allows_host("h.example", 81)
+    passthrough = parse_config('servers:\n  a: {url: "http://h.example"}\npassthrough: ["p.example:81"]\n')
+    assert RouteTable(passthrough).allows_host("p.example", 81) and not RouteTable(passthrough).allows_host("p.example", 80)
+
+
+def test_printable_exact() -> None:
+    assert _printable("a\u200bb") == "a?b"
+    assert _printable("é✓") == "é✓"
+    assert _printable("") == ""
+    assert _printable("x" * 63) == "x" * 63
+
+
+@pytest.mark.parametrize(
+    ("char", "message"),
+    [
+        ("\x00", "a control character"), ("\x7f", "a control character"), ("\x80", "a control character"),
+        ("\x81", "a control character"), ("\x9f", "a control character"),
+        ("\u2029", "a surrogate or line separator (U+2029)"), ("\ud800", "a surrogate or line separator (U+D800)"),
+        ("\u2215", "a look-alike of '.', '/' or '\\\\' (U+2215)"),
+    ],
+)
+def test_character_problem_exactly(char: str, message: str) -> None:
+    assert character_problem(char) == message
+
+
+@pytest.mark.parametrize(
+    ("segment", "message"),
+    [
+        ("%2e", "a percent-escape that survives decoding (double encoding or %u)"),
+        ("ab.", "a segment ending in a dot or a space"),
+        ("ab ", "a segment ending in a dot or a space"),
+        (" ab", "a segment starting or ending with a space"),
+        ("\tab", "a control character"),
+    ],
+)
+def test_segment_problem_exactly(segment: str, message: str) -> None:
+    assert segment_problem(segment) == message
+
+
+def test_segment_problem_only_spaces_are_stripped() -> None:
+    assert segment_problem("ab\u00a0") is None or "space" not in segment_problem("ab\u00a0")
+    assert segment_problem("Xab") is None and segment_problem("abX") is None
+
+
+def test_path_argument_problem_exactly() -> None:
+    assert path_argument_problem("/a%2e") == "a percent-escape (an upstream may decode it)"
+    assert path_argument_problem("/a/b.\\c") == "a segment ending in a dot or a space"
+    assert path_argument_problem("/a\\ b") == "a segment starting or ending with a space"
+    assert path_argument_problem("/ab") is None
