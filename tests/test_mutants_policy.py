@@ -424,3 +424,20 @@ def test_path_pattern_case_and_empty() -> None:
     assert path_pattern(["/A"], True).match("/a") is not None
     assert path_pattern([], False).match("") is None
     assert path_pattern(["/x", "/y"], False).match("/y") is not None
+
+
+def test_pattern_errors_carry_re2s_reason_exactly() -> None:
+    with pytest.raises(PatternError) as info:
+        compile_pattern("(")
+    assert str(info.value) == ("not a pattern Valet can run in linear time (RE2 syntax; no backreferences or "
+                               "lookaround): missing ): (")
+    with pytest.raises(PatternError) as info:
+        compile_pattern("(?=a)")
+    assert str(info.value).endswith(": invalid perl operator: (?=")
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_fs_paths_keep_spaces_and_non_ascii_inside_names() -> None:
+    assert normalize_fs_path("/a b/c") == "/a b/c"
+    assert normalize_fs_path("/\u00e9t\u00e9") == "/\u00e9t\u00e9"
+    assert normalize_fs_path("/a\x80") is None

@@ -242,3 +242,61 @@ def test_slices_are_scanned_with_overlap() -> None:
         assert s.bytes(b"x" * cut + key + b" ") == b"x" * cut + b"[REDACTED:VALET_KEY] "
     long = "fake" + "L" * 300
     assert Scrubber([("L", long)]).overlap == len(long) * 2  # its hex is the longest literal
+
+
+def test_equal_length_overlaps_keep_the_first_name() -> None:
+    s = Scrubber([("B", "aaaa-bbbb"), ("A", "fake-aaaa")], key_shape=False)
+    assert s.bytes(b"<fake-aaaa-bbbb>") == b"<[REDACTED:A]>"
+    t = Scrubber([("A", "fake-aaaa"), ("B", "aaaa-bbbb")], key_shape=False)
+    assert t.bytes(b"<aaaa-bbbb fake-aaaa>") == b"<[REDACTED:B] [REDACTED:A]>"
+
+
+def test_three_levels_of_encoding_are_undone_and_a_fourth_is_not() -> None:
+    s = Scrubber([("T", "fakevalue")], key_shape=False)
+
+    def pct(data: bytes) -> bytes:
+        return b"".join(b"%%%02X" % b for b in data)
+
+    three = pct(b"fakevalue").replace(b"%", b"%25").replace(b"%", b"%25")  # %252566...: three decodings
+    assert s.bytes(b"<" + three + b">") == b"<[REDACTED:T]>"
+    four = three.replace(b"%", b"%25")
+    assert s.bytes(b"<" + four + b">") == b"<" + four + b">"
+
+
+def test_headers_with_undecodable_bytes_keep_them() -> None:
+    s = Scrubber([("T", FAKE)], key_shape=False)
+    assert s.token(f"X-{FAKE}-\udcff") == "X-REDACTED-T-\udcff"
+    assert s.text(f"{FAKE}\udcfe") == "[REDACTED:T]\udcfe"
+    assert s.value("\udcff") == "\udcff"
+
+
+def test_hex_forms_in_either_case_but_raw_values_exactly() -> None:
+    s = Scrubber([("T", "fakeValue")], key_shape=False)
+    hexed = b"fakeValue".hex().encode()
+    assert s.bytes(hexed.upper()) == b"[REDACTED:T]"
+    assert s.bytes(hexed) == b"[REDACTED:T]"
+    assert s.bytes(b"FAKEVALUE") == b"FAKEVALUE"  # the raw value is matched case-sensitively
+    assert s.bytes(b"fake+Value") == b"fake+Value"
+    spaced = Scrubber([("S", "fake Value")], key_shape=False)
+    assert spaced.bytes(b"q=fake+Value&") == b"q=[REDACTED:S]&"
+    assert spaced.bytes(b"q=FAKE+VALUE&") == b"q=FAKE+VALUE&"
+    b64 = base64.b64encode(b"fakeValue!!")
+    assert Scrubber([("B", "fakeValue!!")], key_shape=False).bytes(b64.lower()) == b64.lower()
+
+
+def test_map_back_end_at_a_boundary() -> None:
+    units = Units("ab")
+    data = b"%61%62xy"  # view "abxy"
+    assert map_back(data, units, [(0, 1, "N")]) == [(0, 3, "N")]
+    assert map_back(data, units, [(0, 2, "N")]) == [(0, 6, "N")]
+    assert map_back(data, units, [(1, 3, "N")]) == [(3, 7, "N")]
+    assert map_back(data, units, [(2, 4, "N")]) == [(6, 8, "N")]
+    assert map_back(b"xy%61", units, [(0, 2, "N"), (2, 3, "M")]) == [(0, 2, "N"), (2, 5, "M")]
+
+
+def test_numbers_inside_a_string_that_starts_at_the_match() -> None:
+    s = Scrubber([("PIN", "1234567")], key_shape=False)
+    assert s.bytes(b'{"a":"x","b":1234567}') == b'{"a":"x","b":"[REDACTED:PIN]"}'
+    assert s.bytes(b'"1234567"') == b'"[REDACTED:PIN]"'
+    assert s.bytes(b"1234567") == b'"[REDACTED:PIN]"'
+    assert s.bytes(b'"a" 1234567 "b"') == b'"a" "[REDACTED:PIN]" "b"'
