@@ -441,3 +441,8 @@ def test_fs_paths_keep_spaces_and_non_ascii_inside_names() -> None:
     assert normalize_fs_path("/a b/c") == "/a b/c"
     assert normalize_fs_path("/\u00e9t\u00e9") == "/\u00e9t\u00e9"
     assert normalize_fs_path("/a\x80") is None
+
+
+def test_under_strips_only_slashes_from_the_root() -> None:
+    assert not _under("/a/b", "/a/X", False)
+    assert _under("/a/X/b", "/a/X//", False)

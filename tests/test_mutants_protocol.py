@@ -641,3 +641,44 @@ def test_path_argument_problem_exactly() -> None:
     assert path_argument_problem("/a/b.\\c") == "a segment ending in a dot or a space"
     assert path_argument_problem("/a\\ b") == "a segment starting or ending with a space"
     assert path_argument_problem("/ab") is None
+
+
+def test_framer_a_stream_may_start_with_a_blank_line() -> None:
+    assert SSEFramer().feed(b"\n\n") == [b"\n\n"]
+    f = SSEFramer()
+    assert f.feed(b"data: a\n") == [] and f.flush() == b"data: a\n"
+    assert f.feed(b"\n\n") == [b"\n\n"]  # after a flush, from the first byte again
+
+
+def test_framer_forgets_the_last_line_end_after_a_release() -> None:
+    f = SSEFramer()
+    assert f.feed(b"data: a\n\nx") == [b"data: a\n\n"]
+    assert f.feed(b"\ny\n\n") == [b"x\ny\n\n"]  # "x\n" is a line, not an event
+    g = SSEFramer()
+    assert g.feed(b"x\ny\n\n") == [b"x\ny\n\n"]
+    g.feed(b"partial")
+    g.flush()
+    assert g.feed(b"x\ny\n\n") == [b"x\ny\n\n"]
+
+
+def test_case_twin_message_names_a_twin_not_the_first_key() -> None:
+    r = refusal(b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"A":0,"b":1,"B":2}}')
+    assert r.message == "members differ only by letter case: 'B'"
+
+
+def test_params_after_a_dot_dot_segment_are_refused() -> None:
+    with pytest.raises(Refusal):
+        normalize_path("/a/..;x;y")
+
+
+def test_upstream_paths_lose_only_trailing_slashes() -> None:
+    t = RouteTable(parse_config('servers:\n  a: {url: "http://h.example/mcpX"}\n'))
+    assert t.upstreams["a"].path == "/mcpX"
+
+
+def test_keys_are_stamped_in_utc(tmp_path: Path) -> None:
+    _, record = KeyStore(tmp_path / "keys.db").create("u", "a")
+    assert record.created_at.endswith("+00:00")
+    store = KeyStore(tmp_path / "keys.db")
+    assert store.revoke(record.id)
+    assert store.all()[0].revoked_at.endswith("+00:00")

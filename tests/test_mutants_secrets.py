@@ -300,3 +300,10 @@ def test_numbers_inside_a_string_that_starts_at_the_match() -> None:
     assert s.bytes(b'"1234567"') == b'"[REDACTED:PIN]"'
     assert s.bytes(b"1234567") == b'"[REDACTED:PIN]"'
     assert s.bytes(b'"a" 1234567 "b"') == b'"a" "[REDACTED:PIN]" "b"'
+
+
+def test_forms_of_quotes_and_non_ascii() -> None:
+    forms = forms_of('fake"ü<')
+    assert 'fake\\"ü<' in forms  # JSON without \u escapes (ensure_ascii=False)
+    assert 'fake\\"\\u00fc<' in forms
+    assert "fake&quot;ü&lt;" in forms and 'fake"ü&lt;' in forms  # html.escape with and without quotes
