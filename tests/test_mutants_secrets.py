@@ -307,3 +307,12 @@ def test_forms_of_quotes_and_non_ascii() -> None:
     assert 'fake\\"ü<' in forms  # JSON without \u escapes (ensure_ascii=False)
     assert 'fake\\"\\u00fc<' in forms
     assert "fake&quot;ü&lt;" in forms and 'fake"ü&lt;' in forms  # html.escape with and without quotes
+
+
+def test_six_character_values_in_base64_and_encoded_keys() -> None:
+    s = Scrubber([("S", "abcdef")], key_shape=False)
+    assert s.bytes(b"<" + base64.b64encode(b"abcdef") + b">") == b"<[REDACTED:S]>"
+    assert decode_unit(b"\\u20ac") == "€".encode() and decode_unit(b"\\ud834\\udd1e") == "𝄞".encode()
+    key = "vk_0123456789ab_" + "Q" * 32
+    encoded = "".join(f"%{b:02X}" for b in key.encode()).encode()
+    assert Scrubber([]).bytes(b"<" + encoded + b">") == b"<[REDACTED:VALET_KEY]>"
