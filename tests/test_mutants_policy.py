@@ -446,3 +446,12 @@ def test_fs_paths_keep_spaces_and_non_ascii_inside_names() -> None:
 def test_under_strips_only_slashes_from_the_root() -> None:
     assert not _under("/a/b", "/a/X", False)
     assert _under("/a/X/b", "/a/X//", False)
+
+
+@pytest.mark.parametrize(
+    ("glob", "path", "matches"),
+    [("/a/**x", "/a/b/cx", True), ("/a/**x", "/a/b/cz", False), ("/a/*.json", "/a/xjson", False),
+     ("/a/*.json", "/a/x.json", True), ("/a/?b", "/a/cd", False), ("/a/?b", "/a/cb", True)],
+)
+def test_path_globs_keep_the_character_after_a_wildcard(glob: str, path: str, matches: bool) -> None:
+    assert (path_pattern([glob], False).match(path) is not None) is matches
