@@ -17,7 +17,7 @@ $(shell rm -f $(STAMP))
 endif
 endif
 
-.PHONY: run test bench clean venv check-python
+.PHONY: run test bench clean venv check-python mutate
 
 venv: $(STAMP)
 
@@ -48,5 +48,13 @@ test: $(STAMP) | check-python
 bench: $(STAMP) | check-python
 	$(VENV)/bin/python bench/bench.py $(ARGS)
 
+# Mutation testing of the security core against the unit tests (slow: not part of `make test` or CI).
+# [tool.mutmut] in pyproject.toml says what is mutated and which tests run; docs/development.md explains.
+mutate: $(STAMP) | check-python
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,mutate]'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(ARGS); status=$$?; \
+	$(VENV)/bin/python -m tests.mutation_report; exit $$status
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf mutants $(VENV) .pytest_cache build *.egg-info
