@@ -75,6 +75,7 @@ step "6. See it audited"
 step "7. Change the policy while it runs"
 .venv/bin/valet policy explain --user alice --server demo --tool die_midstream || true   # exit code 1: deny
 sed -i.bak 's/tools: \[add, echo, whoami, progress\]/tools: [add, echo, progress]/' policies/rules/demo.yaml
+sleep 2   # Valet reads a changed policy file once it has settled (1 s)
 KEY=$KEY .venv/bin/python call.py
 mv policies/rules/demo.yaml.bak policies/rules/demo.yaml   # restore the rule
 

@@ -78,7 +78,7 @@ def register(audit_group: click.Group, data_dir_option: Any) -> None:
     @audit_group.command("browse")
     @data_dir_option
     @click.option("--host", default="127.0.0.1", show_default=True, help="Where datasette listens (loopback).")
-    @click.option("--port", default=8001, show_default=True, type=int)
+    @click.option("--port", default=8001, show_default=True, type=int, help="Port for datasette on the host.")
     def audit_browse(data_dir: Path, host: str, port: int) -> None:
         """Open the audit log read-only in datasette, with canned queries (denials by reason, a key's
         history, secret usage, an agent's day) and facets on user, server, tool and decision."""
