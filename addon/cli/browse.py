@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,8 @@ def register(audit_group: click.Group, data_dir_option: Any) -> None:
             meta.write_text(json.dumps(metadata(db.stem)))
             click.echo(f"valet: browsing {db} read-only at http://{host}:{port}/ (Ctrl-C to stop)", err=True)
             process = subprocess.Popen(datasette_argv(db, meta, host, port), env=os.environ.copy())
+            # SIGTERM to `valet audit browse` stops datasette too (Python's default would leave it orphaned).
+            signal.signal(signal.SIGTERM, lambda _signum, _frame: process.terminate())
             try:
                 sys.exit(process.wait())
             except KeyboardInterrupt:
