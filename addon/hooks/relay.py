@@ -95,17 +95,8 @@ class ResponseFilter:
                 if codec is None:
                     raise ValueError(encoding)
                 decoded = await asyncio.to_thread(compressed.decode, codec, response.raw_content, outbound.cap)
-            except compressed.Unreadable:
-                refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered in an encoding Valet cannot "
-                                     "read"), "error")
-                return
-            except compressed.TooLarge:
-                refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
-                                     "than Valet may decode"), "error")
-                return
-            except Exception:  # noqa: BLE001 - any decoding failure: not passed through unread
-                refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered in an encoding Valet cannot "
-                                     "read"), "error")
+            except Exception as exc:  # noqa: BLE001 - any decoding failure: not passed through unread
+                _refuse_unread(flow, exc)
                 return
             del response.headers["content-encoding"]
             response.content = decoded
@@ -115,16 +106,18 @@ class ResponseFilter:
                 scrubbed = await asyncio.to_thread(_transform, response, outbound, content)
             else:
                 scrubbed = _transform(response, outbound, content)
-        except compressed.Unreadable:  # compressed without a label, in a form Valet does not (fully) decode
-            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body Valet "
-                                 "cannot read"), "error")
-            return
-        except compressed.TooLarge:
-            refuse(flow, Refusal(Cause.UPSTREAM_ERROR, "the upstream answered with a compressed body larger "
-                                 "than Valet may decode"), "error")
+        except compressed.TooLarge as exc:  # unlabelled compression Valet cannot (fully) decode, or too large
+            _refuse_unread(flow, exc)
             return
         if scrubbed is not content:
             response.content = scrubbed
+
+
+def _refuse_unread(flow: http.HTTPFlow, exc: Exception) -> None:
+    """A body Valet could not read whole is never passed on: too large once decoded, or undecodable."""
+    too_large = isinstance(exc, compressed.TooLarge) and not isinstance(exc, compressed.Unreadable)
+    what = "a compressed body larger than Valet may decode" if too_large else "a body Valet cannot read"
+    refuse(flow, Refusal(Cause.UPSTREAM_ERROR, f"the upstream answered with {what}"), "error")
 
 
 def _outbound_of(state: ValetState, exchange: Exchange, flow: http.HTTPFlow) -> Outbound:

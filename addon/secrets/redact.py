@@ -15,7 +15,7 @@ import json
 import re
 from urllib.parse import quote, quote_plus
 
-from addon.secrets.scrubber import Scrubber
+from addon.secrets.scrubber import Scrubber, base64_cores_any_length
 
 MIN_FORM_CHARS = 6
 _HTML_SAFE = re.compile(r"[<>&'=]")
@@ -23,18 +23,8 @@ _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
 def _base64_cores(raw: bytes) -> set[bytes]:
-    """The base64 characters that depend only on ``raw``, at each offset within a larger blob."""
-    cores: set[bytes] = set()
-    for offset in range(3):
-        encoded = base64.b64encode(b"\0" * offset + raw)
-        start = -(-8 * offset // 6)  # ceil
-        end = 8 * (offset + len(raw)) // 6
-        core = encoded[start:end]
-        cores.add(core)
-        cores.add(core.translate(bytes.maketrans(b"+/", b"-_")))
-    cores.add(base64.b64encode(raw))
-    cores.add(base64.urlsafe_b64encode(raw))
-    return cores
+    """Every offset's core (see the scrubber) and the whole padded encodings."""
+    return base64_cores_any_length(raw) | {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
 
 
 def forms_of(value: str) -> set[str]:

@@ -252,8 +252,9 @@ def map_back(data: bytes, units: Units, spans: list[tuple[int, int, str]]) -> li
     return [(resolved[(s, False)], resolved[(e, True)], n) for s, e, n in spans]
 
 
-def _base64_cores(raw: bytes) -> set[bytes]:
-    """The base64 characters that depend only on ``raw``, at each offset within a larger blob."""
+def base64_cores_any_length(raw: bytes) -> set[bytes]:
+    """The base64 characters that depend only on ``raw``, at each offset within a larger blob
+    (standard and URL-safe alphabets)."""
     cores: set[bytes] = set()
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + raw)
@@ -262,7 +263,12 @@ def _base64_cores(raw: bytes) -> set[bytes]:
         core = encoded[start:end]
         cores.add(core)
         cores.add(core.translate(bytes.maketrans(b"+/", b"-_")))
-    return {c for c in cores if len(c) >= MIN_BASE64_CORE}
+    return cores
+
+
+def _base64_cores(raw: bytes) -> set[bytes]:
+    """The cores long enough to match without hitting unrelated base64 text."""
+    return {c for c in base64_cores_any_length(raw) if len(c) >= MIN_BASE64_CORE}
 
 
 def literals_of(value: str) -> list[tuple[bytes, bool]]:
