@@ -45,6 +45,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import base64
+import bisect
 import html.entities
 import re
 import threading
@@ -317,6 +318,14 @@ def _escape_end(data: bytes, end: int) -> int:
     return max(end, start + length)
 
 
+def _inside_string(strings: list[tuple[int, int]], starts: list[int], start: int, end: int) -> bool:
+    """Whether ``start:end`` lies inside one of the JSON strings' spans. The spans come sorted and disjoint
+    from one left-to-right scan, so only the last one starting before ``start`` can hold it: a bisection,
+    not a walk over every string for every match (which a hostile upstream made quadratic, on the loop)."""
+    i = bisect.bisect_left(starts, start) - 1
+    return i >= 0 and end <= strings[i][1]
+
+
 class Scrubber:
     """Built once per server and set of values; thread-safe to apply (Hyperscan scratch per thread)."""
 
@@ -427,6 +436,7 @@ class Scrubber:
         out: list[bytes] = []
         pos = 0
         strings: list[tuple[int, int]] | None = None
+        string_starts: list[int] = []
         for start, end, name in spans:
             out.append(data[pos:start])
             replacement = marker.format(name).encode()
@@ -434,7 +444,8 @@ class Scrubber:
                 # a bare JSON number stays valid JSON as a string; inside a string it needs no quotes
                 if strings is None:
                     strings = [m.span() for m in _JSON_STRING.finditer(data)]
-                if not any(s < start and end <= e for s, e in strings):
+                    string_starts = [s for s, _ in strings]
+                if not _inside_string(strings, string_starts, start, end):
                     replacement = b'"' + replacement + b'"'
             out.append(replacement)
             pos = end
