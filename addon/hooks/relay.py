@@ -60,8 +60,7 @@ class ResponseFilter:
             if codec is not None:
                 decoder = compressed.StreamDecoder(codec, outbound.cap)
                 del response.headers["content-encoding"]
-                if "content-length" in response.headers:
-                    del response.headers["content-length"]
+            _frame_as_transformed(flow)
             keyring = self.state.keyring
             key_id = exchange.key_id
 
@@ -111,6 +110,20 @@ class ResponseFilter:
             return
         if scrubbed is not content:
             response.content = scrubbed
+
+
+def _frame_as_transformed(flow: http.HTTPFlow) -> None:
+    """A stream Valet transforms (scrubbed, decoded, endpoints rewritten) has a length nobody knows in advance,
+    so the upstream's ``Content-Length`` must not reach the agent: with a marker longer than the secret, the
+    bytes past the declared end would be read as the answer to the agent's NEXT request on the connection (an
+    upstream forging another server's answer); with a shorter one the agent would wait for bytes that never
+    come. HTTP/1.1 agents get chunked framing (the connection stays usable); HTTP/1.0 ones a body that ends
+    with the connection; over HTTP/2 the frames carry the length."""
+    headers = flow.response.headers
+    if "content-length" in headers:
+        del headers["content-length"]
+    if flow.request.http_version == "HTTP/1.1" and "chunked" not in headers.get("transfer-encoding", "").lower():
+        headers["transfer-encoding"] = "chunked"
 
 
 def _refuse_unread(flow: http.HTTPFlow, exc: Exception) -> None:
