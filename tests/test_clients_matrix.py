@@ -179,6 +179,25 @@ def test_python_client_with_a_bad_key_fails_fast_and_says_why(valet: Valet, name
     assert time.monotonic() - started < 120, "the client retried or hung on a 401"
 
 
+# ---------------------------------------------------------------- TypeScript SDK on both transports
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_typescript_sdk_lists_calls_and_is_audited(valet: Valet, transport: str) -> None:
+    key, key_id = valet.new_key("alice", f"typescript-{transport}")
+    done = run([node(), "matrix.mjs", valet.base + URLS[transport]], {"VALET_KEY": key}, cwd=CLIENTS)
+    assert done.returncode == 0, done
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["is_error"] is False
+    check_the_exchange(valet, key_id, out["tools"], out["result"], done.stdout + done.stderr)
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_typescript_sdk_with_a_bad_key(valet: Valet, transport: str) -> None:
+    done = run([node(), "matrix.mjs", valet.base + URLS[transport]], {"VALET_KEY": "vk_not_a_key"}, cwd=CLIENTS)
+    assert done.returncode == 1 and done.stdout.startswith("refused:"), done
+    assert ("unknown valet key" if transport == "http" else "401") in done.stdout, done.stdout
+
+
 # ---------------------------------------------------------------- MCP Inspector (CLI mode)
 
 def documented_commands(marker: str) -> list[list[str]]:
@@ -293,12 +312,14 @@ def test_mcp_remote_with_a_header_file(valet: Valet, transport: str, tmp_path: P
 
 # ---------------------------------------------------------------- the docs show what the tests run
 
-SNIPPET = re.compile(r"<!-- tested: (tests/clients/\S+) -->\n```python\n(.*?)```", re.S)
+SNIPPET = re.compile(r"<!-- tested: (tests/clients/\S+) -->\n```(?:python|js)\n(.*?)```", re.S)
 
 
 def excerpt(path: Path) -> str:
-    """The lines between ``# snippet`` and ``# end snippet`` in a client script, dedented."""
-    lines = path.read_text().split("# snippet:", 1)[1].split("\n", 1)[1].split("# end snippet", 1)[0].splitlines()
+    """The lines between ``# snippet`` and ``# end snippet`` (``//`` in JavaScript) in a client script, dedented."""
+    comment = "//" if path.suffix == ".mjs" else "#"
+    text = path.read_text().split(f"{comment} snippet:", 1)[1].split("\n", 1)[1]
+    lines = text.split(f"{comment} end snippet", 1)[0].splitlines()
     indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
     return "\n".join(line[indent:] for line in lines).strip() + "\n"
 
@@ -306,7 +327,7 @@ def excerpt(path: Path) -> str:
 def test_python_snippets_in_docs_are_the_tested_code() -> None:
     found = SNIPPET.findall(DOCS)
     assert {path for path, _ in found} >= {"tests/clients/py-sdk1/client.py", "tests/clients/fastmcp/client.py",
-                                           "tests/clients/openai-agents/client.py"}, found
+                                           "tests/clients/openai-agents/client.py", "tests/clients/matrix.mjs"}, found
     for path, shown in found:
         assert excerpt(ROOT / path) in shown, f"docs/clients.md shows a different snippet than {path} runs"
 
