@@ -133,14 +133,18 @@ PY_CASES = [
     pytest.param("openai-agents", "http", id="openai-agents-http"),
     pytest.param("openai-agents", "sse", id="openai-agents-sse",
                  marks=pytest.mark.xfail(strict=True, reason=AGENTS_SSE_BUG)),
+    pytest.param("openai-agents-mcp1", "http", id="openai-agents-with-mcp1-http"),  # the documented workaround
+    pytest.param("openai-agents-mcp1", "sse", id="openai-agents-with-mcp1-sse"),
 ]
+SCRIPT = {"openai-agents-mcp1": "openai-agents"}  # the same client.py, in a venv with mcp 1.x
 
 
 @pytest.mark.parametrize("name,transport", PY_CASES)
 def test_python_client_lists_calls_and_is_audited(valet: Valet, name: str, transport: str) -> None:
     python = client_python(name)
     key, key_id = valet.new_key("alice", f"{name}-{transport}")
-    done = run([str(python), str(CLIENTS / name / "client.py"), valet.base + URLS[transport]], {"VALET_KEY": key})
+    script = CLIENTS / SCRIPT.get(name, name) / "client.py"
+    done = run([str(python), str(script), valet.base + URLS[transport]], {"VALET_KEY": key})
     assert done.returncode == 0, done
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["is_error"] is False

@@ -26,8 +26,9 @@ async def main(url: str) -> dict:
         tools = await server.list_tools()
         result = await server.call_tool("whoami", {"text": "from the openai agents sdk"})
     # end snippet
-    return {"tools": {t.name: sorted(t.input_schema.get("properties", {})) for t in tools},
-            "result": result.content[0].text, "is_error": result.is_error}
+    v2 = hasattr(result, "is_error")  # mcp 2.x names; the SDK also runs on mcp 1.x (camelCase)
+    return {"tools": {t.name: sorted((t.input_schema if v2 else t.inputSchema).get("properties", {})) for t in tools},
+            "result": result.content[0].text, "is_error": result.is_error if v2 else result.isError}
 
 
 def first_error(error: BaseException) -> BaseException:
