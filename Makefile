@@ -1,5 +1,5 @@
 # The two commands: `make run` and `make test`. Each builds .venv with Python 3.13 first.
-# `make clean` removes .venv and build leftovers (never .valet, your keys, secrets and audit log).
+# `make clean` removes .venv, the test clients' installs and build leftovers (never .valet, your keys, secrets and audit log).
 SHELL := /bin/bash
 VENV := .venv
 # Python 3.13: from PATH if it really is 3.13, else from pyenv's versions. PYTHON=/path/to/python3.13 to choose.
@@ -17,7 +17,7 @@ $(shell rm -f $(STAMP))
 endif
 endif
 
-.PHONY: run test bench clean venv check-python mutate
+.PHONY: run test bench clean venv check-python mutate clients
 
 venv: $(STAMP)
 
@@ -42,8 +42,30 @@ $(STAMP): pyproject.toml | check-python
 run: $(STAMP) | check-python
 	$(VENV)/bin/python run_proxy.py $(ARGS)
 
-test: $(STAMP) | check-python
+test: $(STAMP) clients | check-python
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Third-party MCP clients the suite drives through Valet (tests/test_clients*.py, docs/clients.md).
+# Each Python client gets a venv of its own from a frozen requirements file (Python SDK 1.x and the
+# clients that pin `mcp` cannot share Valet's venv); the Node ones come from package-lock.json.
+# Stamp files make a second run instant; changing a requirements file or the lock rebuilds that one.
+CLIENT_DIR := tests/clients
+CLIENT_STAMPS := $(patsubst %/requirements.txt,%/.venv/.installed,$(wildcard $(CLIENT_DIR)/*/requirements.txt))
+CLIENT_PYTHON = $(or $(PYTHON),$(abspath $(VENV)/bin/python))
+
+clients: $(CLIENT_STAMPS) $(CLIENT_DIR)/node_modules/.installed
+
+$(CLIENT_DIR)/%/.venv/.installed: $(CLIENT_DIR)/%/requirements.txt | check-python
+	rm -rf $(CLIENT_DIR)/$*/.venv
+	$(CLIENT_PYTHON) -m venv $(CLIENT_DIR)/$*/.venv
+	$(CLIENT_DIR)/$*/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+# Without npm (a local machine without Node) the Node client tests skip; CI installs Node first.
+$(CLIENT_DIR)/node_modules/.installed: $(CLIENT_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd $(CLIENT_DIR) && npm ci --no-audit --no-fund --loglevel=error) && touch $@; \
+	else echo "npm not found: the Node client tests (TypeScript SDK, mcp-remote, Inspector) will be skipped"; fi
 
 bench: $(STAMP) | check-python
 	$(VENV)/bin/python bench/bench.py $(ARGS)
@@ -57,4 +79,4 @@ mutate: $(STAMP) | check-python
 	$(VENV)/bin/python -m tests.mutation_report; exit $$status
 
 clean:
-	rm -rf mutants $(VENV) .pytest_cache build *.egg-info
+	rm -rf mutants $(VENV) .pytest_cache build *.egg-info $(CLIENT_DIR)/*/.venv $(CLIENT_DIR)/node_modules
