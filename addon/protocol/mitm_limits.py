@@ -17,9 +17,15 @@
    of the body is dropped as it arrives (never buffered) and the connection is closed.
 5. **Slow request heads are cut**: a head not complete ``timeouts.header_read_seconds`` after its first
    byte gets ``408 request_timeout`` and the connection is closed (a slowloris client holds nothing).
-4. **One budget for request bodies being buffered**, across all connections
-   (``limits.max_buffered_total_bytes``): a body that would take more is answered ``503 busy`` at once,
-   the same way (the rest dropped, the connection closed).
+4. **One budget for every body Valet buffers**, across all connections
+   (``limits.max_buffered_total_bytes``): request bodies while they arrive, response bodies while they
+   arrive and until they are sent on, the decoded bytes of a compressed answer, and an OAuth replay's
+   answer (:func:`decode_within` / :func:`hold`). A request body that would take more is answered
+   ``503 busy`` at once (the rest dropped, the connection closed); a response body that would take more
+   is cut: the upstream request is cancelled (its connection closed, or its h2 stream reset), the rest
+   of its body dropped as it arrives, and the agent gets ``503 busy`` through the ordinary response
+   path (scrubbed, audited). Every share is released when its body is sent on, when its stream errors
+   (a disconnect, a kill switch, a timeout), and in any case when the stream or flow object goes away.
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -42,9 +48,15 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http import HttpStream
-from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage, ResponseEndOfMessage, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError, ResponseData, ResponseEndOfMessage,
+    ResponseProtocolError,
+)
+from mitmproxy.proxy.layers.http import SendHttp
+from mitmproxy.proxy.utils import ReceiveBuffer
 
 from addon.protocol.errors import Cause, Refusal
+from addon.secrets.compressed import TooLarge, Unreadable
 
 # Set from the configuration (limits.max_header_bytes / max_header_count / max_buffered_total_bytes)
 # by hooks/state.py.
@@ -57,42 +69,115 @@ REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
 
 
 class _Budget:
-    """Request bytes held by mitmproxy across all connections while bodies arrive.
+    """Body bytes held across all connections: ``(owner, kind) -> bytes``, one total.
 
-    Each stream's share is released when its body is complete (handed to Valet's hooks, bounded per
-    body by ``max_buffered_bytes``) or when the stream object goes away (an agent that disconnects
-    mid-body), so no path can leak budget.
+    Owners are mitmproxy's ``HttpStream`` (request and response bodies as they arrive) and the flow
+    (decoded and replayed answers). A share is released explicitly when its body is handed on, and in any
+    case when its owner object goes away (an agent that disconnects mid-body, a stream that errors), so no
+    path can leak budget. Only touched on the event loop.
     """
 
     def __init__(self) -> None:
         self.total = 0
-        self._held: dict[int, int] = {}
+        self._held: dict[int, dict[str, int]] = {}
         self._collected = 0.0
 
-    def add(self, stream: object, size: int) -> None:
-        key = id(stream)
-        if key not in self._held:
-            self._held[key] = 0
-            weakref.finalize(stream, self.release, key)
-        self._held[key] += size
+    def add(self, owner: object, size: int, kind: str = "request") -> None:
+        key = id(owner)
+        shares = self._held.get(key)
+        if shares is None:
+            shares = self._held[key] = {}
+            weakref.finalize(owner, self._gone, key)
+        shares[kind] = shares.get(kind, 0) + size
         self.total += size
 
-    def release(self, key: int) -> None:
-        self.total -= self._held.pop(key, 0)
+    def release(self, key: int, kind: str | None = None) -> None:
+        """Give back ``kind``'s share of the owner with id ``key`` (every share when ``kind`` is None)."""
+        shares = self._held.get(key)
+        if shares is None:
+            return
+        if kind is None:
+            self.total -= sum(shares.values())
+            shares.clear()
+        else:
+            self.total -= shares.pop(kind, 0)
 
-    def spent(self, size: int) -> bool:
-        """Whether ``size`` more bytes would pass the budget; streams of closed connections are collected
-        first (at most once a second), since mitmproxy's layers hold reference cycles."""
-        if self.total + size <= MAX_BUFFERED_TOTAL:
-            return False
+    def _gone(self, key: int) -> None:
+        shares = self._held.pop(key, None)
+        if shares:
+            self.total -= sum(shares.values())
+
+    def room(self, want: int) -> int:
+        """How much of ``want`` fits in what is left (after collecting dead owners if it would not all fit)."""
+        if self.spent(want):
+            return max(0, MAX_BUFFERED_TOTAL - self.total)
+        return want
+
+    def collect(self) -> None:
+        """Collect streams and flows of closed connections (mitmproxy's layers hold reference cycles), at most
+        once a second, so that their finalizers give their shares back."""
         now = time.monotonic()
         if now - self._collected > 1.0:
             self._collected = now
             gc.collect()
+
+    def spent(self, size: int) -> bool:
+        """Whether ``size`` more bytes would pass the budget; dead owners are collected first."""
+        if self.total + size <= MAX_BUFFERED_TOTAL:
+            return False
+        self.collect()
         return self.total + size > MAX_BUFFERED_TOTAL
+
+    def held(self) -> int:
+        """The bytes held now, for the ``valet_buffered_bytes`` gauge (no collection: a scrape never stalls)."""
+        return self.total
 
 
 BUDGET = _Budget()
+
+
+class Busy(Exception):
+    """The global body budget is spent: the exchange is answered ``503 busy`` (retry later)."""
+
+    @property
+    def refusal(self) -> Refusal:
+        return busy()
+
+
+def busy() -> Refusal:
+    return Refusal(Cause.BUSY, "Valet holds as many bodies as it may; retry later", headers={"retry-after": "1"})
+
+
+def hold(flow: object, size: int, kind: str) -> None:
+    """Count ``size`` more bytes held for ``flow`` (an OAuth replay's answer as it arrives), or raise
+    :class:`Busy`. Given back when the flow's response is sent on, or when the flow goes away."""
+    if BUDGET.spent(size):
+        raise Busy()
+    BUDGET.add(flow, size, kind)
+
+
+async def decode_within(flow: object, decode: Callable[[int], bytes], cap: int) -> bytes:
+    """``decode(limit)`` in a worker thread, its output counted in the budget.
+
+    The decoder may produce up to ``limit`` bytes before it gives up, so ``limit`` is reserved up front:
+    ``cap`` (``max_buffered_bytes``) or what is left of the budget if that is less. A body that decodes
+    past a limit the budget set (not past ``cap``) is :class:`Busy`, not too large. Once decoded, only
+    its real size stays held, until the flow's response is sent on.
+    """
+    limit = BUDGET.room(cap)
+    if limit <= 0:
+        raise Busy()
+    BUDGET.add(flow, limit, "decoding")
+    try:
+        decoded = await asyncio.to_thread(decode, limit)
+    except TooLarge as exc:
+        if limit < cap and not isinstance(exc, Unreadable):
+            raise Busy() from None
+        raise
+    finally:
+        BUDGET.release(id(flow), "decoding")
+    BUDGET.add(flow, len(decoded), "decoded")
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -141,6 +226,9 @@ _CLOSE_AFTER_ANSWER: set[str] = set()
 _original_read_headers = _http1.Http1Server.read_headers
 _original_consume = HttpStream.state_consume_request_body
 _original_send = _http1.Http1Server.send
+_original_consume_response = HttpStream.state_consume_response_body
+_original_send_response = HttpStream.send_response
+_original_protocol_error = HttpStream.handle_protocol_error
 
 
 def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
@@ -149,12 +237,14 @@ def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-
     yield from ()
 
 
-def _close_client(client_id: str, answer: bytes = b"") -> None:
-    """Close the agent's socket ourselves once the 431 is queued.
+def _close_client(client_id: str, answer: bytes = b"", conn_id: str | None = None) -> None:
+    """Close the agent's socket ourselves once the 431 is queued (or, with ``conn_id``, the socket of that
+    upstream connection of the agent's).
 
     mitmproxy's ``CloseConnection`` cancels the reading task, but a reader that always finds data
-    buffered (a flood) never reaches a suspension point where the cancellation lands, so the socket
-    would stay open while the flood goes on. Closing the transport flushes the answer, then closes.
+    buffered (a flood, a large upstream answer) never reaches a suspension point where the cancellation
+    lands, so the socket would stay open while the flood goes on. Closing the transport flushes the
+    answer, then closes.
     """
     master = getattr(ctx, "master", None)
     server = master.addons.get("proxyserver") if master is not None else None
@@ -162,7 +252,7 @@ def _close_client(client_id: str, answer: bytes = b"") -> None:
     if handler is None:
         return
     for conn, io in list(handler.transports.items()):
-        if conn.id == client_id and io.writer is not None and not io.writer.is_closing():
+        if conn.id == (conn_id or client_id) and io.writer is not None and not io.writer.is_closing():
             if answer:
                 io.writer.write(answer)
             io.writer.close()
@@ -211,13 +301,13 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
     whole body (up to ``body_size_limit``) only to throw it away: ten such bodies took 700 MB."""
     if isinstance(event, RequestData) and self.flow.response is None:
         if REFUSE is not None and BUDGET.spent(len(event.data)):
-            BUDGET.release(id(self))
+            BUDGET.release(id(self), "request")
             REFUSE(self.flow, Refusal(Cause.BUSY, "Valet holds as many request bodies as it may; retry later",
                                       headers={"retry-after": "1"}), "error")
         else:
             BUDGET.add(self, len(event.data))
     elif isinstance(event, RequestEndOfMessage):
-        BUDGET.release(id(self))
+        BUDGET.release(id(self), "request")
     if self.flow.response is not None and isinstance(event, RequestData):
         if self.flow.request.http_version.upper().startswith("HTTP/1"):  # h2/h3 forbid a Connection header;
             self.flow.response.headers["connection"] = "close"  # there the stream ends, the body is dropped
@@ -226,6 +316,53 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
         self.client_state = types.MethodType(_swallow, self)
         return
     return (yield from _original_consume(self, event))
+
+
+def _consume_response(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A response body is counted while mitmproxy buffers it; one that would pass the budget is cut."""
+    if isinstance(event, ResponseData) and REFUSE is not None:
+        if BUDGET.spent(len(event.data)):
+            yield from _cut_response(self)
+            return
+        BUDGET.add(self, len(event.data), "response")
+    return (yield from _original_consume_response(self, event))
+
+
+def _cut_response(self: HttpStream):  # type: ignore[no-untyped-def]
+    """Cancel the upstream request (HTTP/1: its connection is closed; h2: its stream reset), drop what was
+    received, answer ``503 busy`` through the ordinary response path (the response hooks scrub and audit
+    it), then drop whatever of this stream is still on its way (the rest of the body, the upstream's close)."""
+    assert REFUSE is not None
+    BUDGET.release(id(self), "response")
+    self.response_body_buf = ReceiveBuffer()
+    self.server_state = types.MethodType(_swallow, self)
+    yield SendHttp(RequestProtocolError(self.stream_id, "Valet's body budget is spent", ErrorCode.CANCEL),
+                   self.context.server)
+    if not self.context.server.connected:  # HTTP/1: closed, and its socket too (see _close_client)
+        asyncio.get_running_loop().call_soon(_close_client, self.context.client.id, b"", self.context.server.id)
+    REFUSE(self.flow, busy(), "error")
+    yield from self.send_response()
+    self.server_state = types.MethodType(_swallow, self)
+    self.client_state = self.state_errored  # the upstream's close, still queued, is not an error to report
+
+
+def _send_response(self: HttpStream, already_streamed: bool = False):  # type: ignore[no-untyped-def]
+    """The response is handed on (or the agent went away during the response hooks): its body's share,
+    and what the hooks held for the flow (a decoded or replayed answer), go back to the budget."""
+    try:
+        return (yield from _original_send_response(self, already_streamed))
+    finally:
+        BUDGET.release(id(self), "response")
+        BUDGET.release(id(self.flow))
+
+
+def _protocol_error(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A stream that errors (disconnect, kill, timeout) gives back every share it and its flow held."""
+    try:
+        return (yield from _original_protocol_error(self, event))
+    finally:
+        BUDGET.release(id(self))
+        BUDGET.release(id(self.flow))
 
 
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
@@ -259,3 +396,6 @@ def install() -> None:
     _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
     _http1.Http1Server.send = _send  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = _consume  # type: ignore[method-assign]
+    HttpStream.state_consume_response_body = _consume_response  # type: ignore[method-assign]
+    HttpStream.send_response = _send_response  # type: ignore[method-assign]
+    HttpStream.handle_protocol_error = _protocol_error  # type: ignore[method-assign]
