@@ -26,6 +26,17 @@
    of its body dropped as it arrives, and the agent gets ``503 busy`` through the ordinary response
    path (scrubbed, audited). Every share is released when its body is sent on, when its stream errors
    (a disconnect, a kill switch, a timeout), and in any case when the stream or flow object goes away.
+6. **HTTP/2 agents get the same head caps** (TLS with ALPN ``h2``: Valet's reverse listener accepts TLS,
+   and forward mode intercepts CONNECT tunnels; mitmproxy speaks no cleartext h2c). The ``h2`` library
+   refuses a decoded header list past its limit with ``GOAWAY`` (``ENHANCE_YOUR_CALM``); that limit is
+   set to twice ``limits.max_header_bytes`` (plus HPACK's 32 bytes per field), and a decoded head within
+   it but over Valet's caps (measured as HTTP/1 would: ``name: value`` CRLF per field, the pseudo-headers
+   making the request line) is answered ``431 headers_too_large`` on its stream, which is then reset,
+   before any hook sees it. h2 holds an encoded header block until its last CONTINUATION (up to 64 frames
+   of mitmproxy's 128 KiB frame size: 8 MiB per connection); past twice the head cap the connection gets
+   ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
+   incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
+   HTTP/1 head gets 408.
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -46,7 +57,9 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import _http1
+import h2.errors
+import h2.events
+from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError, ResponseData, ResponseEndOfMessage,
@@ -386,6 +399,112 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     return (yield from _original_send(self, event))
 
 
+HPACK_FIELD_OVERHEAD = 32  # RFC 7541 4.1: what HPACK (and h2's decoder limit) adds per field
+
+
+def _h2_list_limit() -> int:
+    """The decoded header list size h2 may build before it gives up on the connection: every head within
+    twice Valet's caps decodes (and gets the exact check below, a 431 on its stream), anything larger never
+    does (GOAWAY)."""
+    return 2 * MAX_HEADER_BYTES + HPACK_FIELD_OVERHEAD * (MAX_HEADER_COUNT + 8)
+
+
+def _h2_head_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The HTTP/1 caps on a decoded h2 head: its fields as HTTP/1 lines (pseudo-headers make the request line)."""
+    size = sum(len(name) + len(value) + 4 for name, value in headers)
+    count = 1 + sum(1 for name, _ in headers if not name.startswith(b":"))
+    return size > MAX_HEADER_BYTES or count > MAX_HEADER_COUNT
+
+
+_original_h2_init = _http2.Http2Server.__init__
+_original_h2_event = _http2.Http2Server.handle_h2_event
+_original_h2_handle = _http2.Http2Server._handle_event
+
+
+def _h2_init(self: _http2.Http2Server, context) -> None:  # type: ignore[no-untyped-def]
+    _original_h2_init(self, context)
+    self.h2_conn.decoder.max_header_list_size = _h2_list_limit()
+
+
+def _h2_event(self: _http2.Http2Server, event: h2.events.Event):  # type: ignore[no-untyped-def]
+    """A decoded request head over the caps: ``431`` on its stream (then reset), never handed to mitmproxy."""
+    if isinstance(event, h2.events.RequestReceived) and _h2_head_too_large(list(event.headers or [])):
+        body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
+        stream_id = event.stream_id
+        self.h2_conn.send_headers(stream_id, [(b":status", b"431"), (b"content-type", b"application/json"),
+                                              (b"content-length", str(len(body)).encode())])
+        self.h2_conn.send_data(stream_id, body, end_stream=True)
+        if not event.stream_ended:  # RFC 9113 8.1: the answer is complete, the client stops sending its body
+            self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        return False
+    return (yield from _original_h2_event(self, event))
+
+
+def _h2_block_limit() -> int:
+    """The most HPACK-encoded bytes of one header block Valet holds: twice the decoded cap (a legitimate
+    encoder never needs more: a literal field costs a few bytes over its text) plus one frame's worth.
+    Without it, h2 holds up to 64 CONTINUATION frames of mitmproxy's 128 KiB frame size: 8 MiB per connection."""
+    return 2 * MAX_HEADER_BYTES + 16 * 1024
+
+
+def _h2_block_held(conn: _http2.BufferedH2Connection) -> int:
+    """Bytes of a header block h2 holds now: its complete frames awaiting CONTINUATIONs, and a HEADERS or
+    CONTINUATION frame still arriving (a DATA frame arriving is a body, bounded by the frame size)."""
+    buffer = conn.incoming_buffer
+    data = buffer._data
+    arriving = len(data) if buffer._headers_buffer or (len(data) >= 4 and data[3] in (0x1, 0x9)) else 0
+    return sum(len(frame.data) for frame in buffer._headers_buffer) + arriving
+
+
+def _h2_pending_head(conn: _http2.BufferedH2Connection) -> bool:
+    """Whether h2 holds part of a request head: a header block awaiting CONTINUATIONs, or a frame whose
+    9-byte header is incomplete, or a HEADERS/CONTINUATION frame whose payload is (frame type: byte 3)."""
+    buffer = conn.incoming_buffer
+    data = buffer._data
+    return bool(buffer._headers_buffer) or 0 < len(data) < 9 or (len(data) >= 9 and data[3] in (0x1, 0x9))
+
+
+def _h2_goaway(server: _http2.Http2Server, why: bytes) -> bytes:
+    """GOAWAY (``ENHANCE_YOUR_CALM``) for this connection; h2's partial header block is dropped."""
+    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server.h2_conn.incoming_buffer._headers_buffer = []
+    server.h2_conn.incoming_buffer._data = bytearray()
+    try:
+        server.h2_conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, why)
+        return server.h2_conn.data_to_send()
+    except Exception:  # noqa: BLE001 - h2 may consider the connection closed already: just close the socket
+        return b""
+
+
+def _h2_timeout(ref: weakref.ref[_http2.Http2Server], timer: object) -> None:
+    """A header block still incomplete ``HEADER_READ_SECONDS`` after it began: GOAWAY, then the socket is
+    closed (mitmproxy then ends the connection's other streams as for any closed connection)."""
+    server = ref()
+    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
+        return
+    _close_client(server.conn.id, _h2_goaway(server, b"request head not complete in time"))
+
+
+def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
+    result = yield from _original_h2_handle(self, event)
+    if not isinstance(event, events.DataReceived) or getattr(self._handle_event, "__func__", None) is not _h2_handle:
+        return result  # (mitmproxy closed the connection already: its handler is `done`)
+    if _h2_block_held(self.h2_conn) > _h2_block_limit():
+        # as mitmproxy ends a connection on an h2 protocol error (its streams get errors), and the socket
+        # closed ourselves: a flood that keeps the reader busy would never see the cancellation
+        yield commands.SendData(self.conn, _h2_goaway(self, b"request head larger than Valet accepts"))
+        yield from self.close_connection("HTTP/2 request head larger than Valet accepts")
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+    elif not _h2_pending_head(self.h2_conn):
+        self._valet_head_timer = None
+    elif getattr(self, "_valet_head_timer", None) is None:
+        timer = object()
+        self._valet_head_timer = timer
+        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _h2_timeout, weakref.ref(self), timer)
+    return result
+
+
 def forget(client_id: str) -> None:
     """The agent's connection is gone: nothing to end on it any more."""
     ENDINGS.pop(client_id, None)
@@ -399,3 +518,6 @@ def install() -> None:
     HttpStream.state_consume_response_body = _consume_response  # type: ignore[method-assign]
     HttpStream.send_response = _send_response  # type: ignore[method-assign]
     HttpStream.handle_protocol_error = _protocol_error  # type: ignore[method-assign]
+    _http2.Http2Server.__init__ = _h2_init  # type: ignore[method-assign]
+    _http2.Http2Server.handle_h2_event = _h2_event  # type: ignore[method-assign]
+    _http2.Http2Server._handle_event = _h2_handle  # type: ignore[method-assign]
