@@ -178,3 +178,57 @@ def test_a_header_block_that_never_finishes_is_cut(valet: Valet) -> None:
         assert terminated is None or terminated.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
     finally:
         agent.close()
+
+
+def _record(payload: bytes) -> bytes:
+    return b"\x16\x03\x01" + len(payload).to_bytes(2, "big") + payload
+
+
+def _hello_flood(port: int, size: int, results: list[int]) -> None:
+    """A ClientHello that claims 16 MiB, sent in 16 KiB handshake records; counts what went out before Valet
+    closed the connection."""
+    sent = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(_record(b"\x01\xff\xff\xf0\x03\x03" + b"\x00" * 16378))
+            sent = 16384
+            while sent < size:
+                sock.sendall(_record(b"\x00" * 16384))
+                sent += 16384
+    except OSError:
+        pass
+    results.append(sent)
+
+
+def test_a_huge_tls_client_hello_is_cut_and_memory_stays_bounded(valet: Valet) -> None:
+    """mitmproxy buffers a ClientHello until it parses (up to the 16 MiB its length field can claim, re-parsing
+    the whole buffer at every record); Valet ends the handshake past 64 KiB."""
+    process = psutil.Process(valet.process.pid)
+    idle = process.memory_info().rss
+    results: list[int] = []
+    threads = [threading.Thread(target=_hello_flood, args=(valet.port, 12 * MIB, results)) for _ in range(10)]
+    peak = idle
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, process.memory_info().rss)
+        time.sleep(0.02)
+    assert len(results) == 10 and max(results) < 8 * MIB, [r / MIB for r in results]
+    assert peak - idle < 60 * MIB, (peak - idle) / MIB
+    agent = H2Agent(valet)  # and TLS agents are still served
+    try:
+        assert agent.request([])[0] == 401
+    finally:
+        agent.close()
+
+
+def test_a_tls_handshake_that_never_finishes_is_cut(valet: Valet) -> None:
+    with socket.create_connection(("127.0.0.1", valet.port), timeout=30) as sock:
+        started = time.monotonic()
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, and nothing more
+        try:
+            closed = sock.recv(65536) == b""
+        except OSError:
+            closed = True
+        elapsed = time.monotonic() - started
+    assert closed and 1.5 < elapsed < 20, elapsed

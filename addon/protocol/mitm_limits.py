@@ -37,6 +37,10 @@
    ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
    incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
    HTTP/1 head gets 408.
+7. **A TLS ClientHello is capped too** (an agent connecting with TLS, or a forward-mode tunnel Valet
+   intercepts): mitmproxy buffers the ClientHello until it parses, and its 3-byte length lets it claim
+   16 MiB. One past :data:`MAX_CLIENT_HELLO` bytes ends the handshake (the connection is closed), and a
+   TLS handshake not complete ``timeouts.header_read_seconds`` after its first byte is cut the same way.
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -60,6 +64,7 @@ from mitmproxy.proxy import commands, events
 import h2.errors
 import h2.events
 from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError, ResponseData, ResponseEndOfMessage,
@@ -505,6 +510,30 @@ def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[n
     return result
 
 
+MAX_CLIENT_HELLO = 64 * 1024  # browsers send 0.5-2 KiB; with post-quantum key shares and tickets, a few KiB
+
+_original_tls_hello = ClientTLSLayer.receive_handshake_data
+
+
+def _tls_timeout(ref: weakref.ref[ClientTLSLayer]) -> None:
+    """A TLS handshake still not complete ``HEADER_READ_SECONDS`` after its first byte: the socket is closed."""
+    layer = ref()
+    if layer is not None and not layer.conn.tls_established:
+        _close_client(layer.context.client.id)
+
+
+def _tls_hello(self: ClientTLSLayer, data: bytes):  # type: ignore[no-untyped-def]
+    if not self.client_hello_parsed:
+        if data and not getattr(self, "_valet_tls_timer", False):
+            self._valet_tls_timer = True
+            asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _tls_timeout, weakref.ref(self))
+        if len(self.recv_buffer) + len(data) > MAX_CLIENT_HELLO:
+            self.recv_buffer.clear()  # nothing of it is kept; the handshake fails and the connection closes
+            asyncio.get_running_loop().call_soon(_close_client, self.context.client.id)
+            return False, "the TLS ClientHello is larger than Valet accepts"
+    return (yield from _original_tls_hello(self, data))
+
+
 def forget(client_id: str) -> None:
     """The agent's connection is gone: nothing to end on it any more."""
     ENDINGS.pop(client_id, None)
@@ -521,3 +550,4 @@ def install() -> None:
     _http2.Http2Server.__init__ = _h2_init  # type: ignore[method-assign]
     _http2.Http2Server.handle_h2_event = _h2_event  # type: ignore[method-assign]
     _http2.Http2Server._handle_event = _h2_handle  # type: ignore[method-assign]
+    ClientTLSLayer.receive_handshake_data = _tls_hello  # type: ignore[method-assign]
