@@ -8,6 +8,7 @@ that never ends (CONTINUATION frames of the largest size Valet allows), a header
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
@@ -23,7 +24,7 @@ import psutil
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from tests.support import Valet, running_valet
+from tests.support import Upstream, Valet, jsonrpc, running_valet
 
 pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
@@ -53,13 +54,16 @@ class H2Agent:
         self.closed = False
         self.read_until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in self.events))
 
-    def headers(self, extra: list[tuple[str, str]], stream_id: int = 1) -> list[tuple[str, str]]:
-        return [(":method", "GET"), (":path", "/notes"), (":scheme", "https"),
+    def headers(self, extra: list[tuple[str, str]], method: str = "GET") -> list[tuple[str, str]]:
+        return [(":method", method), (":path", "/notes"), (":scheme", "https"),
                 (":authority", f"127.0.0.1:{self.port}"), *extra]
 
     def request(self, extra: list[tuple[str, str]], stream_id: int = 1) -> tuple[int, bytes]:
         self.conn.send_headers(stream_id, self.headers(extra), end_stream=True)
         self.sock.sendall(self.conn.data_to_send())
+        return self.answer(stream_id)
+
+    def answer(self, stream_id: int) -> tuple[int, bytes]:
         self.read_until(lambda: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == stream_id
                                     for e in self.events))
         status = next(dict(e.headers)[":status"] for e in self.events
@@ -112,6 +116,29 @@ def test_h2_requests_within_the_caps_are_served_and_too_many_fields_get_431(vale
     finally:
         agent.close()
     assert not valet.rows("1=1 AND reason = 'headers_too_large'", expect=0, timeout=0.5)  # refused before any hook
+
+
+def test_an_mcp_call_over_h2_is_served(tmp: Path, upstream: Upstream) -> None:
+    """An h2 agent is an ordinary agent: authenticated, judged and answered (the upstream speaks HTTP/1.1)."""
+    with running_valet(tmp, {"notes": upstream.url}, extra=LIMITS) as proxy:
+        key, key_id = proxy.new_key()
+        agent = H2Agent(proxy)
+        try:
+            meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}}
+            body = json.dumps(jsonrpc("tools/list", {"_meta": meta})).encode()
+            agent.conn.send_headers(1, agent.headers([
+                ("authorization", f"Bearer {key}"), ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"), ("content-length", str(len(body)))], method="POST"))
+            agent.conn.send_data(1, body, end_stream=True)
+            agent.sock.sendall(agent.conn.data_to_send())
+            status, answer = agent.answer(1)
+            assert status == 200 and b'"tools"' in answer, answer[:300]
+        finally:
+            agent.close()
+        row = proxy.rows("key_id = ? AND rpc_method = 'tools/list'", (key_id,))[0]
+        assert row["decision"] == "allow" and row["http_status"] == 200
 
 
 def test_a_decoded_header_list_past_the_h2_limit_ends_the_connection(valet: Valet) -> None:
