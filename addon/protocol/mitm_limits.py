@@ -380,7 +380,9 @@ def _protocol_error(self: HttpStream, event: events.Event):  # type: ignore[no-u
         return (yield from _original_protocol_error(self, event))
     finally:
         BUDGET.release(id(self))
-        BUDGET.release(id(self.flow))
+        flow = getattr(self, "flow", None)
+        if flow is not None:
+            BUDGET.release(id(flow))
 
 
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
