@@ -1,13 +1,18 @@
 """Valet's memory under hostile load (issue 9 item 1): prints RSS idle, peak and after, in MiB.
 
-Two loads against a real Valet (run_proxy.py, reverse mode, one configured server):
+Loads against a real Valet (run_proxy.py, reverse mode):
 
 - ``bodies``: 10 concurrent chunked 30 MiB POSTs without a valet key;
 - ``floods``: three concurrent request heads of header lines without end (64 MiB each, or until
-  Valet closes the connection).
+  Valet closes the connection);
+- ``answers``: 10 concurrent 16 MiB upstream answers (tests/upstream/large.py) with a key, against a
+  40 MiB ``limits.max_buffered_total_bytes`` (and, for comparison, a budget too large to matter);
+- ``h2``: 20 concurrent HTTP/2 CONTINUATION floods (48 MiB of header block each) over TLS;
+- ``hello``: 10 concurrent TLS ClientHellos claiming 16 MiB (12 MiB sent each).
 
-Usage: ``.venv/bin/python bench/stress_memory.py``. The same measurement runs in
-``tests/test_e2e_holdup_memory.py`` with generous bounds.
+Usage: ``.venv/bin/python bench/stress_memory.py``. The first two run in
+``tests/test_e2e_holdup_memory.py`` with generous bounds; the others in ``tests/test_e2e_holdup_budget.py``
+and ``tests/test_e2e_holdup_h2.py``.
 """
 
 from __future__ import annotations
@@ -112,10 +117,73 @@ def run(tmp: Path) -> list[Figures]:
         valet.stop()
 
 
+def _answers(valet_port: int, key: str, count: int = 10, size_mib: int = 16) -> list[int]:
+    import asyncio
+
+    import httpx
+
+    async def fetch_all() -> list[int]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+        headers = {"accept": "application/json, text/event-stream", "authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+            answers = await asyncio.gather(*[
+                http.post(f"http://127.0.0.1:{valet_port}/big/big/{size_mib}",
+                          json={"jsonrpc": "2.0", "id": i, "method": "tools/list"}, headers=headers)
+                for i in range(count)])
+        return [a.status_code for a in answers]
+
+    return asyncio.run(fetch_all())
+
+
+def run_answers(tmp: Path, total_mib: int) -> Figures:
+    """10 concurrent 16 MiB answers through a Valet whose global body budget is ``total_mib``."""
+    import subprocess
+
+    from tests.support import PYTHON, free_port, wait_for_port
+
+    port = free_port()
+    upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/large.py"), "--port", str(port),
+                                 "--log", str(tmp / "large.log")], cwd=ROOT)
+    wait_for_port(port)
+    extra = f"limits:\n  max_buffered_bytes: {20 * MIB}\n  max_buffered_total_bytes: {total_mib * MIB}\n"
+    valet = start_valet(tmp, {"big": f"http://127.0.0.1:{port}"}, extra=extra)
+    try:
+        key = valet.new_key()[0]
+        statuses: list[int] = []
+        figures = measure(valet.process.pid, valet.port, f"10 x 16 MiB answers, budget {total_mib} MiB",
+                          lambda p: statuses.extend(_answers(p, key)), 1)
+        figures.load += f" ({statuses.count(200)} x 200, {statuses.count(503)} x 503)"
+        return figures
+    finally:
+        valet.stop()
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def run_tls(tmp: Path) -> list[Figures]:
+    """HTTP/2 CONTINUATION floods and oversized TLS ClientHellos against one Valet."""
+    from tests.test_e2e_holdup_h2 import _continuation_flood, _hello_flood
+
+    valet = start_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"})
+    try:
+        return [
+            measure(valet.process.pid, valet.port, "20 x h2 CONTINUATION floods (48 MiB)",
+                    lambda p: _continuation_flood(valet, 384, []), 20),
+            measure(valet.process.pid, valet.port, "10 x TLS ClientHello floods (12 MiB)",
+                    lambda p: _hello_flood(p, 12 * MIB, []), 10),
+        ]
+    finally:
+        valet.stop()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for figures in run(Path(tmp)):
-            print(figures.line())
+        root = Path(tmp)
+        for name in ("a", "b", "c", "d"):
+            (root / name).mkdir()
+        for figures in run(root / "a") + [run_answers(root / "b", 40), run_answers(root / "c", 4096)] + \
+                run_tls(root / "d"):
+            print(figures.line(), flush=True)
 
 
 if __name__ == "__main__":

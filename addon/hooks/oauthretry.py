@@ -20,6 +20,7 @@ import httpx2
 from mitmproxy import ctx, http
 
 from addon.config import timeouts_for
+from addon.protocol import mitm_limits
 from addon.protocol.errors import Cause, Refusal
 from addon.secrets import compressed
 from addon.hooks.failsafe import fail_closed
@@ -75,6 +76,7 @@ class OAuthReplay:
                         body += piece
                         if len(body) > cap:
                             raise compressed.TooLarge("the replayed answer is over the size limit")
+                        mitm_limits.hold(flow, len(piece), "replay")  # in the global budget, or Busy
                     status, replied = replayed.status_code, replayed.headers
             content = bytes(body)
             encoding = replied.get("content-encoding", "identity").strip().lower()
@@ -82,7 +84,12 @@ class OAuthReplay:
                 codec = _CODECS.get(encoding)
                 if codec is None:
                     raise ValueError(encoding)
-                content = await asyncio.to_thread(compressed.decode, codec, content, cap)
+                raw = content
+                content = await mitm_limits.decode_within(flow, lambda limit: compressed.decode(codec, raw, limit),
+                                                          cap)
+        except mitm_limits.Busy as busy:
+            refuse(flow, busy.refusal, "error")
+            return
         except (TimeoutError, httpx2.TimeoutException):
             refuse(flow, Refusal(Cause.UPSTREAM_TIMEOUT, "the upstream did not answer the replayed request in time"),
                    "error")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from addon.protocol import mitm_limits
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
 from addon.secrets import compressed
@@ -89,11 +90,15 @@ class ResponseFilter:
             # We asked for identity; a body we cannot decode is not passed through unread. Decoded in
             # bounded steps up to max_buffered_bytes (mitmproxy's own decode has no cap: a 510 KB gzip
             # answer inflated to 512 MiB), off the event loop.
-            codec = _CODECS.get(encoding)
+            codec, raw = _CODECS.get(encoding), response.raw_content
             try:
                 if codec is None:
                     raise ValueError(encoding)
-                decoded = await asyncio.to_thread(compressed.decode, codec, response.raw_content, outbound.cap)
+                decoded = await mitm_limits.decode_within(  # the decoded bytes count in the global budget
+                    flow, lambda limit: compressed.decode(codec, raw, limit), outbound.cap)
+            except mitm_limits.Busy as busy:
+                refuse(flow, busy.refusal, "error")
+                return
             except Exception as exc:  # noqa: BLE001 - any decoding failure: not passed through unread
                 _refuse_unread(flow, exc)
                 return

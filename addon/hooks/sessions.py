@@ -63,11 +63,11 @@ class SessionGuard:
                 await self.owners.recall(exchange.server, session_id)
                 self.owners.check(exchange.server, session_id, exchange.key_id)
             if exchange.snapshot.config.servers[exchange.server].kind == "mcp":  # an HTTP API's own query is its own
-                self._check_legacy(flow, exchange.server, exchange.key_id)
+                await self._check_legacy(flow, exchange.server, exchange.key_id)
         except Refusal as refusal:
             refuse(flow, refusal)
 
-    def _check_legacy(self, flow: http.HTTPFlow, server: str, key_id: str | None) -> None:
+    async def _check_legacy(self, flow: http.HTTPFlow, server: str, key_id: str | None) -> None:
         seen: set[str] = set()
         for name, value in flow.request.query.items(multi=True):
             lowered = name.strip().lower()
@@ -76,6 +76,7 @@ class SessionGuard:
             if lowered in seen:  # one reader takes the first, another the last
                 raise Refusal(Cause.INVALID_REQUEST, f"the {lowered} query parameter is given more than once")
             seen.add(lowered)
+            await self.owners.recall(server, _legacy_id(lowered, value))  # bound by another Valet (Redis)?
             self.owners.check(server, _legacy_id(lowered, value), key_id)
 
     def bind_legacy(self, server: str, params: list[tuple[str, str]], key_id: str) -> None:

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from addon.ops import metrics
+from addon.protocol import mitm_limits
 from addon.ops.health import readiness
 
 MAX_HEAD = 8192
@@ -38,6 +39,7 @@ class AdminServer:
             state = self.state
             metrics.watch("audit_queue", lambda: float(state.audit._queue.qsize()) if state.audit else 0.0)
             metrics.watch("open_exchanges", lambda: float(state.open_exchanges))
+            metrics.watch("buffered", lambda: float(mitm_limits.BUDGET.held()))
 
     async def close(self) -> None:
         if self._server is not None:

@@ -75,6 +75,8 @@ class Metrics:
         self.audit_queue = Gauge("valet_audit_queue_depth", "Audit records waiting for the writer.", registry=r)
         self.open_exchanges = Gauge("valet_open_exchanges", "Exchanges written ahead, outcome not yet recorded.",
                                     registry=r)
+        self.buffered = Gauge("valet_buffered_bytes", "Body bytes held in memory now, against "
+                              "limits.max_buffered_total_bytes.", registry=r)
         self.up = Gauge("valet_start_time_seconds", "Unix time the process started serving metrics.", registry=r)
         self.up.set(time.time())
 

@@ -17,9 +17,30 @@
    of the body is dropped as it arrives (never buffered) and the connection is closed.
 5. **Slow request heads are cut**: a head not complete ``timeouts.header_read_seconds`` after its first
    byte gets ``408 request_timeout`` and the connection is closed (a slowloris client holds nothing).
-4. **One budget for request bodies being buffered**, across all connections
-   (``limits.max_buffered_total_bytes``): a body that would take more is answered ``503 busy`` at once,
-   the same way (the rest dropped, the connection closed).
+4. **One budget for every body Valet buffers**, across all connections
+   (``limits.max_buffered_total_bytes``): request bodies while they arrive, response bodies while they
+   arrive and until they are sent on, the decoded bytes of a compressed answer, and an OAuth replay's
+   answer (:func:`decode_within` / :func:`hold`). A request body that would take more is answered
+   ``503 busy`` at once (the rest dropped, the connection closed); a response body that would take more
+   is cut: the upstream request is cancelled (its connection closed, or its h2 stream reset), the rest
+   of its body dropped as it arrives, and the agent gets ``503 busy`` through the ordinary response
+   path (scrubbed, audited). Every share is released when its body is sent on, when its stream errors
+   (a disconnect, a kill switch, a timeout), and in any case when the stream or flow object goes away.
+6. **HTTP/2 agents get the same head caps** (TLS with ALPN ``h2``: Valet's reverse listener accepts TLS,
+   and forward mode intercepts CONNECT tunnels; mitmproxy speaks no cleartext h2c). The ``h2`` library
+   refuses a decoded header list past its limit with ``GOAWAY`` (``ENHANCE_YOUR_CALM``); that limit is
+   set to twice ``limits.max_header_bytes`` (plus HPACK's 32 bytes per field), and a decoded head within
+   it but over Valet's caps (measured as HTTP/1 would: ``name: value`` CRLF per field, the pseudo-headers
+   making the request line) is answered ``431 headers_too_large`` on its stream, which is then reset,
+   before any hook sees it. h2 holds an encoded header block until its last CONTINUATION (up to 64 frames
+   of mitmproxy's 128 KiB frame size: 8 MiB per connection); past twice the head cap the connection gets
+   ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
+   incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
+   HTTP/1 head gets 408.
+7. **A TLS ClientHello is capped too** (an agent connecting with TLS, or a forward-mode tunnel Valet
+   intercepts): mitmproxy buffers the ClientHello until it parses, and its 3-byte length lets it claim
+   16 MiB. One past :data:`MAX_CLIENT_HELLO` bytes ends the handshake (the connection is closed), and a
+   TLS handshake not complete ``timeouts.header_read_seconds`` after its first byte is cut the same way.
 
 mitmproxy is pinned below 13 (as for :mod:`addon.protocol.mitm_errors`), and the end-to-end tests
 (``tests/test_e2e_holdup_*.py``) fail loudly if these internals change.
@@ -40,11 +61,20 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import _http1
+import h2.errors
+import h2.events
+from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.layers.http import HttpStream
-from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage, ResponseEndOfMessage, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError, ResponseData, ResponseEndOfMessage,
+    ResponseProtocolError,
+)
+from mitmproxy.proxy.layers.http import SendHttp
+from mitmproxy.proxy.utils import ReceiveBuffer
 
 from addon.protocol.errors import Cause, Refusal
+from addon.secrets.compressed import TooLarge, Unreadable
 
 # Set from the configuration (limits.max_header_bytes / max_header_count / max_buffered_total_bytes)
 # by hooks/state.py.
@@ -57,42 +87,115 @@ REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
 
 
 class _Budget:
-    """Request bytes held by mitmproxy across all connections while bodies arrive.
+    """Body bytes held across all connections: ``(owner, kind) -> bytes``, one total.
 
-    Each stream's share is released when its body is complete (handed to Valet's hooks, bounded per
-    body by ``max_buffered_bytes``) or when the stream object goes away (an agent that disconnects
-    mid-body), so no path can leak budget.
+    Owners are mitmproxy's ``HttpStream`` (request and response bodies as they arrive) and the flow
+    (decoded and replayed answers). A share is released explicitly when its body is handed on, and in any
+    case when its owner object goes away (an agent that disconnects mid-body, a stream that errors), so no
+    path can leak budget. Only touched on the event loop.
     """
 
     def __init__(self) -> None:
         self.total = 0
-        self._held: dict[int, int] = {}
+        self._held: dict[int, dict[str, int]] = {}
         self._collected = 0.0
 
-    def add(self, stream: object, size: int) -> None:
-        key = id(stream)
-        if key not in self._held:
-            self._held[key] = 0
-            weakref.finalize(stream, self.release, key)
-        self._held[key] += size
+    def add(self, owner: object, size: int, kind: str = "request") -> None:
+        key = id(owner)
+        shares = self._held.get(key)
+        if shares is None:
+            shares = self._held[key] = {}
+            weakref.finalize(owner, self._gone, key)
+        shares[kind] = shares.get(kind, 0) + size
         self.total += size
 
-    def release(self, key: int) -> None:
-        self.total -= self._held.pop(key, 0)
+    def release(self, key: int, kind: str | None = None) -> None:
+        """Give back ``kind``'s share of the owner with id ``key`` (every share when ``kind`` is None)."""
+        shares = self._held.get(key)
+        if shares is None:
+            return
+        if kind is None:
+            self.total -= sum(shares.values())
+            shares.clear()
+        else:
+            self.total -= shares.pop(kind, 0)
 
-    def spent(self, size: int) -> bool:
-        """Whether ``size`` more bytes would pass the budget; streams of closed connections are collected
-        first (at most once a second), since mitmproxy's layers hold reference cycles."""
-        if self.total + size <= MAX_BUFFERED_TOTAL:
-            return False
+    def _gone(self, key: int) -> None:
+        shares = self._held.pop(key, None)
+        if shares:
+            self.total -= sum(shares.values())
+
+    def room(self, want: int) -> int:
+        """How much of ``want`` fits in what is left (after collecting dead owners if it would not all fit)."""
+        if self.spent(want):
+            return max(0, MAX_BUFFERED_TOTAL - self.total)
+        return want
+
+    def collect(self) -> None:
+        """Collect streams and flows of closed connections (mitmproxy's layers hold reference cycles), at most
+        once a second, so that their finalizers give their shares back."""
         now = time.monotonic()
         if now - self._collected > 1.0:
             self._collected = now
             gc.collect()
+
+    def spent(self, size: int) -> bool:
+        """Whether ``size`` more bytes would pass the budget; dead owners are collected first."""
+        if self.total + size <= MAX_BUFFERED_TOTAL:
+            return False
+        self.collect()
         return self.total + size > MAX_BUFFERED_TOTAL
+
+    def held(self) -> int:
+        """The bytes held now, for the ``valet_buffered_bytes`` gauge (no collection: a scrape never stalls)."""
+        return self.total
 
 
 BUDGET = _Budget()
+
+
+class Busy(Exception):
+    """The global body budget is spent: the exchange is answered ``503 busy`` (retry later)."""
+
+    @property
+    def refusal(self) -> Refusal:
+        return busy()
+
+
+def busy() -> Refusal:
+    return Refusal(Cause.BUSY, "Valet holds as many bodies as it may; retry later", headers={"retry-after": "1"})
+
+
+def hold(flow: object, size: int, kind: str) -> None:
+    """Count ``size`` more bytes held for ``flow`` (an OAuth replay's answer as it arrives), or raise
+    :class:`Busy`. Given back when the flow's response is sent on, or when the flow goes away."""
+    if BUDGET.spent(size):
+        raise Busy()
+    BUDGET.add(flow, size, kind)
+
+
+async def decode_within(flow: object, decode: Callable[[int], bytes], cap: int) -> bytes:
+    """``decode(limit)`` in a worker thread, its output counted in the budget.
+
+    The decoder may produce up to ``limit`` bytes before it gives up, so ``limit`` is reserved up front:
+    ``cap`` (``max_buffered_bytes``) or what is left of the budget if that is less. A body that decodes
+    past a limit the budget set (not past ``cap``) is :class:`Busy`, not too large. Once decoded, only
+    its real size stays held, until the flow's response is sent on.
+    """
+    limit = BUDGET.room(cap)
+    if limit <= 0:
+        raise Busy()
+    BUDGET.add(flow, limit, "decoding")
+    try:
+        decoded = await asyncio.to_thread(decode, limit)
+    except TooLarge as exc:
+        if limit < cap and not isinstance(exc, Unreadable):
+            raise Busy() from None
+        raise
+    finally:
+        BUDGET.release(id(flow), "decoding")
+    BUDGET.add(flow, len(decoded), "decoded")
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -141,6 +244,9 @@ _CLOSE_AFTER_ANSWER: set[str] = set()
 _original_read_headers = _http1.Http1Server.read_headers
 _original_consume = HttpStream.state_consume_request_body
 _original_send = _http1.Http1Server.send
+_original_consume_response = HttpStream.state_consume_response_body
+_original_send_response = HttpStream.send_response
+_original_protocol_error = HttpStream.handle_protocol_error
 
 
 def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-untyped-def]
@@ -149,12 +255,14 @@ def _discard(self: _http1.Http1Server, event: events.Event):  # type: ignore[no-
     yield from ()
 
 
-def _close_client(client_id: str, answer: bytes = b"") -> None:
-    """Close the agent's socket ourselves once the 431 is queued.
+def _close_client(client_id: str, answer: bytes = b"", conn_id: str | None = None) -> None:
+    """Close the agent's socket ourselves once the 431 is queued (or, with ``conn_id``, the socket of that
+    upstream connection of the agent's).
 
     mitmproxy's ``CloseConnection`` cancels the reading task, but a reader that always finds data
-    buffered (a flood) never reaches a suspension point where the cancellation lands, so the socket
-    would stay open while the flood goes on. Closing the transport flushes the answer, then closes.
+    buffered (a flood, a large upstream answer) never reaches a suspension point where the cancellation
+    lands, so the socket would stay open while the flood goes on. Closing the transport flushes the
+    answer, then closes.
     """
     master = getattr(ctx, "master", None)
     server = master.addons.get("proxyserver") if master is not None else None
@@ -162,7 +270,7 @@ def _close_client(client_id: str, answer: bytes = b"") -> None:
     if handler is None:
         return
     for conn, io in list(handler.transports.items()):
-        if conn.id == client_id and io.writer is not None and not io.writer.is_closing():
+        if conn.id == (conn_id or client_id) and io.writer is not None and not io.writer.is_closing():
             if answer:
                 io.writer.write(answer)
             io.writer.close()
@@ -211,13 +319,13 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
     whole body (up to ``body_size_limit``) only to throw it away: ten such bodies took 700 MB."""
     if isinstance(event, RequestData) and self.flow.response is None:
         if REFUSE is not None and BUDGET.spent(len(event.data)):
-            BUDGET.release(id(self))
+            BUDGET.release(id(self), "request")
             REFUSE(self.flow, Refusal(Cause.BUSY, "Valet holds as many request bodies as it may; retry later",
                                       headers={"retry-after": "1"}), "error")
         else:
             BUDGET.add(self, len(event.data))
     elif isinstance(event, RequestEndOfMessage):
-        BUDGET.release(id(self))
+        BUDGET.release(id(self), "request")
     if self.flow.response is not None and isinstance(event, RequestData):
         if self.flow.request.http_version.upper().startswith("HTTP/1"):  # h2/h3 forbid a Connection header;
             self.flow.response.headers["connection"] = "close"  # there the stream ends, the body is dropped
@@ -226,6 +334,55 @@ def _consume(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-
         self.client_state = types.MethodType(_swallow, self)
         return
     return (yield from _original_consume(self, event))
+
+
+def _consume_response(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A response body is counted while mitmproxy buffers it; one that would pass the budget is cut."""
+    if isinstance(event, ResponseData) and REFUSE is not None:
+        if BUDGET.spent(len(event.data)):
+            yield from _cut_response(self)
+            return
+        BUDGET.add(self, len(event.data), "response")
+    return (yield from _original_consume_response(self, event))
+
+
+def _cut_response(self: HttpStream):  # type: ignore[no-untyped-def]
+    """Cancel the upstream request (HTTP/1: its connection is closed; h2: its stream reset), drop what was
+    received, answer ``503 busy`` through the ordinary response path (the response hooks scrub and audit
+    it), then drop whatever of this stream is still on its way (the rest of the body, the upstream's close)."""
+    assert REFUSE is not None
+    BUDGET.release(id(self), "response")
+    self.response_body_buf = ReceiveBuffer()
+    self.server_state = types.MethodType(_swallow, self)
+    yield SendHttp(RequestProtocolError(self.stream_id, "Valet's body budget is spent", ErrorCode.CANCEL),
+                   self.context.server)
+    if not self.context.server.connected:  # HTTP/1: closed, and its socket too (see _close_client)
+        asyncio.get_running_loop().call_soon(_close_client, self.context.client.id, b"", self.context.server.id)
+    REFUSE(self.flow, busy(), "error")
+    yield from self.send_response()
+    self.server_state = types.MethodType(_swallow, self)
+    self.client_state = self.state_errored  # the upstream's close, still queued, is not an error to report
+
+
+def _send_response(self: HttpStream, already_streamed: bool = False):  # type: ignore[no-untyped-def]
+    """The response is handed on (or the agent went away during the response hooks): its body's share,
+    and what the hooks held for the flow (a decoded or replayed answer), go back to the budget."""
+    try:
+        return (yield from _original_send_response(self, already_streamed))
+    finally:
+        BUDGET.release(id(self), "response")
+        BUDGET.release(id(self.flow))
+
+
+def _protocol_error(self: HttpStream, event: events.Event):  # type: ignore[no-untyped-def]
+    """A stream that errors (disconnect, kill, timeout) gives back every share it and its flow held."""
+    try:
+        return (yield from _original_protocol_error(self, event))
+    finally:
+        BUDGET.release(id(self))
+        flow = getattr(self, "flow", None)
+        if flow is not None:
+            BUDGET.release(id(flow))
 
 
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
@@ -249,6 +406,136 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     return (yield from _original_send(self, event))
 
 
+HPACK_FIELD_OVERHEAD = 32  # RFC 7541 4.1: what HPACK (and h2's decoder limit) adds per field
+
+
+def _h2_list_limit() -> int:
+    """The decoded header list size h2 may build before it gives up on the connection: every head within
+    twice Valet's caps decodes (and gets the exact check below, a 431 on its stream), anything larger never
+    does (GOAWAY)."""
+    return 2 * MAX_HEADER_BYTES + HPACK_FIELD_OVERHEAD * (MAX_HEADER_COUNT + 8)
+
+
+def _h2_head_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The HTTP/1 caps on a decoded h2 head: its fields as HTTP/1 lines (pseudo-headers make the request line)."""
+    size = sum(len(name) + len(value) + 4 for name, value in headers)
+    count = 1 + sum(1 for name, _ in headers if not name.startswith(b":"))
+    return size > MAX_HEADER_BYTES or count > MAX_HEADER_COUNT
+
+
+_original_h2_init = _http2.Http2Server.__init__
+_original_h2_event = _http2.Http2Server.handle_h2_event
+_original_h2_handle = _http2.Http2Server._handle_event
+
+
+def _h2_init(self: _http2.Http2Server, context) -> None:  # type: ignore[no-untyped-def]
+    _original_h2_init(self, context)
+    self.h2_conn.decoder.max_header_list_size = _h2_list_limit()
+
+
+def _h2_event(self: _http2.Http2Server, event: h2.events.Event):  # type: ignore[no-untyped-def]
+    """A decoded request head over the caps: ``431`` on its stream (then reset), never handed to mitmproxy."""
+    if isinstance(event, h2.events.RequestReceived) and _h2_head_too_large(list(event.headers or [])):
+        body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
+        stream_id = event.stream_id
+        self.h2_conn.send_headers(stream_id, [(b":status", b"431"), (b"content-type", b"application/json"),
+                                              (b"content-length", str(len(body)).encode())])
+        self.h2_conn.send_data(stream_id, body, end_stream=True)
+        if not event.stream_ended:  # RFC 9113 8.1: the answer is complete, the client stops sending its body
+            self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        return False
+    return (yield from _original_h2_event(self, event))
+
+
+def _h2_block_limit() -> int:
+    """The most HPACK-encoded bytes of one header block Valet holds: twice the decoded cap (a legitimate
+    encoder never needs more: a literal field costs a few bytes over its text) plus one frame's worth.
+    Without it, h2 holds up to 64 CONTINUATION frames of mitmproxy's 128 KiB frame size: 8 MiB per connection."""
+    return 2 * MAX_HEADER_BYTES + 16 * 1024
+
+
+def _h2_block_held(conn: _http2.BufferedH2Connection) -> int:
+    """Bytes of a header block h2 holds now: its complete frames awaiting CONTINUATIONs, and a HEADERS or
+    CONTINUATION frame still arriving (a DATA frame arriving is a body, bounded by the frame size)."""
+    buffer = conn.incoming_buffer
+    data = buffer._data
+    arriving = len(data) if buffer._headers_buffer or (len(data) >= 4 and data[3] in (0x1, 0x9)) else 0
+    return sum(len(frame.data) for frame in buffer._headers_buffer) + arriving
+
+
+def _h2_pending_head(conn: _http2.BufferedH2Connection) -> bool:
+    """Whether h2 holds part of a request head: a header block awaiting CONTINUATIONs, or a frame whose
+    9-byte header is incomplete, or a HEADERS/CONTINUATION frame whose payload is (frame type: byte 3)."""
+    buffer = conn.incoming_buffer
+    data = buffer._data
+    return bool(buffer._headers_buffer) or 0 < len(data) < 9 or (len(data) >= 9 and data[3] in (0x1, 0x9))
+
+
+def _h2_goaway(server: _http2.Http2Server, why: bytes) -> bytes:
+    """GOAWAY (``ENHANCE_YOUR_CALM``) for this connection; h2's partial header block is dropped."""
+    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server.h2_conn.incoming_buffer._headers_buffer = []
+    server.h2_conn.incoming_buffer._data = bytearray()
+    try:
+        server.h2_conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, why)
+        return server.h2_conn.data_to_send()
+    except Exception:  # noqa: BLE001 - h2 may consider the connection closed already: just close the socket
+        return b""
+
+
+def _h2_timeout(ref: weakref.ref[_http2.Http2Server], timer: object) -> None:
+    """A header block still incomplete ``HEADER_READ_SECONDS`` after it began: GOAWAY, then the socket is
+    closed (mitmproxy then ends the connection's other streams as for any closed connection)."""
+    server = ref()
+    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
+        return
+    _close_client(server.conn.id, _h2_goaway(server, b"request head not complete in time"))
+
+
+def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
+    result = yield from _original_h2_handle(self, event)
+    if not isinstance(event, events.DataReceived) or getattr(self._handle_event, "__func__", None) is not _h2_handle:
+        return result  # (mitmproxy closed the connection already: its handler is `done`)
+    if _h2_block_held(self.h2_conn) > _h2_block_limit():
+        # as mitmproxy ends a connection on an h2 protocol error (its streams get errors), and the socket
+        # closed ourselves: a flood that keeps the reader busy would never see the cancellation
+        yield commands.SendData(self.conn, _h2_goaway(self, b"request head larger than Valet accepts"))
+        yield from self.close_connection("HTTP/2 request head larger than Valet accepts")
+        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+    elif not _h2_pending_head(self.h2_conn):
+        self._valet_head_timer = None
+    elif getattr(self, "_valet_head_timer", None) is None:
+        timer = object()
+        self._valet_head_timer = timer
+        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _h2_timeout, weakref.ref(self), timer)
+    return result
+
+
+MAX_CLIENT_HELLO = 64 * 1024  # browsers send 0.5-2 KiB; with post-quantum key shares and tickets, a few KiB
+
+_original_tls_hello = ClientTLSLayer.receive_handshake_data
+
+
+def _tls_timeout(ref: weakref.ref[ClientTLSLayer]) -> None:
+    """A TLS handshake still not complete ``HEADER_READ_SECONDS`` after its first byte: the socket is closed."""
+    layer = ref()
+    if layer is not None and not layer.conn.tls_established:
+        _close_client(layer.context.client.id)
+
+
+def _tls_hello(self: ClientTLSLayer, data: bytes):  # type: ignore[no-untyped-def]
+    if not self.client_hello_parsed:
+        if data and not getattr(self, "_valet_tls_timer", False):
+            self._valet_tls_timer = True
+            asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _tls_timeout, weakref.ref(self))
+        if len(self.recv_buffer) + len(data) > MAX_CLIENT_HELLO:
+            self.recv_buffer.clear()  # nothing of it is kept; the handshake fails and the connection closes
+            asyncio.get_running_loop().call_soon(_close_client, self.context.client.id)
+            return False, "the TLS ClientHello is larger than Valet accepts"
+    return (yield from _original_tls_hello(self, data))
+
+
 def forget(client_id: str) -> None:
     """The agent's connection is gone: nothing to end on it any more."""
     ENDINGS.pop(client_id, None)
@@ -259,3 +546,10 @@ def install() -> None:
     _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
     _http1.Http1Server.send = _send  # type: ignore[method-assign]
     HttpStream.state_consume_request_body = _consume  # type: ignore[method-assign]
+    HttpStream.state_consume_response_body = _consume_response  # type: ignore[method-assign]
+    HttpStream.send_response = _send_response  # type: ignore[method-assign]
+    HttpStream.handle_protocol_error = _protocol_error  # type: ignore[method-assign]
+    _http2.Http2Server.__init__ = _h2_init  # type: ignore[method-assign]
+    _http2.Http2Server.handle_h2_event = _h2_event  # type: ignore[method-assign]
+    _http2.Http2Server._handle_event = _h2_handle  # type: ignore[method-assign]
+    ClientTLSLayer.receive_handshake_data = _tls_hello  # type: ignore[method-assign]

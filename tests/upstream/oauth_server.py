@@ -151,9 +151,9 @@ ISSUER = ""
 provider: MemoryProvider
 
 
-def build(port: int, access_ttl: float) -> Any:
+def build(port: int, access_ttl: float, tls: bool = False) -> Any:
     global ISSUER, provider
-    ISSUER = f"http://127.0.0.1:{port}"
+    ISSUER = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
     provider = MemoryProvider(access_ttl)
     server = MCPServer(
         "valet-oauth-upstream",
@@ -258,8 +258,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--access-ttl", type=float, default=3.0)
+    parser.add_argument("--certfile", help="serve HTTPS (issuer https://localhost:PORT) with this certificate")
+    parser.add_argument("--keyfile")
     args = parser.parse_args()
-    uvicorn.run(build(args.port, args.access_ttl), host="127.0.0.1", port=args.port, log_level="warning")
+    tls = {"ssl_certfile": args.certfile, "ssl_keyfile": args.keyfile} if args.certfile else {}
+    uvicorn.run(build(args.port, args.access_ttl, bool(tls)), host="127.0.0.1", port=args.port, log_level="warning",
+                **tls)
 
 
 if __name__ == "__main__":
