@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 set -m  # each background server gets its own process group, so cleanup stops make's children too
 pids=()
 cleanup() {
+  status=$?
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -f call.py .valet-ready
+  [ "$status" = 0 ] || { echo "--- terminal 2 (make run) printed:" >&2; cat .valet-run.log >&2 2>/dev/null || true; }
+  rm -f call.py .valet-ready .valet-run.log
   [ ! -f policies/rules/demo.yaml.bak ] || mv policies/rules/demo.yaml.bak policies/rules/demo.yaml
 }
 trap cleanup EXIT
@@ -25,10 +27,13 @@ pids+=($!)
 
 step "2. Valet (terminal 2)"
 rm -f .valet-ready
-make run ARGS="--ready-file .valet-ready" &
+# terminal 2's output goes to its own file, so that Valet's log lines never interleave with what the
+# commands below print (the test compares that output with the README)
+make run ARGS="--ready-file .valet-ready" > .valet-run.log 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do [ -f .valet-ready ] && break; sleep 0.1; done   # scripts wait for the ready file
 [ -f .valet-ready ] || { echo "valet did not start" >&2; exit 1; }
+grep -m1 "listening on" .valet-run.log   # what terminal 2 shows
 
 step "3. A key for the agent, and the secret it must never see"
 KEY=$(.venv/bin/valet key create --user alice --agent notebook)   # printed once; only its hash is kept
