@@ -273,7 +273,10 @@ class AuditConfig(Strict):
 class RateLimitsConfig(Strict):
     storage: str = Field("memory://", description="memory:// (one process) or redis://HOST:PORT[/DB] (shared)")
     max_keys_per_rule: int = Field(10_000, gt=0, description="distinct budgets (e.g. argument values) one rate "
-                                   "rule may hold within its window; a call that would open one more is refused")
+                                   "rule may hold within its window for one caller (the user/key/agent parts of "
+                                   "its per; the whole rule when per names none); one more is refused")
+    max_identities_per_rule: int = Field(10_000, gt=0, description="callers (distinct user/key/agent parts of per) "
+                                         "one rate rule tracks within its window; a new one past it is refused")
 
     @field_validator("storage")
     @classmethod

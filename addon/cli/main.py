@@ -387,12 +387,16 @@ def policy_check(config_path: Path, data_dir: Path, extra: tuple[Path, ...]) -> 
     """Validate the config and its policy files, plus EXTRA policy files (e.g. one you are about to add).
 
     Exits 2, naming file, line and problem, on the first error. (--data-dir is accepted like
-    everywhere; checking reads no state.)
+    everywhere; checking reads no state.) Warns (on stderr, exit 0) about rate rules any caller can fill.
     """
+    from addon.policy.ratelimit import shared_cap_warnings
+
     snapshot = _snapshot(config_path, _not_yet_loaded(config_path, extra))
     files = snapshot.policy.sources.files
     click.echo(f"ok: {len(snapshot.config.servers)} servers, {snapshot.policy.rule_count} rules "
                f"from {len(files)} policy files ({', '.join(str(f) for f in files) or 'none'})")
+    for warning in shared_cap_warnings(snapshot.policy.sources):
+        click.echo(f"WARNING: {warning}", err=True)
 
 
 def _not_yet_loaded(config_path: Path, extra: tuple[Path, ...]) -> list[Path]:

@@ -117,7 +117,8 @@ class ValetState:
         if self.audit is not None:
             self.audit.commit_timeout = config.audit.commit_timeout_seconds
         if previous is None or previous.config.rate_limits != config.rate_limits or self.limiter is None:
-            self.limiter = RateLimiter(config.rate_limits.storage, config.rate_limits.max_keys_per_rule)
+            self.limiter = RateLimiter(config.rate_limits.storage, config.rate_limits.max_keys_per_rule,
+                                       config.rate_limits.max_identities_per_rule)
 
     async def current(self) -> Snapshot:
         """The snapshot for a new request: reloaded first if any config or policy file changed.

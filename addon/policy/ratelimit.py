@@ -6,28 +6,50 @@ storage keeps Redis round trips off the event loop's critical path.
 
 Budget keys are bounded in size and in number. An ``argument:NAME`` scope
 enters a key as a 128-bit hash of the value's canonical JSON (see
-:func:`addon.policy.decisions.argument_key`), never as the value itself. And a
-rule holds at most ``max_keys_per_rule`` distinct budgets within its window:
-a call that would open one more is refused (``rate_limited``) until the oldest
-budget's window has passed. Refusing is the fail-closed choice: folding the
-excess into one shared overflow budget would let an agent that sprays distinct
-values decide how much budget legitimate new values get, and would count calls
-against budgets that were never theirs; a refusal is explicit, audited, and
-names the rule.
+:func:`addon.policy.decisions.argument_key`), never as the value itself. And
+the number of distinct budgets is capped per rule *and per caller*: each
+(rule, identity) pair, where the identity is the ``user``/``key``/``agent``
+parts of the rule's ``per``, holds at most ``max_keys_per_rule`` budgets within
+the rule's window, and a rule tracks at most ``max_identities_per_rule``
+identities. A call that would open one more budget is refused
+(``rate_limited``) until the oldest budget's window has passed.
+
+Why scoped by identity: with one table per rule, filled by every caller, one
+agent spraying distinct values locked every other user out of the rule for
+its whole window (review finding F15). Identities are issued by the operator
+(valet keys), never made up by an agent, so bounding them bounds memory
+without handing any agent a lever on anyone else's calls. A rule whose ``per``
+names no identity still has one table per rule, which any caller can fill:
+``valet policy check`` warns about such a rule when its budgets are keyed by
+values the caller chooses (see :func:`shared_cap_warnings`).
+
+Refusing is the fail-closed choice: folding the excess into one shared
+overflow budget would let an agent that sprays distinct values decide how much
+budget legitimate new values get, and would count calls against budgets that
+were never theirs; a refusal is explicit, audited, and names the rule.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
+from addon.config import line_of
 from addon.policy.decisions import Call, RateRule
+from addon.policy.files import PolicySources
 
-DEFAULT_MAX_KEYS_PER_RULE = 10_000
+DEFAULT_MAX_KEYS_PER_RULE = 10_000  # per rule and identity
+DEFAULT_MAX_IDENTITIES_PER_RULE = 10_000  # as many callers as the one per-rule table of old could count
+
+IDENTITY_SCOPES = frozenset({"user", "key", "agent"})  # fixed by the valet key, chosen by the operator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +57,103 @@ class Verdict:
     allowed: bool
     rule: str | None = None
     retry_after: int = 0  # seconds
-    too_many_keys: bool = False  # refused by the cap on distinct budgets, not by a spent budget
+    too_many_keys: bool = False  # refused by a cap on distinct budgets (or identities), not by a spent budget
+    too_many_identities: bool = False  # the rule already tracks max_identities_per_rule callers
+
+
+@dataclass(frozen=True, slots=True)
+class Full:
+    """Why :meth:`KeyTable.claim` refused a new budget, and for how long."""
+
+    wait: float  # seconds until the oldest entry in the way has expired
+    identities: bool = False  # the rule's bound on identities, not the caller's own cap on budgets
+
+
+def identity_of(rule: RateRule, identifiers: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``user``/``key``/``agent`` parts of a budget key (``rule.identifiers`` follows ``rule.per``'s order);
+    empty when the rule's ``per`` names no identity, and then the whole rule shares one table."""
+    return tuple(part for scope, part in zip(rule.per, identifiers, strict=True) if scope in IDENTITY_SCOPES)
 
 
 class KeyTable:
-    """The distinct budget keys each rule has used within its window, oldest first (in this process)."""
+    """The distinct budget keys in use within their window, one table per (rule, identity), oldest first.
 
-    def __init__(self, cap: int) -> None:
+    Per rule, identities are kept in the order of their newest budget, so an identity whose budgets have all
+    expired is dropped from the front in amortized O(1). In this process: with Redis the budgets are shared, the
+    tables are not (each Valet enforces its own caps).
+    """
+
+    def __init__(self, cap: int, max_identities: int = DEFAULT_MAX_IDENTITIES_PER_RULE) -> None:
         self.cap = cap
-        self._tables: dict[str, OrderedDict[tuple[str, ...], float]] = {}
+        self.max_identities = max_identities
+        self._rules: dict[str, OrderedDict[tuple[str, ...], OrderedDict[tuple[str, ...], float]]] = {}
 
-    def admit(self, rule: str, key: tuple[str, ...], window: float, now: float) -> float | None:
-        """None if the key may be used; else the seconds until the oldest key's window has passed."""
-        table = self._tables.setdefault(rule, OrderedDict())
+    def admit(self, rule: str, key: tuple[str, ...], window: float, now: float,
+              identity: tuple[str, ...] = ()) -> float | None:
+        """:meth:`claim`, reporting only the seconds to wait (None: admitted)."""
+        full = self.claim(rule, key, window, now, identity)
+        return None if full is None else full.wait
+
+    def claim(self, rule: str, key: tuple[str, ...], window: float, now: float,
+              identity: tuple[str, ...] = ()) -> Full | None:
+        """None if the key may be used (and is then counted); else why not and for how long."""
+        tables = self._rules.setdefault(rule, OrderedDict())
+        while tables:  # identities none of whose budgets is still within its window
+            oldest = next(iter(tables.values()))
+            if oldest and next(reversed(oldest.values())) > now:
+                break
+            tables.popitem(last=False)
+        table = tables.get(identity)
+        if table is None:
+            if len(tables) >= self.max_identities:
+                return Full(max(0.0, next(reversed(next(iter(tables.values())).values())) - now), identities=True)
+            table = tables[identity] = OrderedDict()
         while table and next(iter(table.values())) <= now:
             table.popitem(last=False)
         if key in table or len(table) < self.cap:
             table[key] = now + window
             table.move_to_end(key)
+            tables.move_to_end(identity)  # ordered by newest budget, so the front is the first to expire whole
             return None
-        return next(iter(table.values())) - now
+        return Full(next(iter(table.values())) - now)
 
-    def count(self, rule: str) -> int:
-        return len(self._tables.get(rule, ()))
+    def count(self, rule: str, identity: tuple[str, ...] | None = None) -> int:
+        """Budgets held by one identity under a rule, or (identity None) by all of them."""
+        tables = self._rules.get(rule, {})
+        if identity is not None:
+            return len(tables.get(identity, ()))
+        return sum(len(table) for table in tables.values())
+
+    def identities(self, rule: str) -> int:
+        return len(self._rules.get(rule, ()))
+
+
+def shared_cap_warnings(sources: PolicySources) -> list[str]:
+    """Rate rules whose one budget table any caller can fill: budgeted per argument value, with no identity
+    in ``per``. One agent spraying distinct values then gets every other caller's new values refused for the
+    rule's window. (A ``tool`` part on a rule that does not pin its tool names is sprayable too, but budgets
+    one per tool for everyone are a common, deliberate choice; docs/policies.md says so instead.)"""
+    out = []
+    index_in_file: dict[str, int] = {}
+    for rule, origin in sources.rules:  # in file order, every rule of a file appended
+        index = index_in_file[origin] = index_in_file.get(origin, -1) + 1
+        if rule.rate is None or any(scope in IDENTITY_SCOPES for scope in rule.per):
+            continue
+        chosen = [scope for scope in rule.per if scope.startswith("argument:")]
+        if chosen:
+            out.append(f"{_where(origin, index)}: rate rule {rule.id!r} is budgeted per {', '.join(chosen)} with no user, key or "
+                       "agent in per: its cap on distinct budgets (rate_limits.max_keys_per_rule) is shared by "
+                       "every caller, so one agent sending distinct values gets everyone's new values refused "
+                       "for the rule's window; add user (or key) to per")
+    return out
+
+
+def _where(origin: str, index: int) -> str:
+    """``file:line`` of a file's rule ``index`` (its ``id``), as every other policy message names it."""
+    try:
+        return f"{origin}:{line_of(Path(origin).read_text(encoding='utf-8'), 'rules', index, 'id')}"
+    except (OSError, UnicodeDecodeError):
+        return origin
 
 
 EXPIRE_SECONDS = 1.0  # how often the in-process storage drops entries past their window (memory only)
@@ -87,22 +183,31 @@ def _throttle_expiry(storage: object) -> None:
 
 
 class RateLimiter:
-    def __init__(self, storage_url: str, max_keys_per_rule: int = DEFAULT_MAX_KEYS_PER_RULE) -> None:
+    def __init__(self, storage_url: str, max_keys_per_rule: int = DEFAULT_MAX_KEYS_PER_RULE,
+                 max_identities_per_rule: int = DEFAULT_MAX_IDENTITIES_PER_RULE) -> None:
         scheme, _, rest = storage_url.partition("://")
         self.storage_url = storage_url
         self.storage = storage_from_string(f"async+{scheme}://{rest}")
         _throttle_expiry(self.storage)
         self.limiter = MovingWindowRateLimiter(self.storage)
-        self.keys = KeyTable(max_keys_per_rule)
+        self.keys = KeyTable(max_keys_per_rule, max_identities_per_rule)
+        self._warned: set[str] = set()  # rules whose identity bound was reached (logged once each)
 
     async def hit(self, rules: list[RateRule], call: Call) -> Verdict:
         """Count the call against every matching rule; refuse if any budget is spent or cannot be opened."""
         for rule in rules:
-            identifiers = (rule.id, *rule.identifiers(call))
+            parts = rule.identifiers(call)
+            identifiers = (rule.id, *parts)
             window = max((item.get_expiry() for item in rule.limits), default=1)
-            wait = self.keys.admit(rule.id, identifiers, window, time.monotonic())
-            if wait is not None:
-                return Verdict(False, rule.id, max(1, int(wait) + 1), too_many_keys=True)
+            full = self.keys.claim(rule.id, identifiers, window, time.monotonic(), identity_of(rule, parts))
+            if full is not None:
+                if full.identities and rule.id not in self._warned:
+                    self._warned.add(rule.id)
+                    log.warning("rate rule %r tracks rate_limits.max_identities_per_rule=%d callers within its "
+                                "window: new callers are refused rate_limited until one's budgets expire; raise "
+                                "the bound if that many users or keys are expected", rule.id, self.keys.max_identities)
+                return Verdict(False, rule.id, max(1, int(full.wait) + 1), too_many_keys=True,
+                               too_many_identities=full.identities)
             for item in rule.limits:
                 if not await self.limiter.hit(item, *identifiers):
                     stats = await self.limiter.get_window_stats(item, *identifiers)
