@@ -204,9 +204,15 @@ class AuditWriter:
 
         ``uses``: the secrets it carries upstream, (name, fingerprint, scope, server, host) each (the ledger).
         """
+        return self.begin_values(_values(row, "pending"), uses)
+
+    def begin_values(self, values: tuple[Any, ...], uses: list[tuple[Any, ...]] | None = None
+                     ) -> tuple[Pending, asyncio.Future[bool]]:
+        """:meth:`begin` with the row already a tuple in ``COLUMNS`` order, ``state`` 'pending'
+        (:meth:`Exchange.values <addon.audit.exchange.Exchange.values>`): no dict per request."""
         pending = Pending()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put((_INSERT, _values(row, "pending"), pending, future, uses))
+        self._queue.put((_INSERT, values, pending, future, uses))
         return pending, future
 
     def complete(self, pending: Pending, row: dict[str, Any]) -> None:

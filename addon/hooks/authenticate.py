@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from mitmproxy import connection, http
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.keyleak import bearer_or_basic_key, carries_key, misplaced_key
+from addon.protocol.keyleak import KEY_SHAPE, bearer_or_basic_key, carries_key, misplaced_key
 from addon.filewatch import reload_if_stale
 from addon.identity import KeyRecord
 from addon.hooks.failsafe import fail_closed
@@ -40,6 +41,23 @@ def _key_from_proxy_auth(value: str) -> str | None:
     except (binascii.Error, ValueError):  # ValueError: non-ASCII in the header (UnicodeDecodeError is one too)
         return None
     return decoded.partition(":")[2] or None
+
+
+_KEY_SHAPE_BYTES = re.compile(KEY_SHAPE.pattern.encode(), re.IGNORECASE)
+
+
+def _nothing_to_find(fields: tuple[tuple[bytes, bytes], ...], path: bytes) -> bool:
+    """One scan of every header name and value and the path with its query, joined, as sent: True when
+    :func:`misplaced_key` cannot find anything there, so the field-by-field search is skipped.
+
+    It is a superset check: the joined bytes are pure ASCII (so case-insensitive matching is ASCII's),
+    hold no ``%`` or ``+`` (so every percent-decoded form is the text itself, and mitmproxy's decoded
+    query is the raw one), no ``basic`` (no Basic credential to decode), and no key shape (a valet key
+    Valet accepted has that shape too). Fields are joined with a newline, which no key shape spans.
+    """
+    raw = b"\n".join([*(part for field in fields for part in field), path])
+    return (raw.isascii() and b"%" not in raw and b"+" not in raw and b"basic" not in raw.lower()
+            and _KEY_SHAPE_BYTES.search(raw) is None)
 
 
 class Authenticator:
@@ -118,6 +136,8 @@ class Authenticator:
             token = bearer_or_basic_key(value)
             if (token and carries_key(token, key)) or carries_key(value, key):
                 headers.pop("authorization", None)
+        if _nothing_to_find(headers.fields, flow.request.data.path):
+            return
         where = misplaced_key(key, headers.items(multi=True), flow.request.query.items(multi=True),
                               flow.request.path.partition("?")[0])
         if where is not None:

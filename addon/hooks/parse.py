@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -100,24 +100,39 @@ def utf8_charset(parameters: str) -> bool:
     return True
 
 
-def describe(exchange: Exchange, body: Body, redact: Callable[[Any], Any] = lambda v: v) -> None:
-    """Fill the audit fields from the body (again after injection, with secrets redacted)."""
+def describe(exchange: Exchange, body: Body, scrub: Callable[[bytes], bytes] | None = None,
+             audited: Mapping[int, dict[str, Any]] | None = None) -> None:
+    """Fill the audit fields from the body: as received (here), and again as forwarded (by the Injector).
+
+    As forwarded, ``audited`` holds, per message index, the arguments with every value Valet injected
+    shown as its template with a marker per secret (Valet put them there, so it knows where they are:
+    no need to search for them), and ``scrub`` (the egress scrubber) runs ONCE over the serialized
+    description for anything secret the agent sent itself.
+    """
+    audited = audited or {}
     if body.is_batch:
         exchange.rpc_method = "batch"
         summary = [
-            {"method": m.method, "id": m.id, **({"tool": m.tool, "arguments": m.arguments} if m.tool else {})}
-            for m in body.messages
+            {"method": m.method, "id": m.id,
+             **({"tool": m.tool, "arguments": audited.get(i, m.arguments)} if m.tool else {})}
+            for i, m in enumerate(body.messages)
         ]
-        exchange.arguments = _bounded_json(redact(summary))
+        exchange.arguments = _bounded_json(summary, scrub)
         return
     message = body.messages[0]
     exchange.rpc_method = message.method
     exchange.rpc_id = json.dumps(message.id) if message.has_id else None
     exchange.tool = message.tool
-    if message.arguments is not None:
-        exchange.arguments = _bounded_json(redact(message.arguments))
+    arguments = audited.get(0, message.arguments)
+    if arguments is not None:
+        exchange.arguments = _bounded_json(arguments, scrub)
 
 
-def _bounded_json(value: object) -> str:
+def _bounded_json(value: object, scrub: Callable[[bytes], bytes] | None = None) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if scrub is not None:
+        raw = text.encode("utf-8", "surrogatepass")
+        scrubbed = scrub(raw)  # markers replace whole secrets (and whole escapes): the JSON stays valid
+        if scrubbed is not raw:
+            text = scrubbed.decode("utf-8", "replace")
     return text if len(text) <= MAX_AUDIT_ARGUMENTS else text[:MAX_AUDIT_ARGUMENTS] + "…(truncated)"
