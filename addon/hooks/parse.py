@@ -68,7 +68,8 @@ class RpcInspector:
             if raw:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"{request.method} requests carry no body"))
             return
-        media, _, parameters = request.headers.get("content-type", "").partition(";")
+        headers = _first_values(request.headers.fields)  # one pass, not one scan of every field per name
+        media, _, parameters = headers.get("content-type", "").partition(";")
         if media.strip().lower() != "application/json":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "JSON-RPC requests must be application/json"))
             return
@@ -83,12 +84,23 @@ class RpcInspector:
                 raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
                               None if body.is_batch else body.messages[0].id)
             describe(exchange, body)
-            headers = request.headers
             check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))
         except Refusal as refusal:
             refuse(flow, refusal)
             return
         exchange.body = body
+
+
+def _first_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+    """Lower-cased header name -> its value, exactly what mitmproxy's ``headers.get(name)`` gives (names
+    compared as ASCII-lowered bytes, values decoded as UTF-8 with surrogateescape, repeated ones joined
+    with ", "), for every name in one pass."""
+    out: dict[str, str] = {}
+    for name, value in fields:
+        key = name.lower().decode("utf-8", "surrogateescape")
+        text = value.decode("utf-8", "surrogateescape")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
 
 
 def utf8_charset(parameters: str) -> bool:

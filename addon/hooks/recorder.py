@@ -79,7 +79,7 @@ class WriteAhead:
             uses = None
             if exchange.injected and flow.response is None and exchange.server is not None:
                 uses = ledger.uses(self.state.secrets, exchange.server, exchange.user or "",
-                                   json.loads(exchange.injected), flow.request.pretty_host)
+                                   json.loads(exchange.injected), flow.request.host)
             self.state.write_ahead(exchange, uses)
         future = exchange.committed
         if future is None:
