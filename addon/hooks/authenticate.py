@@ -23,6 +23,11 @@ from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 
+def _native(value: bytes) -> str:
+    """A header value as mitmproxy's ``headers.get`` decodes it."""
+    return value.decode("utf-8", "surrogateescape")
+
+
 def _key_from_bearer(value: str) -> str | None:
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer":
@@ -106,20 +111,31 @@ class Authenticator:
         if answered(flow):
             return
         headers = flow.request.headers
-        for name in ("authorization", "proxy-authorization"):
-            if len(headers.get_all(name)) > 1:
+        # one pass over the fields for both credentials (each get/get_all/pop scans them all)
+        authorization: list[bytes] = []
+        proxy_authorization: list[bytes] = []
+        for field_name, value in headers.fields:
+            lowered = field_name.lower()
+            if lowered == b"authorization":
+                authorization.append(value)
+            elif lowered == b"proxy-authorization":
+                proxy_authorization.append(value)
+        for name, values in (("authorization", authorization), ("proxy-authorization", proxy_authorization)):
+            if len(values) > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
         proxy_auth: str | None = None
         if self.state.mode == "reverse":
-            key = _key_from_bearer(headers.get("authorization", ""))
-            headers.pop("authorization", None)
+            key = _key_from_bearer(_native(authorization[0]) if authorization else "")
+            if authorization:
+                headers.pop("authorization", None)
             missing = Cause.MISSING_KEY
         else:
-            proxy_auth = headers.get("proxy-authorization")
+            proxy_auth = _native(proxy_authorization[0]) if proxy_authorization else None
             key = _key_from_proxy_auth(proxy_auth) if proxy_auth else self._tunnel_keys.get(flow.client_conn.id)
             missing = Cause.PROXY_AUTH_REQUIRED
-        headers.pop("proxy-authorization", None)
+        if proxy_authorization:
+            headers.pop("proxy-authorization", None)
         try:
             await self._verify(flow, key, missing)
             self._strip_key(flow, key)

@@ -43,11 +43,12 @@ class RpcInspector:
             if seen[name.encode()] > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        headers = _first_values(request.headers.fields) if seen[b"content-encoding"] or seen[b"content-length"] else {}
+        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
             return
-        length = request.headers.get("content-length")
+        length = headers.get("content-length")
         limit = exchange.snapshot.config.limits.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
