@@ -23,10 +23,13 @@ REOPEN_SECONDS = 0.1  # how soon a file *replaced* (a new inode at the path) is 
 
 
 class _Open:
-    __slots__ = ("fd", "ino", "checked")
+    __slots__ = ("fd", "ino", "checked", "plain")
 
     def __init__(self, fd: int, ino: int, checked: float) -> None:
         self.fd, self.ino, self.checked = fd, ino, checked
+        # (mtime_ns, size) at which the file was last seen NOT to be SQLite: while both stay the same it
+        # still is not (its signature is then ino, mtime, size, 0), and its header is not read again
+        self.plain: tuple[int, int] | None = None
 
 
 _OPEN: dict[Path, _Open] = {}
@@ -59,11 +62,18 @@ def signature(path: Path, sqlite: bool = True) -> tuple[int, ...]:
         entry = _OPEN[path] = _Open(fd, os.fstat(fd).st_ino, now)
     try:
         st = os.fstat(entry.fd)
+        if entry.plain == (st.st_mtime_ns, st.st_size):
+            return (st.st_ino, st.st_mtime_ns, st.st_size, 0)  # unchanged, and not SQLite (a key file)
         header = os.pread(entry.fd, 28, 0) if st.st_size >= 100 else b""
     except OSError:
         _close(path, entry)
         return _stat_signature(path)
-    counter = int.from_bytes(header[24:28], "big") if header.startswith(_SQLITE_MAGIC) else 0
+    if header.startswith(_SQLITE_MAGIC):
+        entry.plain = None
+        counter = int.from_bytes(header[24:28], "big")
+    else:
+        entry.plain = (st.st_mtime_ns, st.st_size) if len(header) == 28 else None
+        counter = 0
     return (st.st_ino, st.st_mtime_ns, st.st_size, counter)
 
 
@@ -88,7 +98,22 @@ class Reloadable(Protocol):
     def reload(self) -> None: ...
 
 
-async def reload_if_stale(store: Reloadable | None) -> None:
-    """The check is a few syscalls on the event loop; the reading goes to a worker thread."""
-    if store is not None and store.stale():
+_CHECKED_FOR: dict[int, object] = {}  # id(store) -> the exchange it was last checked for (held: ids stay unique)
+
+
+async def reload_if_stale(store: Reloadable | None, exchange: object = None) -> None:
+    """The check is a few syscalls on the event loop; the reading goes to a worker thread.
+
+    ``exchange``: checked once per exchange. Several stages of one request use the same store (the
+    canary trap and the injector both read the vault); a change between two stages of one request is
+    a change after that request arrived, so the first check stands for the whole request, and the
+    very next request checks again.
+    """
+    if store is None:
+        return
+    if exchange is not None:
+        if _CHECKED_FOR.get(id(store)) is exchange:
+            return
+        _CHECKED_FOR[id(store)] = exchange
+    if store.stale():
         await asyncio.to_thread(store.reload)

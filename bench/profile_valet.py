@@ -16,6 +16,8 @@ import argparse
 import json
 import os
 import pstats
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,11 +39,14 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=50)
     parser.add_argument("--out", default="/tmp/valet-profile.pstat")
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--spy", metavar="FILE",
+                        help="no profiler inside: sample the proxy with py-spy (pip install py-spy) into FILE "
+                             "(collapsed stacks), then print the functions with the most samples")
     parser.add_argument("--stages", action="store_true",
                         help="no profiler: CPU time per call of each stage hook and of the audit writer thread")
     args = parser.parse_args()
     upstream = start_upstream()
-    env = {
+    env = {} if args.spy else {
         ("VALET_BENCH_STAGES" if args.stages else "VALET_BENCH_PROFILE"): args.out,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "bench/profiling"), os.environ.get("PYTHONPATH")])),
     }
@@ -52,9 +57,18 @@ def main() -> None:
             key, _ = valet.new_key("bench", "bench")
             valet.cli("secret", "set", "BENCH_API_KEY", "--server", "bench", stdin=BENCH_API_KEY)
             valet.cli("secret", "set", "BENCH_TOKEN", "--server", "bench", stdin=BENCH_TOKEN)
+            spy = None
+            if args.spy:  # sampling from outside: the proxy runs at full speed
+                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                        str(valet.process.pid), "--rate", "1000", "--threads",
+                                        "--format", "raw", "--output", args.spy],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 result = measure("valet", f"{valet.base}/bench", valet.process.pid, key, args)
             finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(30)
                 valet.stop()
     finally:
         upstream.stop()
@@ -62,9 +76,34 @@ def main() -> None:
     if args.stages:
         _print_stages(args.out)
         return
+    if args.spy:
+        _print_spy(args.spy, args.top)
+        return
     stats = pstats.Stats(args.out)
     stats.sort_stats("tottime").print_stats(args.top)
     stats.sort_stats("cumulative").print_stats(args.top)
+
+
+def _print_spy(path: str, top: int) -> None:
+    """Own and inclusive samples per function from py-spy's collapsed stacks (``a;b;c count`` lines)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    print(f"{total} samples")
+    for title, table in (("own", own), ("inclusive", inclusive)):
+        print(f"--- {title}")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"{100 * n / total:6.2f} %  {frame}")
 
 
 def _print_stages(path: str) -> None:

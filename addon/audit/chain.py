@@ -118,6 +118,41 @@ def message(prev_mac: str, seq: int, exchange_id: int, kind: str, columns: Itera
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
+def _text(value: Any) -> Any:
+    return value if value is None or type(value) is str else str(value)
+
+
+def _real(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
+def _integer(value: Any) -> Any:
+    return None if value is None else int(value)
+
+
+_CONVERTERS = {"REAL": _real, "INTEGER": _integer, "TEXT": _text}
+
+
+def _converters(columns: tuple[str, ...]) -> tuple[Any, ...]:
+    """:func:`_canonical` for each column, chosen once (the writer appends two records per exchange)."""
+    return tuple(_CONVERTERS[COLUMN_TYPES.get(c, "TEXT")] for c in columns)
+
+
+_REQUEST_CONVERTERS = _converters(REQUEST_FIELDS)
+_OUTCOME_CONVERTERS = _converters(OUTCOME_FIELDS)
+
+
+def _fast_message(prev_mac: str, seq: int, exchange_id: int, kind: str, converters: tuple[Any, ...],
+                  values: Iterable[Any], uses: Iterable[Iterable[Any]] | None) -> bytes:
+    """:func:`message` with the converters chosen in advance: the same bytes (verify uses :func:`message`;
+    tests/test_audit_chain.py checks that both agree)."""
+    payload: list[Any] = [prev_mac, seq, exchange_id, kind,
+                          [convert(v) for convert, v in zip(converters, values, strict=True)]]
+    if kind == "request":
+        payload.append([[_text(v) for v in use] for use in (uses or ())])
+    return _ENCODER.encode(payload).encode()
+
+
 @dataclass
 class Appender:
     """Appends records inside the writer's transaction; reads the head first (another writer may have appended)."""
@@ -133,17 +168,17 @@ class Appender:
         self.appended = []
 
     def request(self, exchange_id: int, row_values: tuple[Any, ...], uses: Iterable[Iterable[Any]] | None) -> None:
-        self._append(exchange_id, "request", REQUEST_FIELDS, [row_values[i] for i in REQUEST_INDEX], uses)
+        self._append(exchange_id, "request", _REQUEST_CONVERTERS, [row_values[i] for i in REQUEST_INDEX], uses)
 
     def outcome(self, exchange_id: int, outcome_values: Iterable[Any]) -> None:
-        self._append(exchange_id, "outcome", OUTCOME_FIELDS, list(outcome_values))
+        self._append(exchange_id, "outcome", _OUTCOME_CONVERTERS, outcome_values)
 
-    def _append(self, exchange_id: int, kind: str, columns: tuple[str, ...], values: list[Any],
+    def _append(self, exchange_id: int, kind: str, converters: tuple[Any, ...], values: Iterable[Any],
                 uses: Iterable[Iterable[Any]] | None = None) -> None:
         version = self.keys.current
         seq = self.seq + 1
         h = self.keys.hmac(version)
-        h.update(message(self.head, seq, exchange_id, kind, columns, values, uses))
+        h.update(_fast_message(self.head, seq, exchange_id, kind, converters, values, uses))
         record_mac = h.hexdigest()
         self.appended.append((seq, exchange_id, kind, version, self.head, record_mac))
         self.seq, self.head = seq, record_mac

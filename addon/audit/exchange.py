@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from addon.audit.columns import COLUMNS
 from addon.audit.log import Pending, utc_iso
+
+
+_ROW = operator.attrgetter(*COLUMNS[:-1])  # every column but ``state``, which is last
+assert COLUMNS[-1] == "state"
 
 
 def _utc_now() -> str:
@@ -60,6 +65,10 @@ class Exchange:
     def request_row(self) -> dict[str, Any]:
         """The row as written ahead: everything known before the request leaves Valet."""
         return {column: getattr(self, column) for column in COLUMNS if column != "state"}
+
+    def values(self, state: str) -> tuple[Any, ...]:
+        """The row as a tuple in ``COLUMNS`` order (what the writer stores), without a dict in between."""
+        return (*_ROW(self), state)
 
     def finish(self, status: int | None) -> dict[str, Any]:
         """Close the exchange and return its audit row."""

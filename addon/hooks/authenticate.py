@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from mitmproxy import connection, http
 
 from addon.protocol.errors import Cause, Refusal
-from addon.protocol.keyleak import bearer_or_basic_key, carries_key, misplaced_key
+from addon.protocol.keyleak import KEY_SHAPE, bearer_or_basic_key, carries_key, misplaced_key
 from addon.filewatch import reload_if_stale
 from addon.identity import KeyRecord
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
+
+
+def _native(value: bytes) -> str:
+    """A header value as mitmproxy's ``headers.get`` decodes it."""
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _key_from_bearer(value: str) -> str | None:
@@ -40,6 +46,23 @@ def _key_from_proxy_auth(value: str) -> str | None:
     except (binascii.Error, ValueError):  # ValueError: non-ASCII in the header (UnicodeDecodeError is one too)
         return None
     return decoded.partition(":")[2] or None
+
+
+_KEY_SHAPE_BYTES = re.compile(KEY_SHAPE.pattern.encode(), re.IGNORECASE)
+
+
+def _nothing_to_find(fields: tuple[tuple[bytes, bytes], ...], path: bytes) -> bool:
+    """One scan of every header name and value and the path with its query, joined, as sent: True when
+    :func:`misplaced_key` cannot find anything there, so the field-by-field search is skipped.
+
+    It is a superset check: the joined bytes are pure ASCII (so case-insensitive matching is ASCII's),
+    hold no ``%`` or ``+`` (so every percent-decoded form is the text itself, and mitmproxy's decoded
+    query is the raw one), no ``basic`` (no Basic credential to decode), and no key shape (a valet key
+    Valet accepted has that shape too). Fields are joined with a newline, which no key shape spans.
+    """
+    raw = b"\n".join([*(part for field in fields for part in field), path])
+    return (raw.isascii() and b"%" not in raw and b"+" not in raw and b"basic" not in raw.lower()
+            and _KEY_SHAPE_BYTES.search(raw) is None)
 
 
 class Authenticator:
@@ -88,20 +111,31 @@ class Authenticator:
         if answered(flow):
             return
         headers = flow.request.headers
-        for name in ("authorization", "proxy-authorization"):
-            if len(headers.get_all(name)) > 1:
+        # one pass over the fields for both credentials (each get/get_all/pop scans them all)
+        authorization: list[bytes] = []
+        proxy_authorization: list[bytes] = []
+        for field_name, value in headers.fields:
+            lowered = field_name.lower()
+            if lowered == b"authorization":
+                authorization.append(value)
+            elif lowered == b"proxy-authorization":
+                proxy_authorization.append(value)
+        for name, values in (("authorization", authorization), ("proxy-authorization", proxy_authorization)):
+            if len(values) > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
         proxy_auth: str | None = None
         if self.state.mode == "reverse":
-            key = _key_from_bearer(headers.get("authorization", ""))
-            headers.pop("authorization", None)
+            key = _key_from_bearer(_native(authorization[0]) if authorization else "")
+            if authorization:
+                headers.pop("authorization", None)
             missing = Cause.MISSING_KEY
         else:
-            proxy_auth = headers.get("proxy-authorization")
+            proxy_auth = _native(proxy_authorization[0]) if proxy_authorization else None
             key = _key_from_proxy_auth(proxy_auth) if proxy_auth else self._tunnel_keys.get(flow.client_conn.id)
             missing = Cause.PROXY_AUTH_REQUIRED
-        headers.pop("proxy-authorization", None)
+        if proxy_authorization:
+            headers.pop("proxy-authorization", None)
         try:
             await self._verify(flow, key, missing)
             self._strip_key(flow, key)
@@ -118,6 +152,8 @@ class Authenticator:
             token = bearer_or_basic_key(value)
             if (token and carries_key(token, key)) or carries_key(value, key):
                 headers.pop("authorization", None)
+        if _nothing_to_find(headers.fields, flow.request.data.path):
+            return
         where = misplaced_key(key, headers.items(multi=True), flow.request.query.items(multi=True),
                               flow.request.path.partition("?")[0])
         if where is not None:

@@ -46,7 +46,7 @@ class CanaryTrap:
         exchange = exchange_of(flow)
         if answered(flow) or exchange is None or self.state.secrets is None:
             return
-        await reload_if_stale(self.state.secrets)
+        await reload_if_stale(self.state.secrets, exchange)
         canaries = self._current()
         if not canaries:
             return

@@ -26,6 +26,8 @@ from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
 from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
 from addon.secrets.outbound import Outbound
+from addon.secrets.scrubber import MARKER
+from addon.secrets.templates import render
 from addon.secrets.vault import VaultError
 from addon.hooks.parse import describe
 from addon.hooks.failsafe import fail_closed
@@ -67,8 +69,8 @@ class Injector:
 
         return remember
 
-    async def _fresh_secrets(self) -> None:
-        await reload_if_stale(self.state.secrets)
+    async def _fresh_secrets(self, exchange: Exchange) -> None:
+        await reload_if_stale(self.state.secrets, exchange)  # once per exchange (the canary trap may have)
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -79,7 +81,7 @@ class Injector:
         body = exchange.body
         try:
             if server.secret_names:
-                await self._fresh_secrets()
+                await self._fresh_secrets(exchange)
             grant = None
             if server.auth == "oauth" and self.state.refresher is not None:
                 grant = await self.state.refresher.access_token(exchange.server, server, exchange.user)
@@ -88,7 +90,8 @@ class Injector:
             resolution = self._resolution(exchange.server, exchange.user)
             headers = upstream_headers(server, resolution)
             query = upstream_query(server, resolution)
-            overridden = self._inject(flow, exchange.server, server, body, resolution) if body and server.inject else []
+            overridden, audited = (self._inject(flow, exchange.server, server, body, resolution)
+                                   if body and server.inject else ([], {}))
             resolution.check(body.messages[0].id if body and not body.is_batch else None)
         except Refusal as refusal:
             refuse(flow, refusal)
@@ -113,25 +116,29 @@ class Injector:
         if body is not None:
             outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
             # the audit row shows what is forwarded, secrets redacted
-            describe(exchange, body, scrubber.value)
+            describe(exchange, body, scrubber.bytes, audited)
             flow.request.content = body.serialize()
 
     def _inject(self, flow: http.HTTPFlow, server_name: str, server: ServerConfig, body: Any,
-                resolution: Resolution) -> list[str]:
-        """Inject into every tools/call of the body; returns the injected arguments the agent had set."""
+                resolution: Resolution) -> tuple[list[str], dict[int, dict[str, Any]]]:
+        """Inject into every tools/call of the body; returns the injected arguments the agent had set, and
+        per message index the arguments as audited (each injected value as its template with markers)."""
         overridden: list[str] = []
-        for message in body.messages:
+        audited: dict[int, dict[str, Any]] = {}
+        for index, message in enumerate(body.messages):
             tool = message.tool
             if tool is None:
                 continue
             arguments, agent_set = inject_arguments(server, tool, message.arguments, resolution)
             if arguments is message.arguments:
                 continue
-            overridden += agent_set + _drop_case_twins(arguments, server.arguments_for(tool))
+            wanted = server.arguments_for(tool)
+            overridden += agent_set + _drop_case_twins(arguments, wanted)
             message.raw["params"]["arguments"] = arguments
+            audited[index] = _as_audited(arguments, wanted)
             if not body.is_batch:
                 self._mirror_param_headers(flow, server_name, tool, arguments or {})
-        return overridden
+        return overridden, audited
 
     def mirror_after_rewrite(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         """The policy forwarded a normalized argument: headers mirroring arguments must say the same."""
@@ -152,6 +159,15 @@ class Injector:
             del flow.request.headers[name]
         for name, value in mcp_param_headers(header_map, arguments).items():
             flow.request.headers[name] = value
+
+
+def _as_audited(arguments: dict[str, Any] | None, injected: dict[str, str]) -> dict[str, Any]:
+    """The forwarded arguments with each injected one replaced by its template, every secret in it a
+    marker (``[REDACTED:NAME]``): the same members in the same order, no secret value to search for."""
+    audited = dict(arguments or {})
+    for name, template in injected.items():
+        audited[name] = render(template, MARKER.format)
+    return audited
 
 
 def _drop_case_twins(arguments: dict[str, Any] | None, injected: dict[str, Any]) -> list[str]:

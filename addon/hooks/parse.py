@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -43,11 +43,12 @@ class RpcInspector:
             if seen[name.encode()] > 1:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"the {name} header is given more than once"))
                 return
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        headers = _first_values(request.headers.fields) if seen[b"content-encoding"] or seen[b"content-length"] else {}
+        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "request bodies must not be content-encoded"))
             return
-        length = request.headers.get("content-length")
+        length = headers.get("content-length")
         limit = exchange.snapshot.config.limits.max_body_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
@@ -68,7 +69,8 @@ class RpcInspector:
             if raw:
                 refuse(flow, Refusal(Cause.INVALID_REQUEST, f"{request.method} requests carry no body"))
             return
-        media, _, parameters = request.headers.get("content-type", "").partition(";")
+        headers = _first_values(request.headers.fields)  # one pass, not one scan of every field per name
+        media, _, parameters = headers.get("content-type", "").partition(";")
         if media.strip().lower() != "application/json":
             refuse(flow, Refusal(Cause.UNSUPPORTED_MEDIA, "JSON-RPC requests must be application/json"))
             return
@@ -83,12 +85,23 @@ class RpcInspector:
                 raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
                               None if body.is_batch else body.messages[0].id)
             describe(exchange, body)
-            headers = request.headers
             check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))
         except Refusal as refusal:
             refuse(flow, refusal)
             return
         exchange.body = body
+
+
+def _first_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+    """Lower-cased header name -> its value, exactly what mitmproxy's ``headers.get(name)`` gives (names
+    compared as ASCII-lowered bytes, values decoded as UTF-8 with surrogateescape, repeated ones joined
+    with ", "), for every name in one pass."""
+    out: dict[str, str] = {}
+    for name, value in fields:
+        key = name.lower().decode("utf-8", "surrogateescape")
+        text = value.decode("utf-8", "surrogateescape")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
 
 
 def utf8_charset(parameters: str) -> bool:
@@ -100,24 +113,39 @@ def utf8_charset(parameters: str) -> bool:
     return True
 
 
-def describe(exchange: Exchange, body: Body, redact: Callable[[Any], Any] = lambda v: v) -> None:
-    """Fill the audit fields from the body (again after injection, with secrets redacted)."""
+def describe(exchange: Exchange, body: Body, scrub: Callable[[bytes], bytes] | None = None,
+             audited: Mapping[int, dict[str, Any]] | None = None) -> None:
+    """Fill the audit fields from the body: as received (here), and again as forwarded (by the Injector).
+
+    As forwarded, ``audited`` holds, per message index, the arguments with every value Valet injected
+    shown as its template with a marker per secret (Valet put them there, so it knows where they are:
+    no need to search for them), and ``scrub`` (the egress scrubber) runs ONCE over the serialized
+    description for anything secret the agent sent itself.
+    """
+    audited = audited or {}
     if body.is_batch:
         exchange.rpc_method = "batch"
         summary = [
-            {"method": m.method, "id": m.id, **({"tool": m.tool, "arguments": m.arguments} if m.tool else {})}
-            for m in body.messages
+            {"method": m.method, "id": m.id,
+             **({"tool": m.tool, "arguments": audited.get(i, m.arguments)} if m.tool else {})}
+            for i, m in enumerate(body.messages)
         ]
-        exchange.arguments = _bounded_json(redact(summary))
+        exchange.arguments = _bounded_json(summary, scrub)
         return
     message = body.messages[0]
     exchange.rpc_method = message.method
     exchange.rpc_id = json.dumps(message.id) if message.has_id else None
     exchange.tool = message.tool
-    if message.arguments is not None:
-        exchange.arguments = _bounded_json(redact(message.arguments))
+    arguments = audited.get(0, message.arguments)
+    if arguments is not None:
+        exchange.arguments = _bounded_json(arguments, scrub)
 
 
-def _bounded_json(value: object) -> str:
+def _bounded_json(value: object, scrub: Callable[[bytes], bytes] | None = None) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if scrub is not None:
+        raw = text.encode("utf-8", "surrogatepass")
+        scrubbed = scrub(raw)  # markers replace whole secrets (and whole escapes): the JSON stays valid
+        if scrubbed is not raw:
+            text = scrubbed.decode("utf-8", "replace")
     return text if len(text) <= MAX_AUDIT_ARGUMENTS else text[:MAX_AUDIT_ARGUMENTS] + "…(truncated)"

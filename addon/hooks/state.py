@@ -59,6 +59,8 @@ class ValetState:
         # origin (scheme, host, port; None: every server) -> (what it was built from, scrubber)
         self._scrubbers: dict[tuple[str, str, int] | None, tuple[tuple[object, ...], Scrubber]] = {}
         self._remembered: dict[tuple[str, str, int] | None, dict[str, str]] = {}  # origin -> {value: name}
+        # server name -> (snapshot, vault generation, token epoch, its origin's scrubber): the per-call lookup
+        self._server_scrubbers: dict[str, tuple[object, int, int, Scrubber]] = {}
         self._token_epoch = 0
         self._tokens: dict[str, dict[str, str]] = {}  # server -> {token value: name}, current and previous
 
@@ -184,8 +186,16 @@ class ValetState:
         could have reached that origin. An unknown server gets the union of all.
         """
         snapshot = self.snapshot
+        generation = self.secrets.generation if self.secrets is not None else 0
+        known = self._server_scrubbers.get(server_name)
+        if known is not None and known[0] is snapshot and known[1] == generation and known[2] == self._token_epoch:
+            return known[3]  # what origin_scrubber depends on is unchanged: no per-call key building
         upstream = snapshot.routes.upstreams.get(server_name) if snapshot is not None else None
-        return self.origin_scrubber((upstream.scheme, upstream.host, upstream.port) if upstream else None)
+        scrubber = self.origin_scrubber((upstream.scheme, upstream.host, upstream.port) if upstream else None)
+        if len(self._server_scrubbers) >= 1024:
+            self._server_scrubbers.clear()
+        self._server_scrubbers[server_name] = (snapshot, generation, self._token_epoch, scrubber)
+        return scrubber
 
     def origin_scrubber(self, origin: tuple[str, str, int] | None) -> Scrubber:
         """The scrubber of every value that could have reached ``origin``: every user's and the shared
@@ -278,7 +288,7 @@ class ValetState:
     def write_ahead(self, exchange: Exchange, uses: list[tuple[object, ...]] | None = None) -> None:
         """Queue the row of an exchange about to leave Valet; ``exchange.committed`` says when it is durable."""
         assert self.audit is not None
-        exchange.row, exchange.committed = self.audit.begin(exchange.request_row(), uses)
+        exchange.row, exchange.committed = self.audit.begin_values(exchange.values("pending"), uses)
         metrics.audit_queued(exchange.committed)
         if exchange.http_method != "GET":  # a GET is a standing stream: a shutdown does not wait for it
             self.open_exchanges += 1

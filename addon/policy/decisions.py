@@ -122,9 +122,14 @@ class _Matcher:
             return call.method == "tools/call" and call.tool is not None and self.tools.match(call.tool) is not None
         return self.methods is None or (call.method is not None and self.methods.match(call.method) is not None)
 
-    def arguments(self, call: Call, deny: bool) -> tuple[bool, list[tuple[str, str]]]:
-        """Whether the argument conditions hold (for a deny rule: hold or cannot be ruled out)."""
-        rewrites: list[tuple[str, str]] = []
+    def arguments(self, call: Call) -> bool:
+        """Whether the argument conditions hold (for a deny or rate rule: hold or cannot be ruled out).
+
+        The arguments are already in the form that is forwarded (:meth:`PolicySet._normalized` ran before
+        any rule), so a path check's normalized form is the value itself: nothing to rewrite here.
+        """
+        if not self.checks:
+            return True
         args = call.arguments or {}
         for name, check in self.checks.items():
             if self.restrictive:
@@ -135,15 +140,24 @@ class _Matcher:
                 verdicts = [check.evaluate(True, args[key])[0] for key in named] or [check.evaluate(False, None)[0]]
                 holds = any(verdict is not False for verdict in verdicts)
             else:
-                verdict, normalized = check.evaluate(name in args, args.get(name))
-                if normalized is not None and normalized != args.get(name):
-                    rewrites.append((name, normalized))
+                verdict, _ = check.evaluate(name in args, args.get(name))
                 # undecidable (None): a deny rule fires, an allow rule does not. Written out, not
                 # `verdict or deny`, so that no reading of None can ever count as "holds" for an allow rule.
                 holds = verdict is True
             if not holds:
-                return False, rewrites
-        return True, rewrites
+                return False
+        return True
+
+
+MAX_CANDIDATE_SETS = 4096  # per policy snapshot
+MAX_CANDIDATE_KEY_CHARS = 1024  # a call naming longer strings is judged without the cache
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    denies: tuple[_Matcher, ...]
+    allows: tuple[_Matcher, ...]
+    rates: tuple[RateRule, ...]
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,31 @@ class PolicySet:
             RateRule(r.id, tuple(parse_many(r.rate or "")) + _burst(r), tuple(r.per), _Matcher(r, restrictive=True))
             for r, _ in sources.rules if r.rate is not None
         ]
+        self._candidates: dict[tuple[Any, ...], _Candidates] = {}
+
+    def _for(self, call: Call) -> _Candidates:
+        """The deny, allow and rate rules whose identity and target conditions hold for this call, in order.
+
+        Those conditions read only who calls what (never the arguments), so they are checked once per
+        (user, agent, key, server, method, tool / HTTP method and path) for the life of this policy
+        snapshot; a call then visits only the rules that can match it, and only their argument checks
+        run. Bounded: at most MAX_CANDIDATE_SETS keys, each short (longer ones are not cached).
+        """
+        key = (call.user, call.agent, call.key_id, call.server, call.method, call.tool, call.is_http_api,
+               call.http_method, call.http_path)
+        found = self._candidates.get(key)
+        if found is not None:
+            return found
+        found = _Candidates(
+            tuple(m for m in self.denies if m.identity(call) and m.target(call)),
+            tuple(m for m in self.allows if m.identity(call) and m.target(call)),
+            tuple(r for r in self.rates if r.matcher.identity(call) and r.matcher.target(call)),
+        )
+        if sum(len(v) for v in key if isinstance(v, str)) <= MAX_CANDIDATE_KEY_CHARS:
+            if len(self._candidates) >= MAX_CANDIDATE_SETS:
+                self._candidates.clear()
+            self._candidates[key] = found
+        return found
 
     @property
     def rule_count(self) -> int:
@@ -207,16 +246,13 @@ class PolicySet:
         if not call.is_http_api and (call.method is None or call.method in HOUSEKEEPING):
             return Decision(True, "housekeeping", None)
         call, rewrites = self._normalized(call)
-        for matcher in self.denies:
-            if matcher.identity(call) and matcher.target(call):
-                holds, _ = matcher.arguments(call, deny=True)
-                if holds:
-                    return Decision(False, "denied", matcher.rule.id)
-        for matcher in self.allows:
-            if matcher.identity(call) and matcher.target(call):
-                holds, _ = matcher.arguments(call, deny=False)
-                if holds:
-                    return Decision(True, "allowed", matcher.rule.id, rewrites)
+        candidates = self._for(call)
+        for matcher in candidates.denies:
+            if matcher.arguments(call):
+                return Decision(False, "denied", matcher.rule.id)
+        for matcher in candidates.allows:
+            if matcher.arguments(call):
+                return Decision(True, "allowed", matcher.rule.id, rewrites)
         default = self.sources.defaults.get(call.server, "deny")
         return Decision(default == "allow", "default", f"default:{call.server}")
 
@@ -247,21 +283,16 @@ class PolicySet:
         """For tools/list: could some call of this tool be allowed? (Argument conditions are not known yet.)"""
         if self._switched_off(call) is not None:
             return False
-        for matcher in self.denies:
-            if matcher.identity(call) and matcher.target(call) and not matcher.checks:
+        candidates = self._for(call)
+        for matcher in candidates.denies:
+            if not matcher.checks:
                 return False  # denied whatever its arguments
-        for matcher in self.allows:
-            if matcher.identity(call) and matcher.target(call):
-                return True
+        if candidates.allows:
+            return True
         return self.sources.defaults.get(call.server, "deny") == "allow"
 
     def rate_rules(self, call: Call) -> list[RateRule]:
-        matching = []
-        for rate in self.rates:
-            m = rate.matcher
-            if m.identity(call) and m.target(call) and m.arguments(call, deny=True)[0]:
-                matching.append(rate)
-        return matching
+        return [rate for rate in self._for(call).rates if rate.matcher.arguments(call)]
 
 
 def _burst(rule: Rule) -> tuple[RateLimitItem, ...]:

@@ -566,9 +566,12 @@ class SecretCache:
         self._vault: Vault | None = None
         self._signature: tuple[int, ...] | None = None
         self.generation = 0
+        # built once: checked on every request, and a new Path per check costs more than the syscalls
+        self._files = (data_dir / VAULT_FILE, data_dir / KEY_FILE)
 
     def signature(self) -> tuple[int, ...]:
-        return filewatch.signature(self.data_dir / VAULT_FILE) + filewatch.signature(self.data_dir / KEY_FILE)
+        vault_file, key_file = self._files
+        return filewatch.signature(vault_file) + filewatch.signature(key_file)
 
     def stale(self) -> bool:
         return self.signature() != self._signature
