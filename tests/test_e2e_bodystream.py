@@ -1,0 +1,109 @@
+"""End to end: large text answers stream through Valet scrubbed piece by piece, exactly as if scrubbed whole.
+
+The upstream (tests/upstream/bodies.py) quotes the injected token in every form, thousands of times, and
+writes in pieces of odd sizes, so forms are split across network reads at ever different offsets. The
+agent must receive byte for byte what the whole-body scrub of the same body gives (so nothing in two
+halves escaped), without a Content-Length (redaction changes the length), and the audit row must count
+the bytes the agent got. A body the stream cannot read as it must (compressed, or not UTF-8 although
+announced as text) ends with the agent's connection closed: a cut body, no unread byte.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from addon.secrets.scrubber import Scrubber
+
+from .support import PYTHON, ROOT, Upstream, Valet, assert_clean_log, free_port, start_valet, wait_for_port
+from .upstream.bodies import body
+from .upstream.hostile import forms
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "fake/stream-token+0123_abc"
+
+
+@pytest.fixture(scope="module")
+def bodies() -> Iterator[Upstream]:
+    port = free_port()
+    process = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/bodies.py"), "--port", str(port)], cwd=ROOT)
+    wait_for_port(port)
+    yield Upstream(port, process)
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def valet(bodies: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valet]:
+    tmp = tmp_path_factory.mktemp("bodystream")
+    config = (f"servers:\n  big:\n    url: http://127.0.0.1:{bodies.port}/api\n    kind: http\n"
+              '    headers:\n      Authorization: "Bearer ${secret:TOKEN}"\n')
+    valet = start_valet(tmp, None, config_text=config)
+    valet.cli("secret", "set", "TOKEN", "--server", "big", stdin=TOKEN)
+    yield valet
+    assert valet.stop() == 0
+    assert_clean_log(valet)
+
+
+@pytest.fixture(scope="module")
+def key(valet: Valet) -> str:
+    return valet.new_key("alice", "bodystream")[0]
+
+
+def fetch(valet: Valet, key: str, path: str) -> tuple[httpx.Headers, bytes, Exception | None]:
+    received = bytearray()
+    with httpx.Client(timeout=60) as client, client.stream(
+            "GET", f"{valet.base}/big/{path}", headers={"authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200
+        try:
+            for piece in r.iter_raw():
+                received += piece
+        except httpx.HTTPError as exc:
+            return r.headers, bytes(received), exc
+        return r.headers, bytes(received), None
+
+
+def assert_no_form(data: bytes) -> None:
+    for form in forms(TOKEN):
+        assert form.encode() not in data, form
+    assert TOKEN.encode() not in data
+
+
+@pytest.mark.parametrize("shape", ["chunked", "sized", "b64"])
+def test_a_large_answer_streams_scrubbed_exactly_as_the_whole_body(valet: Valet, key: str, shape: str) -> None:
+    headers, received, error = fetch(valet, key, f"{shape}?kib=3072")
+    assert error is None
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+    expected = Scrubber([("TOKEN", TOKEN)]).bytes(body(shape, TOKEN, 3072))
+    assert received == expected  # byte for byte: every form caught wherever the reads split it
+    assert_no_form(received)
+    assert received.count(b"[REDACTED:TOKEN]") > 300
+    json.loads(received)
+    row = valet.rows(f"http_path LIKE '%/{shape}%'")[0]
+    assert row["decision"] == "allow" and row["http_status"] == 200
+    assert row["bytes_out"] == len(received)
+
+
+def test_a_small_answer_is_still_buffered_with_its_length(valet: Valet, key: str) -> None:
+    headers, received, error = fetch(valet, key, "small")
+    assert error is None and headers["content-length"] == str(len(received))
+    assert json.loads(received) == {"token": "[REDACTED:TOKEN]"}
+
+
+@pytest.mark.parametrize("shape", ["gzip", "latin1"])
+def test_an_answer_the_stream_cannot_read_is_cut_not_passed(valet: Valet, key: str, shape: str) -> None:
+    """Compressed without a label, or not UTF-8 though announced as text: the agent's connection is closed
+    before the body ends (no final chunk), and nothing it got holds the token in any form."""
+    _, received, error = fetch(valet, key, f"{shape}?kib=3072")
+    assert error is not None  # an incomplete chunked body: the agent's client sees a cut, not an answer
+    assert_no_form(received)
+    assert b"\x1f\x8b" not in received[:2]
+    row = valet.rows(f"http_path LIKE '%/{shape}%'")[0]
+    assert row["decision"] == "error" and row["reason"] == "upstream_error"
+    assert row["bytes_out"] == len(received)
