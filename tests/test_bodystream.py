@@ -57,7 +57,8 @@ def cases() -> list[tuple[str, str, bytes, int, int]]:
             blob = base64.b64encode(RNG_BLOB)  # no separator for 12 KiB around the form
             out.append((name, form, b'{"b64": "' + blob + encoded + blob + b'"}', 9 + len(blob), len(encoded)))
     blob = base64.urlsafe_b64encode(RNG_BLOB)
-    out.append(("VALET_KEY", KEY, b'{"k": "' + blob + KEY.encode() + b'", "x": "' + blob + b'"}', 7 + len(blob), len(KEY)))
+    keyed = b'{"k": "' + blob + KEY.encode() + b'", "x": "' + blob + b'"}'
+    out.append(("VALET_KEY", KEY, keyed, 7 + len(blob), len(KEY)))
     return out
 
 

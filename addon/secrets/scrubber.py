@@ -147,8 +147,9 @@ class Units:
                 if base + start < stop and found.get(base + start, -1) < base + end:
                     found[base + start] = base + end
 
-            self._db.scan(bytes(view[pos:_window_end(data, stop)]), match_event_handler=on_match,
-                          scratch=self._scratch())
+            end = _window_end(data, stop)
+            self._db.scan(data if pos == 0 and end == size and type(data) is bytes else bytes(view[pos:end]),
+                          match_event_handler=on_match, scratch=self._scratch())
             last = pos
             for start in sorted(found):
                 if start >= last:
@@ -388,7 +389,8 @@ class Scrubber:
                     if start < base + SLICE_BYTES:  # the next slice reports the others
                         hits.append((start, base + end, self.names[pattern]))
 
-                self._db.scan(bytes(view[begin:stop]), match_event_handler=on_match, scratch=self._scratch())
+                self._db.scan(data if begin == 0 and stop == size and type(data) is bytes else bytes(view[begin:stop]),
+                              match_event_handler=on_match, scratch=self._scratch())
             if self.key_shape:
                 for match in _KEY_SHAPE.finditer(data, begin, stop):
                     if match.start() < begin + SLICE_BYTES:
