@@ -107,3 +107,21 @@ def test_an_answer_the_stream_cannot_read_is_cut_not_passed(valet: Valet, key: s
     row = valet.rows(f"http_path LIKE '%/{shape}%'")[0]
     assert row["decision"] == "error" and row["reason"] == "upstream_error"
     assert row["bytes_out"] == len(received)
+
+
+def test_an_sse_event_ended_by_a_lone_cr_arrives_before_the_next_byte(valet: Valet, key: str) -> None:
+    """The CR may be the first half of a CRLF; the upstream then stays silent for a minute. The event it
+    ended reaches the agent now (scrubbed), not when the next byte or the end of the stream arrives."""
+    with httpx.Client(timeout=20) as client, client.stream(
+            "GET", f"{valet.base}/big/sse-cr-pause", headers={"authorization": f"Bearer {key}"}) as r:
+        first = next(r.iter_raw())
+    assert first.startswith(b"event: message\r\ndata: ") and b"[REDACTED:TOKEN]" in first
+    assert first.endswith((b"\r\n\r", b"\r\n\r\n"))  # as sent, or re-joined around the marker
+    assert_no_form(first)
+
+
+def test_a_stream_ending_in_a_lone_cr_delivers_its_last_event(valet: Valet, key: str) -> None:
+    headers, received, error = fetch(valet, key, "sse-cr-end")
+    assert error is None
+    assert received.startswith(b"event: message\r\ndata: ") and b"[REDACTED:TOKEN]" in received
+    assert_no_form(received)

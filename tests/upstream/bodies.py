@@ -11,7 +11,9 @@ compute exactly what the whole-body scrub gives.
 - ``/b64?kib=N``: one long base64 string with the forms inside it (no separator for kilobytes);
 - ``/gzip?kib=N``: a gzip body labelled ``application/json`` without Content-Encoding;
 - ``/latin1?kib=N``: text/plain that stops being UTF-8 half-way;
-- ``/small``: a small JSON answer with the token (buffered, not streamed).
+- ``/small``: a small JSON answer with the token (buffered, not streamed);
+- ``/sse-cr-pause``: an SSE event ended by CRLF CR, then a minute of silence (the LF that could follow the CR
+  never comes); ``/sse-cr-end``: a stream that ends right after a lone CR.
 """
 
 from __future__ import annotations
@@ -68,6 +70,18 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             path, _, query = target.partition("?")
             shape = path.rstrip("/").rsplit("/", 1)[-1]
             kib = int(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("kib", "2048"))
+            if shape in ("sse-cr-pause", "sse-cr-end"):  # an event ended by a lone CR, then a pause or the end
+                event = b'event: message\r\ndata: {"token": "%s"}\r\n\r' % token.encode()
+                if shape == "sse-cr-end":
+                    event = event[:-3] + b"\r"  # the stream ends right after a CR that ends the data line
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                if shape == "sse-cr-pause":
+                    await asyncio.sleep(60)  # the LF that may follow a CR never comes (in time)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                continue
             if shape == "small":
                 data = json.dumps({"token": token}).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
