@@ -154,3 +154,15 @@ def test_the_scrubber_is_looked_up_at_every_piece() -> None:
     current[0] = Scrubber([("NEW", "fake-refreshed-token-0001")])
     rest = body.feed(text) + body.end()
     assert b"fake-refreshed-token-0001" in first and b"fake-refreshed-token-0001" not in rest
+
+
+@pytest.mark.parametrize(("content_type", "streams"), [
+    ("application/json", True), ("application/json; charset=UTF-8", True), ("application/problem+json", True),
+    ("application/x-ndjson", True), ("text/plain; charset=utf-8", True), ('text/html; charset="UTF-8"', True),
+    ("application/json; charset=utf-16", False), ("text/plain", False), ("text/html; charset=iso-8859-1", False),
+    ("text/event-stream", False), ("application/octet-stream", False), ("image/png", False), ("", False),
+])
+def test_only_utf8_text_is_streamed(content_type: str, streams: bool) -> None:
+    from addon.hooks.relay import _utf8_text
+
+    assert _utf8_text(content_type) is streams

@@ -69,6 +69,10 @@ def fetch(valet: Valet, key: str, path: str) -> tuple[httpx.Headers, bytes, Exce
         return r.headers, bytes(received), None
 
 
+def row_of(valet: Valet, shape: str) -> dict[str, object]:
+    return valet.rows("http_path LIKE ? OR http_path LIKE ?", (f"%/{shape}", f"%/{shape}?%"))[0]
+
+
 def assert_no_form(data: bytes) -> None:
     for form in forms(TOKEN):
         assert form.encode() not in data, form
@@ -85,7 +89,7 @@ def test_a_large_answer_streams_scrubbed_exactly_as_the_whole_body(valet: Valet,
     assert_no_form(received)
     assert received.count(b"[REDACTED:TOKEN]") > 300
     json.loads(received)
-    row = valet.rows(f"http_path LIKE '%/{shape}%'")[0]
+    row = row_of(valet, shape)
     assert row["decision"] == "allow" and row["http_status"] == 200
     assert row["bytes_out"] == len(received)
 
@@ -96,6 +100,14 @@ def test_a_small_answer_is_still_buffered_with_its_length(valet: Valet, key: str
     assert json.loads(received) == {"token": "[REDACTED:TOKEN]"}
 
 
+def test_a_large_latin1_page_is_scrubbed_whole_not_cut(valet: Valet, key: str) -> None:
+    """Only UTF-8 text streams: a page in another charset is buffered and scrubbed whole, as before."""
+    headers, received, error = fetch(valet, key, "latin1page?kib=2048")
+    assert error is None and headers["content-length"] == str(len(received))
+    assert received == Scrubber([("TOKEN", TOKEN)]).bytes(body("latin1page", TOKEN, 2048))
+    assert_no_form(received)
+
+
 @pytest.mark.parametrize("shape", ["gzip", "latin1"])
 def test_an_answer_the_stream_cannot_read_is_cut_not_passed(valet: Valet, key: str, shape: str) -> None:
     """Compressed without a label, or not UTF-8 though announced as text: the agent's connection is closed
@@ -104,7 +116,7 @@ def test_an_answer_the_stream_cannot_read_is_cut_not_passed(valet: Valet, key: s
     assert error is not None  # an incomplete chunked body: the agent's client sees a cut, not an answer
     assert_no_form(received)
     assert b"\x1f\x8b" not in received[:2]
-    row = valet.rows(f"http_path LIKE '%/{shape}%'")[0]
+    row = row_of(valet, shape)
     assert row["decision"] == "error" and row["reason"] == "upstream_error"
     assert row["bytes_out"] == len(received)
 

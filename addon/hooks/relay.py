@@ -70,7 +70,7 @@ class ResponseFilter:
                 return keyring is None or key_id is None or not keyring.revoked(key_id)
 
             response.stream = _event_relay(exchange, outbound, key_valid, decoder)
-        elif codec is None and _streams_body(flow, exchange, outbound, media):
+        elif codec is None and _streams_body(flow, exchange, outbound):
             response.stream = _body_relay(flow, exchange, outbound)
 
     @fail_closed
@@ -243,26 +243,39 @@ STREAM_MIN_BYTES = 1024 * 1024
 the whole-body copies of a buffered answer and Valet the memory (docs/benchmarks.md, "Scrubbing")."""
 
 
-def _text_media(media: str) -> bool:
-    return media == "application/json" or media.endswith("+json") or media in (
-        "application/x-ndjson", "application/jsonl", "application/json-seq") or (
-        media.startswith("text/") and media != "text/event-stream")
+def _utf8_text(content_type: str) -> bool:
+    """JSON (UTF-8 by RFC 8259) unless its charset says otherwise, or text/* that says it is UTF-8: a body
+    the stream can hold to UTF-8 (a Latin-1 page without a charset would be cut half-way, so it is not
+    streamed: it is scrubbed whole, as before)."""
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    charset = ""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    utf8 = charset in ("utf-8", "utf8", "us-ascii", "ascii")
+    if media == "application/json" or media.endswith("+json") or media in (
+            "application/x-ndjson", "application/jsonl", "application/json-seq"):
+        return utf8 or not charset
+    return media.startswith("text/") and media != "text/event-stream" and utf8
 
 
-def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound, media: str) -> bool:
+def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> bool:
     """Whether this (identity-encoded, non-SSE) answer is streamed rather than buffered.
 
     Only what the streamed scrub handles exactly as the whole-body one: a successful answer whose type says
-    text (a binary body is scrubbed whole, with the brotli guess that needs all of it), not a tools/list
+    UTF-8 text (a binary body is scrubbed whole, with the brotli guess that needs all of it), not a tools/list
     answer (rewritten whole), not a replay or a 401 (OAuthReplay answers those anew in ``response``), not a
     HEAD, and a scrubber without values that can be bare JSON numbers (bodystream.streamable). The agent's
     side must be able to receive a body of unannounced length: HTTP/1.1 (chunked) or HTTP/2.
     """
     response = flow.response
     assert response is not None
+    content_type = response.headers.get("content-type", "")
     if (not 200 <= response.status_code < 300 or response.status_code in (204, 205)
             or flow.request.method.upper() == "HEAD" or flow.request.http_version == "HTTP/1.0"
-            or exchange.replayed or outbound.tools_list_ids or not _text_media(media)):
+            or exchange.replayed or outbound.tools_list_ids or not _utf8_text(content_type)):
         return False
     length = response.headers.get("content-length")
     if length is not None and (not length.strip().isdigit() or int(length) < STREAM_MIN_BYTES):

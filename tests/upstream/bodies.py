@@ -11,6 +11,7 @@ compute exactly what the whole-body scrub gives.
 - ``/b64?kib=N``: one long base64 string with the forms inside it (no separator for kilobytes);
 - ``/gzip?kib=N``: a gzip body labelled ``application/json`` without Content-Encoding;
 - ``/latin1?kib=N``: text/plain that stops being UTF-8 half-way;
+- ``/latin1page?kib=N``: text/html in ISO-8859-1, as it says (not streamed: scrubbed whole);
 - ``/small``: a small JSON answer with the token (buffered, not streamed);
 - ``/sse-cr-pause``: an SSE event ended by CRLF CR, then a minute of silence (the LF that could follow the CR
   never comes); ``/sse-cr-end``: a stream that ends right after a lone CR.
@@ -53,6 +54,8 @@ def body(shape: str, token: str, kib: int) -> bytes:
     text = json.dumps({"items": items}, ensure_ascii=False)
     if shape == "latin1":
         return text.encode()[: len(text) // 2] + "ÿ".encode("latin-1") + text.encode()[len(text) // 2:]
+    if shape == "latin1page":
+        return text.encode("latin-1", "replace")
     return text.encode()
 
 
@@ -89,7 +92,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await writer.drain()
                 continue
             data = body(shape, token, kib)
-            media = b"text/plain; charset=utf-8" if shape == "latin1" else b"application/json"
+            media = {"latin1": b"text/plain; charset=utf-8", "latin1page": b"text/html; charset=iso-8859-1"}.get(
+                shape, b"application/json")
             if shape == "gzip":
                 data = gzip.compress(data)
             chunked = shape in ("chunked", "gzip")
