@@ -166,3 +166,8 @@ def test_only_utf8_text_is_streamed(content_type: str, streams: bool) -> None:
     from addon.hooks.relay import _utf8_text
 
     assert _utf8_text(content_type) is streams
+
+
+@pytest.mark.parametrize("text", [b"80", b"H,", b"80 apples and more text " * 300, b"HK" + b" is a city" * 500])
+def test_text_that_starts_like_a_zlib_header_is_text(text: bytes) -> None:
+    assert stream(SCRUBBER, [text[:1], text[1:]]) == text

@@ -56,7 +56,7 @@ MIN_SEGMENT = 16 * 1024  # scanned at once at least (mitmproxy reads 64 KiB; tin
 MAX_PENDING = 4 * 1024 * 1024  # held without a safe cut: past it the stream is refused
 MIN_WINDOW = 4096
 FALLBACK_TRIES = 16
-HEAD_BYTES = 16  # looked at for magic bytes before the first byte goes out
+HEAD_BYTES = 4096  # looked at for magic bytes (and tried as zlib) before the first byte goes out
 _NOT_ZERO = re.compile(rb"[^0]")
 _ESCAPE_STARTS = (b"%", b"&", b"\\", b"#")
 
@@ -129,12 +129,14 @@ class BodyStream:
         codec = compressed.sniff(buf[:64])
         if refused is not None or codec in ("gzip", "zstd"):
             raise Unscrubbable(f"a {refused or codec} body announced as text")
-        if codec == "deflate":  # a two-byte header that text can start with: only real zlib data counts
+        if codec == "deflate":  # a two-byte header that text can start with ("80", "H,"): only zlib data that
+            decoder = zlib.decompressobj()  # decodes to something counts (text fails, or gives nothing)
             try:
-                zlib.decompressobj().decompress(buf[:4096])
+                out = decoder.decompress(buf[:HEAD_BYTES])
             except zlib.error:
                 return
-            raise Unscrubbable("a zlib body announced as text")
+            if out or decoder.eof:
+                raise Unscrubbable("a zlib body announced as text")
 
     def _emit(self, buf: bytes, final: bool) -> bytes:
         if len(buf) > INLINE_EVENT_BYTES and escapes_in(buf) > MAX_INLINE_ESCAPES:
