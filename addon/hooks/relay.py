@@ -286,8 +286,9 @@ def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -
 def _body_relay(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> Callable[[bytes], list[bytes]]:
     """Stream a body scrubbed piece by piece. Redaction changes its length, so it goes out chunked (HTTP/1.1;
     HTTP/2 frames it anyway) without Content-Length; ``bytes_out`` counts what is sent. A body the stream
-    cannot read as it must (compressed, not UTF-8, no place to cut) ends with the agent's connection closed:
-    a cut body (no final chunk), never an unread byte and never a truncated body that looks complete."""
+    cannot read as it must (compressed, not UTF-8, no place to cut) ends with the agent's connection closed
+    (HTTP/2: the stream reset): a cut body (no final chunk), never an unread byte and never a truncated body
+    that looks complete."""
     response = flow.response
     assert response is not None
     if "content-length" in response.headers:
@@ -306,7 +307,10 @@ def _body_relay(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> 
         except bodystream.Unscrubbable:
             refused = True
             exchange.decision, exchange.reason = "error", Cause.UPSTREAM_ERROR.reason
-            _close_agent(flow)
+            if flow.killable:  # at the end of the upstream's body: a reset instead of the final chunk (HTTP/2:
+                flow.kill()  # this stream only)
+            if flow.request.http_version.startswith("HTTP/1"):
+                _close_agent(flow)  # and at once on HTTP/1 (the connection carries only this answer)
             return []
         exchange.bytes_out += len(out)
         return [out] if out else []  # never b"": on a chunked answer that is the final chunk
