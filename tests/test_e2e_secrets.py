@@ -24,8 +24,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from addon.secrets.redact import forms_of
-
+from .forms import forms_of
 from .support import assert_clean_log, PYTHON, ROOT, Upstream, Valet, jsonrpc, post, start_upstream, start_valet
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ import json
 import pytest
 
 from addon.secrets import scrubber as sc
-from addon.secrets.redact import Redactor, forms_of
-from addon.secrets.redact import _base64_cores as redact_cores
+from .forms import Redactor, forms_of
+from .forms import _base64_cores as redact_cores
 from addon.secrets.scrubber import (KEY_NAME, MIN_VALUE_CHARS, Scrubber, Units, _escape_end, _escape_start,
                                     _literal_pattern, decode_unit, decoded_view, literals_of, map_back,
                                     unit_patterns)

@@ -10,7 +10,7 @@ from addon.config import parse_config
 from addon.protocol.errors import Cause, Refusal
 from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
 from addon.secrets.outbound import Outbound
-from addon.secrets.redact import Redactor
+from .forms import Redactor
 from addon.protocol.sse import SSEFramer
 
 SECRET = 'fake-s3cret/"value\\+é'

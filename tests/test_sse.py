@@ -30,14 +30,36 @@ def test_any_chunking_gives_the_same_events(size: int) -> None:
     out: list[bytes] = []
     for i in range(0, len(STREAM), size):
         out += framer.feed(STREAM[i : i + size])
-    assert out == EVENTS
+    out += [rest] if (rest := framer.flush()) else []
+    # an event ended by a CR that closed a chunk goes out at once, without the LF that followed
+    assert [e.removesuffix(b"\n") for e in out] == [e.removesuffix(b"\n") for e in EVENTS]
+    assert all(e.endswith((b"\n\n", b"\r\r", b"\r\n\r\n", b"\r\n\r")) for e in out)
 
 
 def test_crlf_split_across_chunks_is_not_an_early_end() -> None:
     framer = SSEFramer()
-    assert framer.feed(b"data: x\r\n\r") == []  # the last CR may be half of a CRLF
-    assert framer.feed(b"\ndata: y") == [b"data: x\r\n\r\n"]
-    assert framer.flush() == b"data: y"
+    assert framer.feed(b"data: x\r") == []
+    assert framer.feed(b"\ndata: y\r\n\r\n") == [b"data: x\r\ndata: y\r\n\r\n"]  # one event, two lines
+    assert framer.flush() == b""
+
+
+def test_an_event_ended_by_a_lone_cr_goes_out_before_the_next_byte() -> None:
+    """A live stream may pause for minutes after a CR: the event it ends is not held until then."""
+    framer = SSEFramer()
+    assert framer.feed(b"data: x\r\n\r") == [b"data: x\r\n\r"]
+    assert framer.feed(b"\n") == []  # the second half of that CRLF: no extra empty line
+    assert framer.feed(b"data: y\r\r") == [b"data: y\r\r"]
+    assert framer.feed(b"data: z\n\n") == [b"data: z\n\n"]  # an LF not after a CR is a line end again
+    assert framer.flush() == b""
+
+
+def test_a_stream_ending_in_a_lone_cr_delivers_its_last_event() -> None:
+    framer = SSEFramer()
+    assert framer.feed(b"data: x\r") == []
+    assert framer.flush() == b"data: x\r"  # the relay sends the unterminated rest through the filter
+    framer = SSEFramer()
+    assert framer.feed(b"data: x\n\r") == [b"data: x\n\r"]
+    assert framer.flush() == b""
 
 
 def test_event_is_released_as_soon_as_it_ends() -> None:

@@ -6,7 +6,8 @@ The stream callable returns a list of complete, transformed events per chunk;
 a partial event is held back with ``[]`` (never ``b""``, which on HTTP/1.1
 chunked encoding would be the terminating chunk and silently end the agent's
 stream). A secret split across network chunks is therefore always seen whole.
-Other bodies are buffered (bounded by mitmproxy) and transformed at once.
+Large text and JSON answers are streamed too, scrubbed piece by piece (:func:`_body_relay`,
+addon/secrets/bodystream.py); other bodies are buffered (bounded by mitmproxy) and transformed at once.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from addon.protocol import mitm_limits
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
-from addon.secrets import compressed
+from addon.secrets import bodystream, compressed
 from addon.secrets.outbound import Outbound
 from addon.protocol.sse import EventTooLarge, SSEFramer
 from addon.hooks.failsafe import fail_closed
@@ -69,6 +70,8 @@ class ResponseFilter:
                 return keyring is None or key_id is None or not keyring.revoked(key_id)
 
             response.stream = _event_relay(exchange, outbound, key_valid, decoder)
+        elif codec is None and _streams_body(flow, exchange, outbound):
+            response.stream = _body_relay(flow, exchange, outbound)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -250,6 +253,100 @@ def _event_relay(
         return events
 
     return relay
+
+
+STREAM_MIN_BYTES = 1024 * 1024
+"""A text or JSON answer at least this large (or of unknown length) is streamed, scrubbed piece by piece
+(addon/secrets/bodystream.py); smaller ones are buffered and scrubbed whole. Streaming spares the event loop
+the whole-body copies of a buffered answer and Valet the memory (docs/benchmarks.md, "Scrubbing")."""
+
+
+def _utf8_text(content_type: str) -> bool:
+    """JSON (UTF-8 by RFC 8259) unless its charset says otherwise, or text/* that says it is UTF-8: a body
+    the stream can hold to UTF-8 (a Latin-1 page without a charset would be cut half-way, so it is not
+    streamed: it is scrubbed whole, as before)."""
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    charset = ""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    utf8 = charset in ("utf-8", "utf8", "us-ascii", "ascii")
+    if media == "application/json" or media.endswith("+json") or media in (
+            "application/x-ndjson", "application/jsonl", "application/json-seq"):
+        return utf8 or not charset
+    return media.startswith("text/") and media != "text/event-stream" and utf8
+
+
+def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> bool:
+    """Whether this (identity-encoded, non-SSE) answer is streamed rather than buffered.
+
+    Only what the streamed scrub handles exactly as the whole-body one: a successful answer whose type says
+    UTF-8 text (a binary body is scrubbed whole, with the brotli guess that needs all of it), not a tools/list
+    answer (rewritten whole), not a replay or a 401 (OAuthReplay answers those anew in ``response``), not a
+    HEAD, and a scrubber without values that can be bare JSON numbers (bodystream.streamable). The agent's
+    side must be able to receive a body of unannounced length: HTTP/1.1 (chunked) or HTTP/2.
+    """
+    response = flow.response
+    assert response is not None
+    content_type = response.headers.get("content-type", "")
+    if (not 200 <= response.status_code < 300 or response.status_code in (204, 205)
+            or flow.request.method.upper() == "HEAD" or flow.request.http_version == "HTTP/1.0"
+            or exchange.replayed or outbound.tools_list_ids or not _utf8_text(content_type)):
+        return False
+    length = response.headers.get("content-length")
+    if length is not None and (not length.strip().isdigit() or int(length) < STREAM_MIN_BYTES):
+        return False
+    return bodystream.streamable(outbound.scrubber)
+
+
+def _body_relay(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> Callable[[bytes], list[bytes]]:
+    """Stream a body scrubbed piece by piece. Redaction changes its length, so it goes out chunked (HTTP/1.1;
+    HTTP/2 frames it anyway) without Content-Length; ``bytes_out`` counts what is sent. A body the stream
+    cannot read as it must (compressed, not UTF-8, no place to cut) ends with the agent's connection closed
+    (HTTP/2: the stream reset): a cut body (no final chunk), never an unread byte and never a truncated body
+    that looks complete."""
+    response = flow.response
+    assert response is not None
+    if "content-length" in response.headers:
+        del response.headers["content-length"]
+    if flow.request.http_version.startswith("HTTP/1"):
+        response.headers["transfer-encoding"] = "chunked"
+    body = bodystream.BodyStream(lambda: outbound.scrubber)
+    refused = False
+
+    def relay(chunk: bytes) -> list[bytes]:
+        nonlocal refused
+        if refused:
+            return []
+        try:
+            out = body.feed(chunk) if chunk else body.end()
+        except bodystream.Unscrubbable:
+            refused = True
+            exchange.decision, exchange.reason = "error", Cause.UPSTREAM_ERROR.reason
+            if flow.killable:  # at the end of the upstream's body: a reset instead of the final chunk (HTTP/2:
+                flow.kill()  # this stream only)
+            if flow.request.http_version.startswith("HTTP/1"):
+                _close_agent(flow)  # and at once on HTTP/1 (the connection carries only this answer)
+            return []
+        exchange.bytes_out += len(out)
+        return [out] if out else []  # never b"": on a chunked answer that is the final chunk
+
+    return relay
+
+
+def _close_agent(flow: http.HTTPFlow) -> None:
+    """Close the agent's connection now: what was sent stays cut (the writer closes before mitmproxy could
+    write the final chunk of this answer), and the exchange ends as an error."""
+    server = ctx.master.addons.get("proxyserver")
+    handler = server.connections.get(flow.client_conn.id) if server is not None else None
+    if handler is None or flow.client_conn not in handler.transports:
+        return
+    writer = handler.transports[flow.client_conn].writer
+    if writer is not None and not writer.is_closing():
+        writer.close()
+    handler.close_connection(flow.client_conn)
 
 
 _CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}

@@ -5,8 +5,12 @@ To inspect or rewrite events (redaction, tools/list filtering) we need whole
 events, so the framer holds back a partial event and releases each complete one
 as soon as its terminating blank line arrives: nothing is delayed longer than
 the event itself takes to arrive. Line ends may be CRLF, LF or CR (the SDK
-uses CRLF) and may be split across chunks; a lone CR at the end of a chunk is
-held until the next byte tells whether it is half of a CRLF.
+uses CRLF) and may be split across chunks. A lone CR at the end of a chunk is
+taken as a line end at once (an event it ends goes out now, not when the next
+byte arrives, which on a live stream may be minutes later); an LF that then
+starts the next chunk is the second half of that CRLF: it extends the line end
+of an event still pending, or, when the CR ended an event already released, is
+dropped (the event already ended; a stray LF would be an extra empty line).
 """
 
 from __future__ import annotations
@@ -29,21 +33,30 @@ class SSEFramer:
         self._max = max_event_bytes
         self._scan = 0  # where the next search for a line end starts
         self._prev_end = -1  # end of the last line end seen in the current event, -1 if none
+        self._after_cr = False  # the last chunk ended in a CR: an LF starting the next one completes it
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes; return the complete events (each with its blank-line terminator)."""
         if not chunk:
             return []
         pending = self._pending
+        if self._after_cr:
+            self._after_cr = False
+            if chunk[:1] == b"\n":
+                if pending:  # the CR ended a line of the pending event: the LF belongs to that line end
+                    pending += b"\n"
+                    self._scan = self._prev_end = len(pending)
+                chunk = chunk[1:]  # else the CR ended an event already released: its LF is dropped
+                if not chunk:
+                    return []
         pending += chunk
         events: list[bytes] = []
         start = 0
         prev_end = self._prev_end
         scan = len(pending)
         for match in _EOL.finditer(pending, self._scan):
-            if match.group() == b"\r" and match.end() == len(pending):
-                scan = match.start()  # may be the first half of a CRLF: look again with the next chunk
-                break
+            if match.end() == len(pending) and match.group() == b"\r":
+                self._after_cr = True  # a line end now; an LF first in the next chunk completes it
             if match.start() == prev_end:  # an empty line: the event ends here
                 events.append(bytes(pending[start : match.end()]))
                 start = match.end()
@@ -63,7 +76,7 @@ class SSEFramer:
         """At the end of the stream: whatever was left (an unterminated event), as is."""
         rest = bytes(self._pending)
         self._pending.clear()
-        self._scan, self._prev_end = 0, -1
+        self._scan, self._prev_end, self._after_cr = 0, -1, False
         return rest
 
 

@@ -73,6 +73,8 @@ _JSON_SHORT = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/", ord("b"): b"\b"
                ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t"}
 _ENTITIES = {name[:-1].lower(): char for name, char in html.entities.html5.items()
              if name.endswith(";") and len(char) == 1 and name[:-1].isalnum()}
+_OCCURRENCE_BYTES = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                     b"+/=-_%&#;\\")  # with the values' own bytes: all an occurrence in any form is made of
 _SHORT_OF = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
 
 
@@ -146,8 +148,9 @@ class Units:
                 if base + start < stop and found.get(base + start, -1) < base + end:
                     found[base + start] = base + end
 
-            self._db.scan(bytes(view[pos:_window_end(data, stop)]), match_event_handler=on_match,
-                          scratch=self._scratch())
+            end = _window_end(data, stop)
+            self._db.scan(data if pos == 0 and end == size and type(data) is bytes else bytes(view[pos:end]),
+                          match_event_handler=on_match, scratch=self._scratch())
             last = pos
             for start in sorted(found):
                 if start >= last:
@@ -337,6 +340,7 @@ class Scrubber:
         flags: list[int] = []
         seen: set[str] = set()
         longest = 0
+        numeric = False
         for name, value in sorted(values, key=lambda nv: (-len(nv[1]), nv[0])):
             if len(value) < MIN_VALUE_CHARS or value in seen:
                 continue
@@ -347,6 +351,7 @@ class Scrubber:
                 flags.append(hyperscan.HS_FLAG_CASELESS if caseless else 0)
                 self.names.append(name)
                 longest = max(longest, len(literal))
+                numeric = numeric or _NUMBER.fullmatch(literal) is not None
         # Besides the secrets' own characters: every character of the base64 (standard and URL-safe) and
         # hex alphabets, since the encoded forms of a secret consist of them whatever the secret's
         # characters are (``\\/`` inside base64); and the escape characters themselves, so that a second
@@ -354,6 +359,14 @@ class Scrubber:
         self._units = Units("".join(seen) + (_KEY_CHARS if key_shape else "") + _ENCODED_FORM_CHARS)
         self.overlap = max(longest, 256)
         self.size = len(seen)
+        # Streaming (addon/secrets/bodystream.py) needs two facts about every occurrence this scrubber can
+        # find, whatever its form: it is a run of these bytes only (the values' own bytes, letters and
+        # digits for hex, base64, valet keys, named references and \\u escapes, and the escapes'
+        # punctuation), so a cut just after any other byte never splits one; and whether one can be a bare
+        # JSON number (whose marker is quoted unless it stands inside a string: only the whole body tells).
+        alphabet = set(b"".join(v.encode("utf-8") for v in seen)) | set(_OCCURRENCE_BYTES)
+        self.alphabet = bytes(sorted(alphabet))
+        self.numeric = numeric
         self._db: hyperscan.Database | None = None
         if expressions:
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -385,7 +398,8 @@ class Scrubber:
                     if start < base + SLICE_BYTES:  # the next slice reports the others
                         hits.append((start, base + end, self.names[pattern]))
 
-                self._db.scan(bytes(view[begin:stop]), match_event_handler=on_match, scratch=self._scratch())
+                self._db.scan(data if begin == 0 and stop == size and type(data) is bytes else bytes(view[begin:stop]),
+                              match_event_handler=on_match, scratch=self._scratch())
             if self.key_shape:
                 for match in _KEY_SHAPE.finditer(data, begin, stop):
                     if match.start() < begin + SLICE_BYTES:
@@ -428,9 +442,11 @@ class Scrubber:
                 merged.append([start, end, name, end - start])
         return [(s, e, n) for s, e, n, _ in merged]
 
-    def bytes(self, data: bytes, marker: str = MARKER) -> bytes:
-        """``data`` with every match replaced; the very same object when nothing matched."""
-        spans = self.spans(data)
+    def bytes(self, data: bytes, marker: str = MARKER, spans: list[tuple[int, int, str]] | None = None) -> bytes:
+        """``data`` with every match replaced; the very same object when nothing matched. ``spans``: the
+        spans of ``data`` when the caller computed them already (a stream scans more than it sends)."""
+        if spans is None:
+            spans = self.spans(data)
         if not spans:
             return data
         out: list[bytes] = []

@@ -1,10 +1,10 @@
-"""Compatibility names over the one egress scrubber (:mod:`addon.secrets.scrubber`).
+"""Test helpers over the one egress scrubber (:mod:`addon.secrets.scrubber`); formerly addon/secrets/redact.py.
 
-``Redactor(secrets)`` is a :class:`~addon.secrets.scrubber.Scrubber` built from a
-``{name: value}`` mapping. It no longer parses and re-serializes JSON: redaction
-works on the bytes, so everything outside a redacted string survives byte for
-byte (the old structural redaction turned ``1e999`` into ``Infinity``, rounded
-long floats and merged duplicate keys).
+Nothing in addon/ used that module any more, so it lives with the tests that do:
+``forms_of`` lists representative encodings of a value (what end-to-end tests look
+for in what agents receive), and ``Redactor(secrets)`` is a
+:class:`~addon.secrets.scrubber.Scrubber` built from a ``{name: value}`` mapping
+under the old method names.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ def forms_of(value: str) -> set[str]:
         forms.add(_PERCENT.sub(lambda m: m.group().lower(), encoded))
     forms |= {c.decode("ascii") for c in _base64_cores(raw)}
     return {f for f in forms if len(f) >= MIN_FORM_CHARS}
-
-
 
 
 class Redactor(Scrubber):
