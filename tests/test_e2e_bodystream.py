@@ -137,3 +137,29 @@ def test_a_stream_ending_in_a_lone_cr_delivers_its_last_event(valet: Valet, key:
     assert error is None
     assert received.startswith(b"event: message\r\ndata: ") and b"[REDACTED:TOKEN]" in received
     assert_no_form(received)
+
+
+def test_a_streamed_answer_cut_by_a_timeout_never_looks_complete(bodies: Upstream,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The watchdog ends an exchange whose upstream went silent: an event stream gets Valet's error event and its
+    end, but a streamed JSON answer must stay cut (no SSE text appended, no final chunk), or the agent would take
+    half an answer for a whole one."""
+    tmp = tmp_path_factory.mktemp("bodystream-stall")
+    config = (f"servers:\n  big:\n    url: http://127.0.0.1:{bodies.port}/api\n    kind: http\n"
+              '    headers:\n      Authorization: "Bearer ${secret:TOKEN}"\n'
+              "timeouts:\n  idle_seconds: 1\n")
+    valet = start_valet(tmp, None, config_text=config)
+    try:
+        valet.cli("secret", "set", "TOKEN", "--server", "big", stdin=TOKEN)
+        key = valet.new_key("alice", "stall")[0]
+        headers, received, error = fetch(valet, key, "stall?kib=1100")
+        assert error is not None, "the cut answer was taken for a complete one"
+        assert "content-length" not in headers and len(received) > 0
+        assert b"event: error" not in received and b"upstream_timeout" not in received
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(received)
+        assert_no_form(received)
+        row = row_of(valet, "stall")
+        assert row["reason"] == "upstream_timeout", row
+    finally:
+        valet.stop()

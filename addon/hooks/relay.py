@@ -307,12 +307,8 @@ def _body_relay(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> 
     cannot read as it must (compressed, not UTF-8, no place to cut) ends with the agent's connection closed
     (HTTP/2: the stream reset): a cut body (no final chunk), never an unread byte and never a truncated body
     that looks complete."""
-    response = flow.response
-    assert response is not None
-    if "content-length" in response.headers:
-        del response.headers["content-length"]
-    if flow.request.http_version.startswith("HTTP/1"):
-        response.headers["transfer-encoding"] = "chunked"
+    assert flow.response is not None
+    _frame_as_transformed(flow)
     body = bodystream.BodyStream(lambda: outbound.scrubber)
     refused = False
 

@@ -40,7 +40,7 @@ class _Watch:
     limits: dict[str, float]
     started: float
     last: float
-    standing: bool  # a GET stream: no idle or total limit
+    standing: bool  # a GET event stream: no idle or total limit (a GET until its head says otherwise)
     headers: bool = False
     streamed: bool = False
     ending: Ending | None = field(default=None)
@@ -72,6 +72,10 @@ class Watchdog:
             return
         watch.headers = True
         watch.last = asyncio.get_running_loop().time()
+        # only an event stream opened by GET stands open for as long as it likes; a GET that answers a
+        # plain body (an HTTP API, a large download) is bounded by the idle and total limits like any answer
+        media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        watch.standing = watch.standing and media == "text/event-stream"
         stream = flow.response.stream
         if callable(stream):
             watch.streamed = True

@@ -398,7 +398,10 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
             if self.conn.state & ConnectionState.CAN_WRITE:
                 if not self.response:
                     yield commands.SendData(self.conn, ending.response())
-                elif "chunked" in self.response.headers.get("transfer-encoding", "").lower():
+                elif ("chunked" in self.response.headers.get("transfer-encoding", "").lower()
+                      and _is_event_stream(self.response)):
+                    # an open event stream gets one error event and its end; any other body (a streamed
+                    # JSON answer) stays cut, without the final chunk, so that it never looks complete
                     notice = ending.event()
                     yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(notice), notice))
                 yield commands.CloseConnection(self.conn)
@@ -534,6 +537,10 @@ def _tls_hello(self: ClientTLSLayer, data: bytes):  # type: ignore[no-untyped-de
             asyncio.get_running_loop().call_soon(_close_client, self.context.client.id)
             return False, "the TLS ClientHello is larger than Valet accepts"
     return (yield from _original_tls_hello(self, data))
+
+
+def _is_event_stream(response: http.Response) -> bool:
+    return response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream"
 
 
 def forget(client_id: str) -> None:

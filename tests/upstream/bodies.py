@@ -13,6 +13,7 @@ compute exactly what the whole-body scrub gives.
 - ``/latin1?kib=N``: text/plain that stops being UTF-8 half-way;
 - ``/latin1page?kib=N``: text/html in ISO-8859-1, as it says (not streamed: scrubbed whole);
 - ``/small``: a small JSON answer with the token (buffered, not streamed);
+- ``/stall?kib=N``: the ``chunked`` answer's first N KiB, then a minute of silence (an idle timeout cuts it);
 - ``/sse-cr-pause``: an SSE event ended by CRLF CR, then a minute of silence (the LF that could follow the CR
   never comes); ``/sse-cr-end``: a stream that ends right after a lone CR.
 """
@@ -84,6 +85,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     await asyncio.sleep(60)  # the LF that may follow a CR never comes (in time)
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
+                continue
+            if shape == "stall":  # a large JSON answer that stops half-way: Valet's idle timeout must cut it
+                data = body("chunked", token, kib * 2)[: kib * 1024]
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(data), data))
+                await writer.drain()
+                await asyncio.sleep(60)
                 continue
             if shape == "small":
                 data = json.dumps({"token": token}).encode()
