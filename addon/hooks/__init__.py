@@ -71,7 +71,7 @@ class Valet:
             PolicyGate(state),
             injector,
             ParamHeaderGuard(state, injector.schemas),
-            OAuthReplay(state),
+            OAuthReplay(state, sessions.bind_answer),
             ResponseFilter(state),
             LegacyEndpoints(state, sessions),  # wraps the relay ResponseFilter installed
             Watchdog(state),  # timeouts, revocation and kill switches cut exchanges in transit

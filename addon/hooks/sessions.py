@@ -88,13 +88,18 @@ class SessionGuard:
             if lowered in self.legacy_params:
                 self.owners.bind(server, _legacy_id(lowered, value), key_id)
 
-    @fail_closed
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Bind before the agent can see the new id: the headers go out after this hook."""
+    def bind_answer(self, flow: http.HTTPFlow) -> bool:
+        """Bind the session id the upstream's answer issues to the caller's key (end one it ended).
+
+        Run on every answer's headers, and again on an answer that replaced the first one (an OAuth
+        replay, :mod:`.oauthretry`): otherwise the id a replayed ``initialize`` issues is never bound
+        and the agent's next call on it is refused ``unknown_session``. False when the flow is not an
+        allowed exchange with an upstream answer: only what the upstream said changes bindings.
+        """
         exchange = exchange_of(flow)
         if (exchange is None or exchange.server is None or exchange.key_id is None or flow.response is None
                 or exchange.decision != "allow"):
-            return  # only what the upstream said changes bindings, never Valet's own refusals
+            return False
         issued = flow.response.headers.get("mcp-session-id")
         presented = flow.request.headers.get("mcp-session-id")
         if issued and issued != presented:
@@ -102,6 +107,14 @@ class SessionGuard:
         if presented and (flow.response.status_code == 404 or
                           (flow.request.method == "DELETE" and flow.response.status_code < 300)):
             self.owners.end(exchange.server, presented)
+        return True
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Bind before the agent can see the new id: the headers go out after this hook."""
+        exchange = exchange_of(flow)
+        if not self.bind_answer(flow) or exchange is None:
+            return
         outbound = exchange.outbound
         media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
         if (flow.request.method == "GET" and media == "text/event-stream" and outbound is not None
