@@ -141,11 +141,11 @@ def h2_request(proxy: Valet, key: str, port: int, headers: list[tuple[str, str]]
     return H2Answer(status, data)
 
 
-def h1_exchange(proxy: Valet, key: str, port: int, request: bytes) -> bytes:
+def h1_exchange(proxy: Valet, key: str, port: int, request: bytes, timeout: float = 15) -> bytes:
     sock = tunnel(proxy, key, port, ["http/1.1"])
     try:
         sock.sendall(request)
-        sock.settimeout(15)
+        sock.settimeout(timeout)
         answer = b""
         while b"\r\n\r\n" not in answer or not _complete(answer):
             chunk = sock.recv(65536)
@@ -298,7 +298,10 @@ def test_http1_chunked_trailers_are_not_forwarded_and_never_logged(h1valet: Vale
     key, _ = h1valet.new_key("alice", "h1-trailers")
     request = (f"POST /h1-trailers HTTP/1.1\r\nHost: localhost:{passthrough.port}\r\nTransfer-Encoding: chunked\r\n"
                f"Trailer: X-Note\r\n\r\n4\r\nbody\r\n0\r\nX-Note: trailer with the key {key}\r\n\r\n").encode()
-    answer = h1_exchange(h1valet, key, passthrough.port, request)
+    try:
+        answer = h1_exchange(h1valet, key, passthrough.port, request, timeout=5)
+    except TimeoutError:
+        answer = b""  # mitmproxy's HTTP/1 layer stopped at the trailers: no answer at all, and nothing forwarded
     assert not answer.startswith(b"HTTP/1.1 2"), answer[:300]
     assert "/h1-trailers" not in _settled_heads(passthrough)
     assert key not in h1valet.log.read_text(errors="replace")
