@@ -315,6 +315,10 @@ class ValetConfig(Strict):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     canaries: CanariesConfig = Field(default_factory=CanariesConfig)
+    http2: bool = Field(
+        False, description="accept HTTP/2 from agents inside TLS tunnels; off: every request Valet judges is "
+        "HTTP/1.1, which every MCP client speaks (read at start)",
+    )
 
     @field_validator("allowed_origins", "allowed_hosts")
     @classmethod

@@ -15,8 +15,9 @@ from pathlib import Path
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
+from addon.ops import logscrub
 from addon.protocol import mitm_errors, mitm_limits
-from addon.config import ConfigError
+from addon.config import ConfigError, load_config
 from addon.datadir import lock_down
 from addon.config import ConfigError
 from addon.snapshot import load_snapshot
@@ -112,7 +113,16 @@ def _hide_listen_errors(record: logging.LogRecord) -> bool:
     return not (record.name.startswith("mitmproxy") and "failed to listen" in record.getMessage())
 
 
+def _http2_wanted(config: Path) -> bool:
+    """The config's ``http2`` (read at start: mitmproxy offers ALPN per listener); off when it cannot be read."""
+    try:
+        return load_config(config).config.http2
+    except ConfigError:
+        return False  # fail closed: the addon reports the error itself
+
+
 def build_master(settings: Settings, on_running: Callable[[], None] | None = None) -> master.Master:
+    logscrub.install()  # no valet key in any log record, mitmproxy's crash tracebacks included
     mitm_errors.install()
     mitm_limits.install()  # request heads capped; Valet's own answer when it cuts an exchange
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
@@ -127,6 +137,8 @@ def build_master(settings: Settings, on_running: Callable[[], None] | None = Non
     # keep_host_header: the Host the agent sent is checked against Valet's own names (hooks/origin.py);
     # routing then sets the upstream's (Host follows request.host).
     opts.update(connection_strategy="lazy", keep_host_header=True, **NOTHING_UNPARSED)
+    # HTTP/2 towards agents only when the config asks for it (docs/security.md: HTTP/2 and agents).
+    opts.update(http2=_http2_wanted(settings.config))
     master_.addons.add(*valet_addons(on_running))
     opts.update(
         valet_mode=settings.mode,
@@ -175,6 +187,7 @@ def _configure_logging(settings: Settings) -> None:
     from addon.ops.logs import configure
 
     configure(settings.log_format)
+    logscrub.install()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_hide_listen_errors)
 

@@ -57,6 +57,7 @@ class Exchange:
     oauth_token: str | None = None  # the upstream access token injected (to know a 401 is about it)
     replayed: bool = False  # the request was sent again after an OAuth refresh
     rewritten: bool = False  # the policy forwarded an argument in its normalized form
+    legacy_transport: bool = False  # a POST on a 2024-11-05 HTTP+SSE session (bound to this key)
 
     def __post_init__(self) -> None:
         if not self.ts:

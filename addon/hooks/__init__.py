@@ -71,7 +71,7 @@ class Valet:
             PolicyGate(state),
             injector,
             ParamHeaderGuard(state, injector.schemas),
-            OAuthReplay(state),
+            OAuthReplay(state, sessions.bind_answer),
             ResponseFilter(state),
             LegacyEndpoints(state, sessions),  # wraps the relay ResponseFilter installed
             Watchdog(state),  # timeouts, revocation and kill switches cut exchanges in transit
@@ -126,6 +126,8 @@ class Valet:
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         await _run(self._request, flow)
+        if flow.response is None and flow.error is None:
+            frame(flow.request)
         await self.write_ahead.commit(flow, forwarding=True)
         metrics.forwarded(flow)
 
@@ -166,8 +168,29 @@ async def _run(hooks: list[Callable[[http.HTTPFlow], Any]], flow: http.HTTPFlow)
             return  # answered (refused) by this stage: the later ones have nothing to add
 
 
+def frame(request: http.Request) -> None:
+    """Decide the framing of a forwarded request from the bytes Valet judged, whatever the agent sent.
+
+    mitmproxy converts an HTTP/2 request (which needs no length) to HTTP/1.1 without adding a length and
+    writes its body raw after the head: an upstream then reads the body as a second request nobody judged.
+    A ``Transfer-Encoding`` next to a length is the classic desync as well. Every body is buffered
+    (``stream_large_bodies`` is never set), so its length is known: say it, and nothing else.
+    """
+    body = request.raw_content
+    if body is None:
+        raise RuntimeError("a request body was not buffered; its framing cannot be decided")
+    request.headers.pop("transfer-encoding", None)
+    if body or "content-length" in request.headers or request.method.upper() in _BODY_METHODS:
+        request.headers["content-length"] = str(len(body))
+
+
+# Methods whose requests always say their length (RFC 9110 §8.6: a user agent SHOULD send Content-Length
+# for a POST or PUT even when the body is empty), so an upstream never waits for a body or reads past it.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 def valet_addons(on_running: Callable[[], None] | None = None) -> list[object]:
     return [Valet(on_running)]
 
 
-__all__ = ["Valet", "ValetState", "valet_addons"]
+__all__ = ["Valet", "ValetState", "frame", "valet_addons"]

@@ -12,7 +12,6 @@ the one serialization of the body that is forwarded.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from typing import Any
@@ -23,6 +22,7 @@ from mitmproxy import http
 from addon.config import ServerConfig
 from addon.filewatch import reload_if_stale
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.param_schema import header_skeleton
 from addon.audit.exchange import Exchange
 from addon.secrets.inject import Resolution, hide_injected, inject_arguments, upstream_headers, upstream_query
 from addon.secrets.outbound import Outbound
@@ -36,6 +36,7 @@ from addon.hooks.state import ValetState, refuse, routed
 
 log = logging.getLogger("valet.inject")
 MAX_REMEMBERED_SCHEMAS = 10_000
+MAX_REMEMBERED_SCHEMA_BYTES = 16 * 1024 * 1024  # what the skeletons of remembered schemas may take in all
 
 
 class Injector:
@@ -62,9 +63,18 @@ class Injector:
         def remember(tool: dict[str, Any]) -> None:
             name, schema = tool.get("name"), tool.get("inputSchema")
             if isinstance(name, str) and isinstance(schema, dict) and server is not None:
-                if len(self.schemas) >= MAX_REMEMBERED_SCHEMAS:
-                    self.schemas.clear()
-                self.schemas[(server, name)] = copy.deepcopy(schema)
+                # Only the x-mcp-header skeleton is kept (a whole parsed schema is ~10x its wire size), with a
+                # bound in bytes per tool and in total (review 2, F4); past the total, start over.
+                kept = header_skeleton(schema)
+                if kept is None:
+                    self.schemas.pop((server, name), None)  # its Mcp-Param-* headers are refused as unverified
+                else:
+                    total = getattr(self, "_schema_bytes", 0) + kept[1]
+                    if len(self.schemas) >= MAX_REMEMBERED_SCHEMAS or total > MAX_REMEMBERED_SCHEMA_BYTES:
+                        self.schemas.clear()
+                        total = kept[1]
+                    self._schema_bytes = total
+                    self.schemas[(server, name)] = kept[0]
                 metrics.tool_seen(server, name)
 
         return remember

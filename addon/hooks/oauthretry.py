@@ -15,6 +15,7 @@ bounded steps under the same cap, and the server's ``timeouts`` apply (504 ``ups
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx2
 from mitmproxy import ctx, http
@@ -32,8 +33,9 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 
 class OAuthReplay:
-    def __init__(self, state: ValetState) -> None:
+    def __init__(self, state: ValetState, bind_answer: Callable[[http.HTTPFlow], object] | None = None) -> None:
         self.state = state
+        self.bind_answer = bind_answer  # SessionGuard's: its responseheaders hook saw the 401, not the replay
         self._http: httpx2.AsyncClient | None = None
 
     def _client(self) -> httpx2.AsyncClient:
@@ -104,6 +106,8 @@ class OAuthReplay:
         kept = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in replied.multi_items()
                 if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding"]  # the body is decoded
         flow.response = http.Response.make(status, content, http.Headers(kept))
+        if self.bind_answer is not None:
+            self.bind_answer(flow)  # a session id the replayed answer issues is the caller's
 
     async def done(self) -> None:
         if self._http is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
 MAX_AUDIT_ARGUMENTS = 64 * 1024
+# Bodies larger than this are parsed in a worker thread: mitmproxy runs every agent on one event loop.
+OFFLOAD_BYTES = 256 * 1024
 # Read once by Valet (which would join duplicates) and once by the upstream (which may take the first).
 _SINGLE_HEADERS = ("content-type", "content-encoding", "content-length", "mcp-session-id", "mcp-method",
                    "mcp-name", "mcp-protocol-version")
@@ -54,7 +57,7 @@ class RpcInspector:
             refuse(flow, Refusal(Cause.BODY_TOO_LARGE, f"body is larger than {limit} bytes"))
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if answered(flow):
             return
         exchange = exchange_of(flow)
@@ -80,12 +83,14 @@ class RpcInspector:
             return
         limits = exchange.snapshot.config.limits
         try:
-            body = parse_body(raw, limits.max_body_bytes, limits.max_batch_messages)
-            if body_carries_key(raw, body.serialize):  # before describe(): a key never lands in the audit row
-                raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
-                              None if body.is_batch else body.messages[0].id)
+            if len(raw) > OFFLOAD_BYTES:  # parsing and checking a large body must not stall every other agent
+                body = await asyncio.to_thread(_parse_and_search, raw, limits.max_body_bytes,
+                                               limits.max_batch_messages)
+            else:
+                body = _parse_and_search(raw, limits.max_body_bytes, limits.max_batch_messages)
             describe(exchange, body)
-            check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"))
+            check_headers(body, headers.get("mcp-protocol-version"), headers.get("mcp-method"), headers.get("mcp-name"),
+                          required=not exchange.legacy_transport)
         except Refusal as refusal:
             refuse(flow, refusal)
             return
@@ -102,6 +107,15 @@ def _first_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
         text = value.decode("utf-8", "surrogateescape")
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
+
+
+def _parse_and_search(raw: bytes, max_bytes: int, max_messages: int) -> Body:
+    """Parse the body and refuse one holding a valet key: pure, so it may run in a worker thread."""
+    body = parse_body(raw, max_bytes, max_messages)
+    if body_carries_key(raw, body.serialize):  # before describe(): a key never lands in the audit row
+        raise Refusal(Cause.KEY_MISPLACED, "a valet key was found in the body; it never goes upstream",
+                      None if body.is_batch else body.messages[0].id)
+    return body
 
 
 def utf8_charset(parameters: str) -> bool:

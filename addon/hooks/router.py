@@ -48,6 +48,10 @@ class Router:
             check_header_names(request.headers.items(multi=True))
             check_upgrade(request.headers.items(multi=True))
             check_request_line(request.headers.items(multi=True), request.query.items(multi=True))
+            if not request.path.startswith("/"):
+                # An h2 ``:path`` is taken as written (``http://other.example/x``, ``*``) and would reach an
+                # HTTP/1 upstream as an absolute-form target naming an origin Valet never allowed.
+                raise Refusal(Cause.ABSOLUTE_TARGET, "send the request target as a path starting with /")
             if self.state.mode == "reverse":
                 if request.authority and request.http_version.startswith("HTTP/1"):
                     # absolute-form (``POST http://evil.example.com/x``): a reverse proxy has one origin, and an
@@ -60,28 +64,41 @@ class Router:
         except Refusal as refusal:
             refuse(flow, refusal)
             return
-        if route is None:  # allowed passthrough: forwarded as is, still authenticated and audited
+        if route is not None:
+            exchange.server = route.server
+            request.scheme, request.host, request.port = route.scheme, route.host, route.port
+            request.path = route.path
+            # Bodies coming back must be readable (to stream SSE event by event, to redact):
+            # ask for no content coding rather than decode what we did not ask for.
+            request.headers["accept-encoding"] = "identity"
+        # Routed or passed through (still authenticated and audited), the upstream gets origin-form: an
+        # absolute-form target would name the origin for it (RFC 9112 §3.2.2) instead of the Host Valet checked.
+        _origin_form(request)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Refuse a request with trailers (h2, or HTTP/1 chunked): fields after the body that no stage judged.
+
+        The key search, the header checks and the policy read the head; trailers would reach an HTTP/2
+        upstream unread, and mitmproxy's HTTP/1 client crashes on them, logging their values.
+        """
+        if answered(flow) or not flow.request.trailers:
             return
-        exchange.server = route.server
-        request.scheme, request.host, request.port = route.scheme, route.host, route.port
-        request.path = route.path
-        # Bodies coming back must be readable (to stream SSE event by event, to redact):
-        # ask for no content coding rather than decode what we did not ask for.
-        request.headers["accept-encoding"] = "identity"
+        refuse(flow, Refusal(Cause.TRAILERS_REFUSED, "requests with trailers are not accepted"))
 
     def _check_tunnel_host(self, flow: http.HTTPFlow) -> None:
         """The Host header must name the CONNECT target, or the absolute URL's host (no domain fronting)."""
-        tunnel = self._tunnels.get(flow.client_conn.id)
+        tunnel = tunnel_target = self._tunnels.get(flow.client_conn.id)
         if tunnel is None:
             # A plain-HTTP proxy request: the Host header must name the absolute URL's authority, or a
             # passthrough upstream (forwarded as is) would serve the Host the agent chose instead.
             tunnel = (flow.request.host.lower(), flow.request.port)
-        authority = flow.request.host_header or ""
-        try:
-            host, port = url.parse_authority(authority, check=True)
-        except ValueError:
-            raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
-        if (host.lower(), port or flow.request.port) != tunnel:
+        if tunnel_target is not None and flow.request.authority and (
+                _authority(flow.request.authority, flow.request.port) != tunnel):
+            # ``GET http://internal-admin.example/x`` inside a tunnel to an allowed origin: the target's
+            # authority, not Host, is what an origin server serves (domain fronting).
+            raise Refusal(Cause.ABSOLUTE_TARGET, "the request target names another host than the CONNECT target")
+        if _authority(flow.request.host_header or "", flow.request.port) != tunnel:
             raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "the Host header differs from the CONNECT target or URL")
 
     @fail_closed
@@ -106,3 +123,25 @@ class Router:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
+
+
+def _authority(authority: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of an authority, lower-cased; a malformed one is refused."""
+    try:
+        host, port = url.parse_authority(authority, check=True)
+    except ValueError:
+        raise Refusal(Cause.NOT_ALLOWED_DESTINATION, "request has no valid Host header") from None
+    return host.lower(), port or default_port
+
+
+def _origin_form(request: http.Request) -> None:
+    """Send the request target as a path: the authority (HTTP/1 absolute-form, or h2 ``:authority``) goes.
+
+    For HTTP/2 the ``:authority`` is the request's Host: it moves into a Host header first (mitmproxy's
+    HTTP/1 client does the same when it converts; its HTTP/2 client makes ``:authority`` from Host again).
+    """
+    if not request.authority:
+        return
+    if "host" not in request.headers:
+        request.headers.insert(0, "Host", request.authority)
+    request.authority = ""

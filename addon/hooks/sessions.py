@@ -63,11 +63,13 @@ class SessionGuard:
                 await self.owners.recall(exchange.server, session_id)
                 self.owners.check(exchange.server, session_id, exchange.key_id)
             if exchange.snapshot.config.servers[exchange.server].kind == "mcp":  # an HTTP API's own query is its own
-                await self._check_legacy(flow, exchange.server, exchange.key_id)
+                exchange.legacy_transport = await self._check_legacy(flow, exchange.server, exchange.key_id)
         except Refusal as refusal:
             refuse(flow, refusal)
 
-    async def _check_legacy(self, flow: http.HTTPFlow, server: str, key_id: str | None) -> None:
+    async def _check_legacy(self, flow: http.HTTPFlow, server: str, key_id: str | None) -> bool:
+        """Refuse a legacy session parameter that is not this key's; whether the request names one (then it is
+        a POST of the 2024-11-05 HTTP+SSE transport, which has no per-request MCP headers)."""
         seen: set[str] = set()
         for name, value in flow.request.query.items(multi=True):
             lowered = name.strip().lower()
@@ -78,6 +80,7 @@ class SessionGuard:
             seen.add(lowered)
             await self.owners.recall(server, _legacy_id(lowered, value))  # bound by another Valet (Redis)?
             self.owners.check(server, _legacy_id(lowered, value), key_id)
+        return bool(seen)
 
     def bind_legacy(self, server: str, params: list[tuple[str, str]], key_id: str) -> None:
         """An endpoint event was relayed on a stream ``key_id`` opened: its session parameters are that key's."""
@@ -89,13 +92,18 @@ class SessionGuard:
             if lowered in self.legacy_params:
                 self.owners.bind(server, _legacy_id(lowered, value), key_id)
 
-    @fail_closed
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Bind before the agent can see the new id: the headers go out after this hook."""
+    def bind_answer(self, flow: http.HTTPFlow) -> bool:
+        """Bind the session id the upstream's answer issues to the caller's key (end one it ended).
+
+        Run on every answer's headers, and again on an answer that replaced the first one (an OAuth
+        replay, :mod:`.oauthretry`): otherwise the id a replayed ``initialize`` issues is never bound
+        and the agent's next call on it is refused ``unknown_session``. False when the flow is not an
+        allowed exchange with an upstream answer: only what the upstream said changes bindings.
+        """
         exchange = exchange_of(flow)
         if (exchange is None or exchange.server is None or exchange.key_id is None or flow.response is None
                 or exchange.decision != "allow"):
-            return  # only what the upstream said changes bindings, never Valet's own refusals
+            return False
         issued = flow.response.headers.get("mcp-session-id")
         presented = flow.request.headers.get("mcp-session-id")
         if issued and issued != presented:
@@ -103,6 +111,14 @@ class SessionGuard:
         if presented and (flow.response.status_code == 404 or
                           (flow.request.method == "DELETE" and flow.response.status_code < 300)):
             self.owners.end(exchange.server, presented)
+        return True
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Bind before the agent can see the new id: the headers go out after this hook."""
+        exchange = exchange_of(flow)
+        if not self.bind_answer(flow) or exchange is None:
+            return
         outbound = exchange.outbound
         media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
         if (flow.request.method == "GET" and media == "text/event-stream" and outbound is not None

@@ -60,6 +60,7 @@ class Cause(Enum):
     CHARSET_NOT_UTF8 = ("charset_not_utf8", -32063, 415)
     ABSOLUTE_TARGET = ("absolute_target", -32064, 400)
     CANARY_TRIPPED = ("canary_tripped", -32065, 403)  # the request carried a canary secret (docs/operations.md)
+    TRAILERS_REFUSED = ("trailers_refused", -32066, 400)  # fields after the body: no stage could judge them
     # Holding up under load and faults (issue 9).
     UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
     HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,8 +199,8 @@ def _no_case_twins(value: Any, rpc_id: Any, depth: int = 0) -> None:
         for fold in (str.lower, str.upper):
             folded = {fold(key) for key in value}
             if len(folded) != len(value):
-                twins = sorted(key for key in value if sum(fold(k) == fold(key) for k in value) > 1)
-                raise Refusal(Cause.CASE_TWIN, f"members differ only by letter case: {twins[0][:64]!r}", rpc_id)
+                twin = _first_twin(value, fold)
+                raise Refusal(Cause.CASE_TWIN, f"members differ only by letter case: {twin[:64]!r}", rpc_id)
         for item in value.values():
             if isinstance(item, (dict, list)):
                 _no_case_twins(item, rpc_id, depth + 1)
@@ -208,21 +210,43 @@ def _no_case_twins(value: Any, rpc_id: Any, depth: int = 0) -> None:
                 _no_case_twins(item, rpc_id, depth + 1)
 
 
+def _first_twin(members: dict[str, Any], fold: Callable[[str], str]) -> str:
+    """The smallest member name that shares its folded form with another, in one pass.
+
+    Only called once a collision is known, which is exactly the case a caller controls: comparing every
+    name with every name here made a 200 KB body hold the (single) event loop for 20 seconds.
+    """
+    groups: dict[str, list[str]] = defaultdict(list)
+    for key in members:
+        groups[fold(key)].append(key)
+    return min(key for group in groups.values() if len(group) > 1 for key in group)
+
+
 def _safe_id(value: Any) -> Any:
     return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
 
 
-def check_headers(body: Body, version: str | None, method: str | None, name: str | None) -> None:
+def check_headers(body: Body, version: str | None, method: str | None, name: str | None,
+                  required: bool = True) -> None:
     """Refuse a request whose 2026-07-28 routing headers disagree with its body.
 
     The upstream routes on the headers and Valet decides on the body; if they
     could differ, the policy and the upstream would see different calls. A body
     that carries the modern per-request envelope must carry all the headers the
     SDK's servers check; headers on a legacy body must still agree with it.
+
+    ``required=False`` is for a POST on a 2024-11-05 HTTP+SSE session: that
+    transport has no per-request headers (the SDKs send a 2026-07-28 probe on it
+    without them), so an absent header is not required, but one that is present
+    must still agree with the body.
     """
     first = body.messages[0]
     meta = first.params.get("_meta")
     envelope = meta.get(PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    if not required:
+        envelope_version, envelope = envelope, None  # judge only the headers that are present
+        if version is not None and envelope_version is not None and version != envelope_version:
+            raise Refusal(Cause.HEADER_MISMATCH, "MCP-Protocol-Version header does not match the body", first.id)
     if envelope is None and version is None and method is None and name is None:
         return
     if body.is_batch:

@@ -94,10 +94,12 @@ class Outbound:
 
     def body(self, data: bytes) -> bytes:
         """A JSON (or unknown) body, compressed or not. Raises compressed.TooLarge past the cap."""
-        if self.tools_list_ids and b'"tools"' in data:
-            rewritten = self._tools_list(data)
+        if self.tools_list_ids:
+            # Always parsed: a byte pre-check for ``"tools"`` missed ``"\u0074ools"`` and compressed answers.
+            plain = _decompressed(data, self.cap)
+            rewritten = self._tools_list(plain)
             if rewritten is not None:
-                data = rewritten
+                data = rewritten  # not JSON (an error page, say): scrubbed as bytes below
         scrubber = self.scrubber
         return compressed.scrub(data, scrubber.bytes, self.cap)
 
@@ -120,6 +122,7 @@ class Outbound:
         return join_event(new_others, new_data, eol)
 
     def _tools_list(self, data: bytes) -> bytes | None:
+        """The answer with its tools lists filtered (``data`` itself when nothing changed); None if not JSON."""
         try:
             doc = json.loads(data)
         except ValueError:
@@ -151,3 +154,35 @@ class Outbound:
         if not touched:
             return data
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _decompressed(data: bytes, cap: int) -> bytes:
+    """A tools/list answer without unlabelled compression, so that it can be filtered (review 2, F12).
+
+    gzip and zstd must decode or the answer is refused (:class:`compressed.Unreadable`); the guessed
+    formats (zlib, brotli, raw deflate) that do not decode are text after all, as in ``compressed.scrub``.
+    """
+    for _ in range(compressed.MAX_DEPTH):
+        refused = compressed.refused_format(data)
+        if refused is not None:
+            raise compressed.Unreadable(f"a {refused} tools/list answer: Valet does not decode it")
+        codec = compressed.sniff(data)
+        if codec is None:
+            return data
+        plain = None
+        for guess in (["br", "raw-deflate"] if codec == "br" else [codec]):
+            try:
+                plain = compressed.decode(guess, data, cap)
+                break
+            except compressed.Unreadable:
+                if guess in ("gzip", "zstd"):
+                    raise
+            except compressed.TooLarge:
+                raise
+            except Exception:  # noqa: BLE001 - corrupt, or a guess that was wrong
+                if guess in ("gzip", "zstd"):
+                    raise compressed.Unreadable(f"a {guess} tools/list answer that does not decode") from None
+        if plain is None:
+            return data
+        data = plain
+    return data

@@ -1,0 +1,79 @@
+"""A raw HTTP/1.1 MCP-ish upstream whose tools/list answers are written in hostile ways (review 2, F4, F12).
+
+Usage: ``tools_lists.py PORT``. The last path segment picks the answer to any POST:
+
+- ``escaped``: ``{"result": {"\\u0074ools": [...]}}``: every JSON parser reads the member as ``tools``;
+- ``gzip``: the plain answer gzip-compressed, with no ``Content-Encoding`` label;
+- ``badgzip``: gzip magic bytes, then garbage;
+- ``plain``: the plain answer (the baseline);
+- ``big``: 100 tools with fresh names on every call, each with a ~80 KiB schema of small members
+  (``p0`` .. ``p2999``), one of them annotated ``x-mcp-header``.
+
+The plain answer lists ``read_notes`` and ``delete_everything``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import sys
+
+COUNTER = 0
+
+
+def tools_answer(rpc_id: object, member: str = '"tools"') -> bytes:
+    tools = [{"name": "read_notes", "inputSchema": {"type": "object", "properties": {}}},
+             {"name": "delete_everything", "inputSchema": {"type": "object", "properties": {}}}]
+    return ('{"jsonrpc":"2.0","id":%s,"result":{%s:%s}}' % (json.dumps(rpc_id), member, json.dumps(tools))).encode()
+
+
+def big_answer(rpc_id: object) -> bytes:
+    global COUNTER
+    COUNTER += 1
+    props = ",".join('"p%d":{"type":"string"}' % i for i in range(3000))
+    tools = ",".join('{"name":"t%d_%d","inputSchema":{"type":"object","properties":{"region":'
+                     '{"type":"string","x-mcp-header":"Region"},%s}}}' % (COUNTER, i, props) for i in range(100))
+    return ('{"jsonrpc":"2.0","id":%s,"result":{"tools":[%s]}}' % (json.dumps(rpc_id), tools)).encode()
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            target = lines[0].split(" ")[1]
+            length = 0
+            for line in lines[1:]:
+                if line.lower().startswith("content-length:"):
+                    length = int(line.split(":", 1)[1])
+            body = await reader.readexactly(length) if length else b""
+            rpc_id = json.loads(body).get("id") if body else None
+            shape = target.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            if shape == "escaped":
+                out = tools_answer(rpc_id, '"\\u0074ools"')
+            elif shape == "gzip":
+                out = gzip.compress(tools_answer(rpc_id))
+            elif shape == "badgzip":
+                out = b"\x1f\x8b\x08\x00" + b"not gzip at all" * 4
+            elif shape == "big":
+                out = big_answer(rpc_id)
+            else:
+                out = tools_answer(rpc_id)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                         % len(out) + out)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port: int) -> None:
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
