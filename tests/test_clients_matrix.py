@@ -120,19 +120,13 @@ def run(argv: list[str], env: dict[str, str], cwd: Path = ROOT, timeout: float =
 
 # ---------------------------------------------------------------- Python clients (their own venvs)
 
-AGENTS_SSE_BUG = ("Valet refuses the OpenAI Agents SDK's MCPServerSse: with mcp 2.x it opens with a 2026-07-28 "
-                  "server/discover on the legacy messages endpoint, whose body carries the protocol envelope "
-                  "without the MCP-Protocol-Version/Mcp-Method headers (the SSE transport sends none): "
-                  "400 header_mismatch (-32020). Documented in docs/clients.md; reported to the lead.")
-
 PY_CASES = [
     pytest.param("py-sdk1", "http", id="py-sdk1-http"),
     pytest.param("py-sdk1", "sse", id="py-sdk1-sse"),
     pytest.param("fastmcp", "http", id="fastmcp-http"),
     pytest.param("fastmcp", "sse", id="fastmcp-sse"),
     pytest.param("openai-agents", "http", id="openai-agents-http"),
-    pytest.param("openai-agents", "sse", id="openai-agents-sse",
-                 marks=pytest.mark.xfail(strict=True, reason=AGENTS_SSE_BUG)),
+    pytest.param("openai-agents", "sse", id="openai-agents-sse"),
     pytest.param("openai-agents-mcp1", "http", id="openai-agents-with-mcp1-http"),  # the documented workaround
     pytest.param("openai-agents-mcp1", "sse", id="openai-agents-with-mcp1-sse"),
 ]
@@ -151,8 +145,6 @@ def test_python_client_lists_calls_and_is_audited(valet: Valet, name: str, trans
     check_the_exchange(valet, key_id, out["tools"], out["result"], done.stdout + done.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="the same refusal as openai-agents-sse: mode='auto' (the default) sends a "
-                   "2026-07-28 server/discover over the SSE transport, which carries no protocol headers")
 def test_python_sdk2_sse_client_in_its_default_mode(valet: Valet) -> None:
     """Python SDK 2.x's Client over sse_client without mode="legacy" (docs/clients.md says to pass it)."""
     from mcp.client.sse import sse_client
