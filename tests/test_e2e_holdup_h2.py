@@ -28,7 +28,8 @@ from tests.support import Upstream, Valet, jsonrpc, running_valet
 
 pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
-LIMITS = "limits:\n  max_header_bytes: 16384\n  max_header_count: 40\ntimeouts:\n  header_read_seconds: 2\n"
+# HTTP/2 towards agents is opt-in (`http2: true`); these caps are what applies when it is on
+LIMITS = ("http2: true\nlimits:\n  max_header_bytes: 16384\n  max_header_count: 40\ntimeouts:\n  header_read_seconds: 2\n")
 
 
 @pytest.fixture
