@@ -164,7 +164,7 @@ def run_tls(tmp: Path) -> list[Figures]:
     """HTTP/2 CONTINUATION floods and oversized TLS ClientHellos against one Valet."""
     from tests.test_e2e_holdup_h2 import _continuation_flood, _hello_flood
 
-    valet = start_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"})
+    valet = start_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"}, extra="http2: true\n")  # h2 is opt-in
     try:
         return [
             measure(valet.process.pid, valet.port, "20 x h2 CONTINUATION floods (48 MiB)",
