@@ -26,7 +26,7 @@ from addon.snapshot import SETTLE_SECONDS, Snapshot, describe_change, load_snaps
 from addon.secrets.vault import SecretCache, VaultError
 from addon.secrets.scrubber import Scrubber
 from addon.oauth.grants import GRANT, Grant, parse_grant, read_registration
-from addon.ops import metrics
+from addon.ops import logscrub, metrics
 
 MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed after a refresh
 MAX_REMEMBERED_VALUES = 256  # per origin: previous values of every secret stay scrubbed after a rotation
@@ -239,6 +239,7 @@ class ValetState:
         scrubber = Scrubber([(name, value) for value, name in remembered.items()])
         key = (generation, self._token_epoch, key[2])  # note_grant above may have learnt tokens
         self._scrubbers[origin] = (key, scrubber)
+        logscrub.remember(origin, scrubber)  # log records are scrubbed with the values in force too
         return scrubber
 
     def running(self) -> None:

@@ -5,8 +5,9 @@ traceback of an internal error, and the exception text can hold the event that f
 or trailer values (a valet key among them). Filters on loggers do not see records of their child
 loggers and filters on handlers miss handlers added later, so the guard sits where every record is
 made: the log record factory. A record whose message, exception or stack text holds anything shaped
-like a valet key (:data:`addon.protocol.keyleak.KEY_SHAPE`, loose on purpose) gets the text with
-the key replaced; other records are left as they are.
+like a valet key (:data:`addon.protocol.keyleak.KEY_SHAPE`, loose on purpose) or any secret value the
+egress scrubbers know (in any of their forms) gets the text with it replaced; other records are left as
+they are.
 """
 
 from __future__ import annotations
@@ -19,10 +20,27 @@ from addon.protocol.keyleak import KEY_SHAPE
 
 MARK = "[REDACTED:valet_key]"
 _installed: list[Any] = []
+# The egress scrubbers in force, by upstream origin (set by hooks/state.py whenever it builds one): together
+# they know every secret value that could reach an upstream, so an injected secret quoted in a crash log
+# (a request head in an exception text) is replaced too. Only read here, from any thread: the scrubbers
+# are thread-safe (a Hyperscan scratch per thread).
+_scrubbers: dict[Any, Any] = {}
+
+
+def remember(origin: Any, scrubber: Any) -> None:
+    """The scrubber now in force for ``origin`` (replacing the previous one of that origin)."""
+    _scrubbers[origin] = scrubber
+
+
+def _has_secret(text: str) -> bool:
+    return bool(KEY_SHAPE.search(text)) or any(s.text(text) is not text for s in list(_scrubbers.values()))
 
 
 def scrub_text(text: str) -> str:
-    return KEY_SHAPE.sub(MARK, text)
+    text = KEY_SHAPE.sub(MARK, text)
+    for scrubber in list(_scrubbers.values()):
+        text = scrubber.text(text)
+    return text
 
 
 def scrub_record(record: logging.LogRecord) -> logging.LogRecord:
@@ -31,15 +49,15 @@ def scrub_record(record: logging.LogRecord) -> logging.LogRecord:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a bad format string: keep the template only, not the arguments
         message, record.args = str(record.msg), None
-    if KEY_SHAPE.search(message):
+    if _has_secret(message):
         record.msg, record.args = scrub_text(message), None
     if record.exc_info and record.exc_info[1] is not None:
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        if KEY_SHAPE.search(text):
+        if _has_secret(text):
             record.exc_text = scrub_text(text)  # formatters use exc_text when it is set
-    if record.exc_text and KEY_SHAPE.search(record.exc_text):
+    if record.exc_text and _has_secret(record.exc_text):
         record.exc_text = scrub_text(record.exc_text)
-    if record.stack_info and KEY_SHAPE.search(record.stack_info):
+    if record.stack_info and _has_secret(record.stack_info):
         record.stack_info = scrub_text(record.stack_info)
     return record
 
@@ -57,4 +75,4 @@ def install() -> None:
     _installed.append(factory)
 
 
-__all__ = ["MARK", "install", "scrub_record", "scrub_text"]
+__all__ = ["MARK", "install", "remember", "scrub_record", "scrub_text"]
