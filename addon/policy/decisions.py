@@ -122,11 +122,13 @@ class _Matcher:
             return call.method == "tools/call" and call.tool is not None and self.tools.match(call.tool) is not None
         return self.methods is None or (call.method is not None and self.methods.match(call.method) is not None)
 
-    def arguments(self, call: Call) -> bool:
+    def arguments(self, call: Call, folded: dict[str, list[str]] | None = None) -> bool:
         """Whether the argument conditions hold (for a deny or rate rule: hold or cannot be ruled out).
 
         The arguments are already in the form that is forwarded (:meth:`PolicySet._normalized` ran before
         any rule), so a path check's normalized form is the value itself: nothing to rewrite here.
+        ``folded`` is :func:`folded_names` of the arguments, made once per call by the caller that asks many
+        rules (else made here).
         """
         if not self.checks:
             return True
@@ -135,8 +137,9 @@ class _Matcher:
             if self.restrictive:
                 # Every argument whose name folds to the rule's: ``PATH`` is checked as ``path`` (an upstream that
                 # ignores case reads it so). The condition holds when it holds for any of them.
-                folded = name.casefold()
-                named = [key for key in args if key.casefold() == folded]
+                if folded is None:
+                    folded = folded_names(args)
+                named = folded.get(name.casefold(), [])
                 verdicts = [check.evaluate(True, args[key])[0] for key in named] or [check.evaluate(False, None)[0]]
                 holds = any(verdict is not False for verdict in verdicts)
             else:
@@ -147,6 +150,16 @@ class _Matcher:
             if not holds:
                 return False
         return True
+
+
+def folded_names(args: dict[str, Any]) -> dict[str, list[str]]:
+    """Case-folded argument name -> the argument names that fold to it, in one pass over the arguments: each
+    deny rule then finds its arguments with one lookup, not with a walk over every member (a call with
+    100,000 members held the event loop ~9 ms per deny rule with argument checks)."""
+    index: dict[str, list[str]] = {}
+    for key in args:
+        index.setdefault(key.casefold(), []).append(key)
+    return index
 
 
 MAX_CANDIDATE_SETS = 4096  # per policy snapshot
@@ -247,8 +260,9 @@ class PolicySet:
             return Decision(True, "housekeeping", None)
         call, rewrites = self._normalized(call)
         candidates = self._for(call)
+        folded = folded_names(call.arguments) if call.arguments and candidates.denies else None
         for matcher in candidates.denies:
-            if matcher.arguments(call):
+            if matcher.arguments(call, folded):
                 return Decision(False, "denied", matcher.rule.id)
         for matcher in candidates.allows:
             if matcher.arguments(call):
@@ -292,7 +306,9 @@ class PolicySet:
         return self.sources.defaults.get(call.server, "deny") == "allow"
 
     def rate_rules(self, call: Call) -> list[RateRule]:
-        return [rate for rate in self._for(call).rates if rate.matcher.arguments(call)]
+        rates = self._for(call).rates
+        folded = folded_names(call.arguments) if call.arguments and rates else None
+        return [rate for rate in rates if rate.matcher.arguments(call, folded)]
 
 
 def _burst(rule: Rule) -> tuple[RateLimitItem, ...]:
