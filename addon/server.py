@@ -15,7 +15,7 @@ from pathlib import Path
 from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
-from addon.protocol import mitm_errors, mitm_limits
+from addon.protocol import mitm_conn, mitm_errors, mitm_limits
 from addon.config import ConfigError
 from addon.datadir import lock_down
 from addon.config import ConfigError
@@ -115,6 +115,7 @@ def _hide_listen_errors(record: logging.LogRecord) -> bool:
 def build_master(settings: Settings, on_running: Callable[[], None] | None = None) -> master.Master:
     mitm_errors.install()
     mitm_limits.install()  # request heads capped; Valet's own answer when it cuts an exchange
+    mitm_conn.install()  # idle/pending connections, stalled bodies, upstream heads (after mitm_limits)
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
     confdir = mitm_confdir(settings.data_dir)
     confdir.mkdir(parents=True, exist_ok=True)

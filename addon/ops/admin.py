@@ -18,6 +18,7 @@ from typing import Any
 
 from addon.ops import metrics
 from addon.ops.health import readiness
+from addon.protocol import mitm_conn
 
 MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
@@ -38,6 +39,7 @@ class AdminServer:
             state = self.state
             metrics.watch("audit_queue", lambda: float(state.audit._queue.qsize()) if state.audit else 0.0)
             metrics.watch("open_exchanges", lambda: float(state.open_exchanges))
+            metrics.watch("pending_connections", lambda: float(mitm_conn.pending_count()))
 
     async def close(self) -> None:
         if self._server is not None:
