@@ -289,6 +289,11 @@ class AuditConfig(Strict):
         10.0, ge=0, le=600,
         description="on SIGTERM, how long in-flight exchanges may finish before they are recorded interrupted",
     )
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="free space the audit log's filesystem must keep; below it new requests get 503 "
+        "audit_unavailable and /readyz is not ready (0: no check)",
+    )
 
 
 class RateLimitsConfig(Strict):

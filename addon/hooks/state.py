@@ -12,6 +12,7 @@ from mitmproxy.addonmanager import Loader
 
 from addon import fdlimit
 from addon.audit.chain import ChainKeys
+from addon.audit import preauth
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError, timeouts_for
 from addon.protocol import mitm_conn, mitm_limits
@@ -254,6 +255,7 @@ class ValetState:
             except Exception as exc:  # noqa: BLE001 - shutting down: the audit flush below matters more
                 log.warning("closing the OAuth client failed: %s", type(exc).__name__)
         if self.audit is not None:
+            preauth.AGGREGATOR.flush()  # the interval's summaries of keyless refusals (addon.audit.preauth)
             self.audit.close()
 
     def audit_event(self, row: dict[str, object]) -> None:
