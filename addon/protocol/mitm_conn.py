@@ -26,6 +26,10 @@ heads once their first byte arrives; this module bounds what happens around them
    ``502 upstream_error`` (through :data:`addon.protocol.mitm_limits.ENDINGS`): an upstream answering
    with an endless head took 1.4 GB before.
 
+6. **Over HTTP/2 too, an exchange Valet cut ends with Valet's answer**: the JSON-RPC error before a
+   response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
+   only inside forward-mode TLS tunnels, and only when it is turned on).
+
 Closings are logged once per interval with counts and counted in ``/metrics``
 (``valet_connections_closed{reason}``). mitmproxy is pinned below 13 and ``tests/test_e2e_review2_conn*.py``
 fail loudly if these internals change.
@@ -42,13 +46,15 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
+import h2.errors
+import h2.exceptions
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server
-from mitmproxy.proxy.layers.http import HttpStream, _http1
+from mitmproxy.proxy.layers.http import HttpStream, _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestHeaders, ResponseEndOfMessage, \
-    ResponseProtocolError
+    ResponseHeaders, ResponseProtocolError
 
 from addon.ops import metrics
 from addon.protocol import mitm_limits
@@ -287,6 +293,48 @@ def _client_read_headers(self: _http1.Http1Client, event: events.ConnectionEvent
     return (yield from _original_client_read_headers(self, event))
 
 
+# --- 6: Valet's ending on an HTTP/2 stream --------------------------------------------------------
+
+_original_h2_handle_event = _http2.Http2Server._handle_event
+
+
+def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
+    """When Valet cut an exchange (``ENDINGS``: timeout, revoked key, kill switch) on an HTTP/2 agent
+    connection, end the stream with Valet's answer instead of mitmproxy's bare RST_STREAM: the JSON-RPC
+    error (before a response head), or one SSE ``error`` event as the last DATA frame of an open stream.
+    Other streams of the connection go on (HTTP/1 closes the connection; h2 need not)."""
+    if isinstance(event, ResponseHeaders):
+        if "text/event-stream" in event.response.headers.get("content-type", "").lower():
+            sse = self.__dict__.setdefault("_valet_sse", set())
+            sse.add(event.stream_id)
+    elif isinstance(event, ResponseProtocolError) and self.is_open_for_us(event.stream_id):
+        ending = mitm_limits.ENDINGS.pop(self.conn.id, None)
+        if ending is not None:
+            stream_id = event.stream_id
+            stream = self.h2_conn.streams[stream_id]
+            try:
+                if not stream.state_machine.headers_sent:
+                    body = Refusal(ending.cause, ending.message).body()
+                    self.h2_conn.send_headers(stream_id, [
+                        (b":status", b"%d" % ending.cause.status), (b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(body))])
+                    self.h2_conn.send_data(stream_id, body, end_stream=True)
+                elif stream_id in self.__dict__.get("_valet_sse", ()):
+                    self.h2_conn.send_data(stream_id, ending.event(), end_stream=True)
+                else:  # a body that is not a stream of events: no way to say more than the reset
+                    self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            except h2.exceptions.H2Error:  # the agent's window is full: the reset says it ended
+                self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.__dict__.get("_valet_sse", set()).discard(stream_id)
+            data = self.h2_conn.data_to_send()
+            if data:
+                yield commands.SendData(self.conn, data)
+            return
+    if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
+        self.__dict__.get("_valet_sse", set()).discard(event.stream_id)
+    return (yield from _original_h2_handle_event(self, event))
+
+
 def install() -> None:
     """Call after :func:`addon.protocol.mitm_limits.install` (whose wrappers this leaves in place)."""
     if getattr(server.ConnectionHandler.handle_client, "__name__", "") == "_handle_client":
@@ -295,6 +343,7 @@ def install() -> None:
     _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
     HttpStream.state_wait_for_request_headers = _wait_for_request_headers  # type: ignore[method-assign]
     _http1.Http1Client.read_headers = _client_read_headers  # type: ignore[method-assign]
+    _http2.Http2Server._handle_event = _h2_handle_event  # type: ignore[method-assign]
 
 
 def configure(limits: Any, timeouts: dict[str, float]) -> None:
