@@ -182,3 +182,23 @@ def test_fd_limit_held_by_idle_sockets_does_not_lock_agents_out(tmp: Path, api: 
         finally:
             for s in socks:
                 s.close()
+
+
+def test_refusal_before_the_body_survives_a_late_body(tmp: Path, api: int) -> None:
+    """The refusal is sent before the body and the socket is closed in stages (the rest is read and
+    dropped): a body arriving after the answer must not turn into a reset that destroys the answer."""
+    with running_valet(tmp, None, config_text=_config(api)) as valet:
+        for _ in range(5):
+            sock = _connect(valet)
+            try:
+                sock.sendall(f"POST /api/x HTTP/1.1\r\nhost: 127.0.0.1:{valet.port}\r\n"
+                             f"content-length: 200000\r\n\r\n".encode())
+                time.sleep(0.5)  # the 401 is out (or on its way) before the body comes
+                try:
+                    sock.sendall(b"x" * 200000)
+                except OSError:
+                    pass
+                answer = _read_answer(sock, timeout=20)
+                assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+            finally:
+                sock.close()

@@ -20,7 +20,9 @@ heads once their first byte arrives; this module bounds what happens around them
    body byte gets ``408 request_timeout`` and the connection is closed (nginx's ``client_body_timeout``).
 4. **A request refused on its headers is answered at once**, not at its first body byte (which may never
    come): the refusal is sent, the body dropped as it arrives, the connection closed (``mitm_limits``
-   item 3 does the sending; this only triggers it when the headers are handled).
+   item 3 does the sending; this only triggers it when the headers are handled). The close is staged
+   (write side shut, the rest read and dropped for up to ``LINGER_SECONDS``, counted as pending) so that
+   a body still in flight does not make the kernel reset the connection over the answer.
 5. **Upstream response heads are capped** like request heads: past ``limits.max_response_header_bytes``
    or ``limits.max_response_header_count`` lines, the upstream connection is closed and the agent gets
    ``502 upstream_error`` (through :data:`addon.protocol.mitm_limits.ENDINGS`): an upstream answering
@@ -95,12 +97,13 @@ class _Tracker:
         self.handlers[client_id] = handler
         self.wait(client_id, HEADER_READ_SECONDS)
 
-    def wait(self, client_id: str, seconds: float) -> None:
-        """The connection waits for a request head: on a timer, and counted against the cap."""
+    def wait(self, client_id: str, seconds: float, reason: str = "idle") -> None:
+        """The connection waits for a request head (or lingers after a refusal): on a timer, and counted
+        against the cap."""
         if client_id not in self.handlers:
             return
         self.busy(client_id)
-        self.pending[client_id] = asyncio.get_running_loop().call_later(seconds, self._expired, client_id)
+        self.pending[client_id] = asyncio.get_running_loop().call_later(seconds, self._expired, client_id, reason)
         cap = self.cap()
         while len(self.pending) > cap:
             oldest = next(iter(self.pending))
@@ -116,13 +119,13 @@ class _Tracker:
         self.busy(client_id)
         self.handlers.pop(client_id, None)
 
-    def _expired(self, client_id: str) -> None:
+    def _expired(self, client_id: str, reason: str = "idle") -> None:
         if self.pending.pop(client_id, None) is None:
             return
         handler = self.handlers.get(client_id)
         if handler is not None and handler.client.alpn == b"h2":
             return  # HTTP/2 inside a tunnel: streams are not tracked here (mitmproxy's tcp_timeout applies)
-        self._close(client_id, "idle")
+        self._close(client_id, reason)
 
     def _close(self, client_id: str, reason: str) -> None:
         self.busy(client_id)
@@ -147,7 +150,9 @@ _WHY = {
     "idle": "idle with no request (timeouts.header_read_seconds / client_idle_seconds)",
     "evicted": "oldest pending, evicted at limits.max_pending_connections",
     "body_timeout": "stalled request body (timeouts.body_read_seconds, 408)",
+    "refused": "closed after a refusal sent before the request body",
 }
+LINGER_SECONDS = 2.0  # after a refusal sent before the body: how long the rest is read and dropped
 
 TRACKER = _Tracker()
 
@@ -201,7 +206,14 @@ def _handle_event(self: _http1.Http1Server, event: events.Event):  # type: ignor
         self._valet_body_last = time.monotonic()  # type: ignore[attr-defined]
     connect = isinstance(event, ResponseEndOfMessage) and self.request is not None and \
         self.request.method.upper() == "CONNECT"
+    linger = (isinstance(event, ResponseEndOfMessage) and self.conn.id in mitm_limits._CLOSE_AFTER_ANSWER
+              and not self.request_done)
+    if linger:  # answered before its body: a staged close below, not mitm_limits' immediate one
+        mitm_limits._CLOSE_AFTER_ANSWER.discard(self.conn.id)
     result = yield from _original_handle_event(self, event)
+    if linger:
+        _linger(self)
+        return result
     after = getattr(self.state, "__func__", None)
     if after is _http1.Http1Connection.read_body and state is not after:
         _arm_body_timer(self)
@@ -211,6 +223,31 @@ def _handle_event(self: _http1.Http1Server, event: events.Event):  # type: ignor
         elif connect and after is _http1.Http1Connection.passthrough:
             TRACKER.wait(self.conn.id, CLIENT_IDLE_SECONDS)  # a tunnel: its handshake and first request are due
     return result
+
+
+def _linger(server_: _http1.Http1Server) -> None:
+    """The answer is out but the agent may still be sending the body: closing now would make the kernel
+    reset the connection, and a reset can destroy the answer before the agent reads it (RFC 9112 §9.6).
+    So: what arrives is dropped (never kept), our side is shut for writing once the answer is flushed,
+    and the socket is closed when the agent closes or after ``LINGER_SECONDS`` (nginx's lingering close).
+    The connection counts against the pending cap meanwhile, so lingering cannot hoard fds."""
+    server_.state = types.MethodType(mitm_limits._discard, server_)
+    server_.buf = _http1.ReceiveBuffer()
+    handler = TRACKER.handlers.get(server_.conn.id)
+    if handler is None:
+        return
+    io = handler.transports.get(server_.conn)
+    if io is not None and io.writer is not None and not io.writer.is_closing() and io.writer.can_write_eof():
+        asyncio.get_running_loop().call_soon(_half_close, io.writer)
+    TRACKER.wait(server_.conn.id, LINGER_SECONDS, "refused")
+
+
+def _half_close(writer: Any) -> None:
+    try:
+        if not writer.is_closing():
+            writer.write_eof()
+    except OSError:
+        writer.close()
 
 
 def _arm_body_timer(server_: _http1.Http1Server) -> None:
