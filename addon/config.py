@@ -122,10 +122,17 @@ class TimeoutsConfig(Strict):
     header_read_seconds: float | None = Field(
         None, gt=0, le=3600, description="global only: a request head must be complete this long after its "
         "first byte (408 otherwise)")
+    client_idle_seconds: float | None = Field(
+        None, gt=0, le=3600, description="global only: how long a kept-alive agent connection (or a new CONNECT "
+        "tunnel) may wait for its next request; then it is closed (a new connection has header_read_seconds)")
+    body_read_seconds: float | None = Field(
+        None, gt=0, le=3600, description="global only: longest wait between two reads of a request body "
+        "(408 otherwise)")
 
 
 DEFAULT_TIMEOUTS = {"connect_seconds": 10.0, "first_byte_seconds": 120.0, "idle_seconds": 300.0,
-                    "total_seconds": 3600.0, "header_read_seconds": 30.0}
+                    "total_seconds": 3600.0, "header_read_seconds": 30.0, "client_idle_seconds": 60.0,
+                    "body_read_seconds": 60.0}
 
 
 class ServerConfig(Strict):
@@ -144,6 +151,8 @@ class ServerConfig(Strict):
     def _server_timeouts(cls, value: TimeoutsConfig | None) -> TimeoutsConfig | None:
         if value is not None and value.header_read_seconds is not None:
             raise ValueError("header_read_seconds is global only (the server is not known before the head)")
+        if value is not None and (value.client_idle_seconds is not None or value.body_read_seconds is not None):
+            raise ValueError("client_idle_seconds and body_read_seconds are global only (connection timers)")
         return value
 
     @field_validator("headers")
@@ -249,6 +258,18 @@ class LimitsConfig(Strict):
     max_header_count: int = Field(
         100, ge=8, le=10000, description="most request header lines; more is answered 431 and closed",
     )
+    max_pending_connections: int = Field(
+        1024, ge=1, le=1_000_000,
+        description="agent connections open with no request in progress (never more than half the fd limit); "
+        "one more closes the oldest of them",
+    )
+    max_response_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=16 * 1024 * 1024,
+        description="largest upstream response head; more closes the upstream and answers 502 upstream_error",
+    )
+    max_response_header_count: int = Field(
+        256, ge=8, le=100_000, description="most upstream response header lines; more is answered 502",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LimitsConfig:
@@ -267,6 +288,11 @@ class AuditConfig(Strict):
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=600,
         description="on SIGTERM, how long in-flight exchanges may finish before they are recorded interrupted",
+    )
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="free space the audit log's filesystem must keep; below it new requests get 503 "
+        "audit_unavailable and /readyz is not ready (0: no check)",
     )
 
 

@@ -16,7 +16,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from addon.ops import logscrub
-from addon.protocol import mitm_errors, mitm_limits
+from addon.protocol import mitm_conn, mitm_errors, mitm_limits
 from addon.config import ConfigError, load_config
 from addon.datadir import lock_down
 from addon.config import ConfigError
@@ -125,6 +125,7 @@ def build_master(settings: Settings, on_running: Callable[[], None] | None = Non
     logscrub.install()  # no valet key in any log record, mitmproxy's crash tracebacks included
     mitm_errors.install()
     mitm_limits.install()  # request heads capped; Valet's own answer when it cuts an exchange
+    mitm_conn.install()  # idle/pending connections, stalled bodies, upstream heads (after mitm_limits)
     mode = _REVERSE_PLACEHOLDER if settings.mode == "reverse" else "regular"
     confdir = mitm_confdir(settings.data_dir)
     confdir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import json
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
-from addon.audit import ledger
+from addon.audit import ledger, preauth
 from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
@@ -44,7 +44,7 @@ class ExchangeOpener:
             return
         exchange = self._open(flow)
         exchange.snapshot = await self.state.current()
-        if self.state.audit is None or not self.state.audit.healthy:
+        if self.state.audit is None or not self.state.audit.healthy or preauth.disk_low(self.state):
             refuse(flow, UNAVAILABLE, "error")
 SHUTTING_DOWN = Refusal(Cause.SHUTTING_DOWN, "Valet is shutting down", headers={"connection": "close"})
 
@@ -68,6 +68,8 @@ class WriteAhead:
             return
         if exchange.committed is None:
             if exchange.recorded or (flow.response is None and not forwarding) or flow.error is not None:
+                return
+            if preauth.absorbed(self.state, flow, exchange):  # a keyless refusal past its peer's rate
                 return
             if flow.response is None and self.state.draining:  # refused here, so the row names the call
                 refuse(flow, SHUTTING_DOWN, "error")

@@ -12,9 +12,10 @@ from mitmproxy.addonmanager import Loader
 
 from addon import fdlimit
 from addon.audit.chain import ChainKeys
+from addon.audit import preauth
 from addon.audit.log import AuditWriter
 from addon.config import ConfigError, timeouts_for
-from addon.protocol import mitm_limits
+from addon.protocol import mitm_conn, mitm_limits
 from addon.protocol.errors import Refusal
 from addon.audit.exchange import Exchange
 from addon.filewatch import reload_if_stale
@@ -114,6 +115,7 @@ class ValetState:
         mitm_limits.MAX_BUFFERED_TOTAL = config.limits.max_buffered_total_bytes
         mitm_limits.REFUSE = refuse
         mitm_limits.HEADER_READ_SECONDS = timeouts_for(config, None)["header_read_seconds"]
+        mitm_conn.configure(config.limits, timeouts_for(config, None))
         if config.upstream_ca_file:
             ctx.options.update(ssl_verify_upstream_trusted_ca=config.upstream_ca_file)
         if self.audit is not None:
@@ -265,6 +267,7 @@ class ValetState:
             except Exception as exc:  # noqa: BLE001 - shutting down: the audit flush below matters more
                 log.warning("closing the OAuth client failed: %s", type(exc).__name__)
         if self.audit is not None:
+            preauth.AGGREGATOR.flush()  # the interval's summaries of keyless refusals (addon.audit.preauth)
             self.audit.close()
 
     def audit_event(self, row: dict[str, object]) -> None:

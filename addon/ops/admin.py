@@ -19,6 +19,7 @@ from typing import Any
 from addon.ops import metrics
 from addon.protocol import mitm_limits
 from addon.ops.health import readiness
+from addon.protocol import mitm_conn
 
 MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
@@ -40,6 +41,7 @@ class AdminServer:
             metrics.watch("audit_queue", lambda: float(state.audit._queue.qsize()) if state.audit else 0.0)
             metrics.watch("open_exchanges", lambda: float(state.open_exchanges))
             metrics.watch("buffered", lambda: float(mitm_limits.BUDGET.held()))
+            metrics.watch("pending_connections", lambda: float(mitm_conn.pending_count()))
 
     async def close(self) -> None:
         if self._server is not None:

@@ -73,6 +73,12 @@ async def readiness(state: Any) -> tuple[bool, dict[str, Any]]:
     else:
         name, result = await _check("audit", asyncio.to_thread(_audit_probe, Path(audit.path)))
         checks[name] = result
+    if audit is not None and snapshot is not None and snapshot.config.audit.min_free_bytes > 0:
+        from addon.audit import preauth
+
+        low = preauth.disk_low(state)
+        checks["audit_disk"] = {"ok": not low, "free_bytes": preauth.DISK.free,
+                                "min_free_bytes": snapshot.config.audit.min_free_bytes}
     secrets = state.secrets
     if secrets is None:
         checks["vault"] = {"ok": False, "error": "not open"}

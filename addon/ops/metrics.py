@@ -77,6 +77,11 @@ class Metrics:
                                     registry=r)
         self.buffered = Gauge("valet_buffered_bytes", "Body bytes held in memory now, against "
                               "limits.max_buffered_total_bytes.", registry=r)
+        self.connections_closed = Counter(
+            "valet_connections_closed", "Agent connections Valet closed before a request: idle, evicted "
+            "(limits.max_pending_connections) or a stalled body.", ["reason"], registry=r)
+        self.pending_connections = Gauge("valet_pending_connections",
+                                         "Agent connections open with no request in progress.", registry=r)
         self.up = Gauge("valet_start_time_seconds", "Unix time the process started serving metrics.", registry=r)
         self.up.set(time.time())
 
@@ -213,6 +218,13 @@ def canary(server: str | None) -> None:
         m.canaries.labels(m.server(server)).inc()
 
 
+def connection_closed(reason: str) -> None:
+    """Valet closed an agent connection with no request in progress (reason: idle, evicted, body_timeout)."""
+    m = _M
+    if m is not None:
+        m.connections_closed.labels(reason).inc()
+
+
 def audit_queued(future: Any) -> None:
     """A row was queued; observe how long until it is committed (the wait a request sees)."""
     m = _M
@@ -222,5 +234,5 @@ def audit_queued(future: Any) -> None:
     future.add_done_callback(lambda _f: m.audit_commit.observe(time.monotonic() - start))
 
 
-__all__ = ["Metrics", "audit_queued", "canary", "config_reload", "current", "disable", "enable", "flow_done",
+__all__ = ["Metrics", "audit_queued", "canary", "config_reload", "connection_closed", "current", "disable", "enable", "flow_done",
            "forwarded", "oauth_refresh", "response_headers", "tool_seen", "watch"]

@@ -1,0 +1,203 @@
+"""What a client without a key can make the audit log hold: bounded per peer, and never past the disk.
+
+Every refusal keeps an audit row, but before authentication nobody is accountable for it: one local
+client made 278 refusals a second, about 4.5 KB of ``audit.db`` each (1.3 MB/s, ~110 GB a day, in an
+append-only log the operator cannot prune in place). So, for refusals of requests that presented no
+known key (review 2, F14):
+
+- **the path is stored short**: its first :data:`PATH_CHARS` characters and a hash of the rest;
+- **beyond a per-peer rate they are aggregated**: the first :data:`ROWS_PER_INTERVAL` refusals of a peer
+  address in an interval get their own rows, as always; the rest are counted per peer and reason, and
+  one summary row per (peer, reason) is written when the interval ends (or Valet stops), with the
+  count, the first and last time and one sample path. Nothing is silently dropped: the rows plus the
+  summaries' counts are every refusal, and the summaries are in the MAC chain like any row;
+- **a free-disk watermark** (``audit.min_free_bytes``) for the audit database's filesystem: below it
+  new requests are refused ``503 audit_unavailable`` before anything is written, and ``/readyz`` says
+  not ready, so the disk never fills to the point where the log breaks. Checked at most once a second
+  (one ``statvfs``); recovery is automatic once space is free.
+
+Authenticated exchanges are untouched: they are accountable to a key, and rate rules bound them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from addon.audit.log import utc_iso
+
+log = logging.getLogger("valet")
+
+PATH_CHARS = 128
+ROWS_PER_INTERVAL = 60  # own rows per peer (an IPv4 address, an IPv6 /64) and interval before aggregating
+INTERVAL_SECONDS = 60.0
+MAX_PEERS = 1000  # peers with own rows in an interval; refusals from more are aggregated under the peer "*"
+DISK_CHECK_SECONDS = 1.0
+SUMMARY_METHOD = "valet/refusals"
+
+
+def short_path(path: str) -> str:
+    """The first :data:`PATH_CHARS` characters, then ``…#`` and 16 hex digits of the SHA-256 of the rest."""
+    if len(path) <= PATH_CHARS:
+        return path
+    rest = path[PATH_CHARS:].encode("utf-8", "surrogatepass")
+    return f"{path[:PATH_CHARS]}…#{hashlib.sha256(rest).hexdigest()[:16]}"
+
+
+@dataclass
+class _Summary:
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    status: int | None = None
+    error_code: int | None = None
+    sample: str = ""
+    mode: str = ""
+    methods: set[str] = field(default_factory=set)
+
+
+class Aggregator:
+    """Per-peer counts of refusals before authentication in the current interval."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}  # peer -> own rows written this interval
+        self.summaries: dict[tuple[str, str], _Summary] = {}
+        self.started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._submit: Any = None
+
+    def admit(self, peer: str, exchange: Any, status: int | None, submit: Any) -> bool:
+        """True if this refusal gets its own row; False if it was counted into its peer's summary."""
+        self._submit = submit
+        if time.monotonic() - self.started >= INTERVAL_SECONDS:
+            self.flush()
+        if peer not in self.rows and len(self.rows) >= MAX_PEERS:
+            peer = "*"
+        seen = self.rows.get(peer, 0)
+        if seen < ROWS_PER_INTERVAL:
+            self.rows[peer] = seen + 1
+            return True
+        reason = exchange.reason or "other"
+        summary = self.summaries.get((peer, reason))
+        if summary is None:
+            summary = self.summaries[(peer, reason)] = _Summary(first=exchange.ts_unix, status=status,
+                                                                 error_code=exchange.error_code,
+                                                                 sample=exchange.http_path, mode=exchange.mode)
+            if len(self.summaries) == 1:
+                log.warning("refusals before authentication from %s past %d per %.0f s: aggregated into "
+                            "one audit row per peer and reason", peer, ROWS_PER_INTERVAL, INTERVAL_SECONDS)
+        summary.count += 1
+        summary.last = exchange.ts_unix
+        if len(summary.methods) < 8:
+            summary.methods.add(exchange.http_method)
+        self._arm()
+        return False
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            due = max(0.0, self.started + INTERVAL_SECONDS - time.monotonic())
+            self._timer = loop.call_later(due, self.flush)
+
+    def flush(self) -> None:
+        """Write one summary row per (peer, reason) of the interval that ends, and start a new one."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        summaries, self.summaries = self.summaries, {}
+        self.rows = {}
+        self.started = time.monotonic()
+        if self._submit is None:
+            return
+        for (peer, reason), s in summaries.items():
+            detail = {"peer": peer, "count": s.count, "first": utc_iso(s.first), "last": utc_iso(s.last),
+                      "methods": sorted(s.methods), "sample_path": s.sample}
+            self._submit({
+                "ts": utc_iso(s.first), "ts_unix": s.first, "mode": s.mode, "http_method": "-",
+                "http_path": f"({s.count} refusals before authentication from {peer})",
+                "rpc_method": SUMMARY_METHOD, "decision": "deny", "reason": reason, "error_code": s.error_code,
+                "http_status": s.status, "arguments": json.dumps(detail), "duration_ms": (s.last - s.first) * 1000,
+            })
+
+
+AGGREGATOR = Aggregator()
+
+
+def _peer(address: str) -> str:
+    """A peer as one party holds it: an IPv4 address, or an IPv6 /64 (one host's usual allocation)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def absorbed(state: Any, flow: Any, exchange: Any) -> bool:
+    """Called before a refused exchange's row is written: shorten its path if it presented no known key,
+    and say whether its row is counted into a summary instead (then it is marked recorded)."""
+    if exchange is None or exchange.key_id is not None or flow.response is None or exchange.decision == "allow":
+        return False
+    exchange.http_path = short_path(exchange.http_path)
+    if state.audit is None:
+        return False
+    peer = _peer(flow.client_conn.peername[0] if flow.client_conn.peername else "?")
+    if AGGREGATOR.admit(peer, exchange, flow.response.status_code, state.audit.submit):
+        return False
+    exchange.recorded = True  # counted: nothing else writes a row for it
+    return True
+
+
+class DiskWatermark:
+    """Whether the audit database's filesystem has at least ``audit.min_free_bytes`` free."""
+
+    def __init__(self) -> None:
+        self._checked = 0.0
+        self._low = False
+        self.free: int | None = None
+
+    def low(self, path: str | os.PathLike[str] | None, minimum: int) -> bool:
+        if path is None or minimum <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._checked >= DISK_CHECK_SECONDS:
+            self._checked = now
+            try:
+                st = os.statvfs(os.path.dirname(os.fspath(path)) or ".")
+                self.free = st.f_bavail * st.f_frsize
+            except OSError:
+                self.free = None  # cannot tell: fail closed
+            low = self.free is None or self.free < minimum
+            if low != self._low:
+                if low:
+                    log.error("audit log disk: %s free, below audit.min_free_bytes (%d): refusing new requests "
+                              "(503 audit_unavailable) until space is freed",
+                              "unknown" if self.free is None else self.free, minimum)
+                else:
+                    log.warning("audit log disk: %d bytes free again; serving", self.free or 0)
+            self._low = low
+        return self._low
+
+
+DISK = DiskWatermark()
+
+
+def disk_low(state: Any) -> bool:
+    """The watermark for the current configuration (False when none is set or no log is open)."""
+    snapshot = state.snapshot
+    if state.audit is None or snapshot is None:
+        return False
+    return DISK.low(state.audit.path, snapshot.config.audit.min_free_bytes)
