@@ -332,6 +332,8 @@ def _client_read_headers(self: _http1.Http1Client, event: events.ConnectionEvent
 
 # --- 6: Valet's ending on an HTTP/2 stream --------------------------------------------------------
 
+# What handled h2 events before this wrapper: taken at install() (mitm_limits' head caps, installed first),
+# never at import, or the caps would be bypassed.
 _original_h2_handle_event = _http2.Http2Server._handle_event
 
 
@@ -374,12 +376,14 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
 
 def install() -> None:
     """Call after :func:`addon.protocol.mitm_limits.install` (whose wrappers this leaves in place)."""
+    global _original_h2_handle_event
     if getattr(server.ConnectionHandler.handle_client, "__name__", "") == "_handle_client":
         return
     server.ConnectionHandler.handle_client = _handle_client  # type: ignore[method-assign]
     _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
     HttpStream.state_wait_for_request_headers = _wait_for_request_headers  # type: ignore[method-assign]
     _http1.Http1Client.read_headers = _client_read_headers  # type: ignore[method-assign]
+    _original_h2_handle_event = _http2.Http2Server._handle_event  # mitm_limits' wrapper: chained, not replaced
     _http2.Http2Server._handle_event = _h2_handle_event  # type: ignore[method-assign]
 
 

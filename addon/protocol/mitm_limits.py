@@ -498,8 +498,10 @@ def _h2_timeout(ref: weakref.ref[_http2.Http2Server], timer: object) -> None:
 
 def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
     result = yield from _original_h2_handle(self, event)
-    if not isinstance(event, events.DataReceived) or getattr(self._handle_event, "__func__", None) is not _h2_handle:
-        return result  # (mitmproxy closed the connection already: its handler is `done`)
+    if not isinstance(event, events.DataReceived) or "_handle_event" in self.__dict__:
+        # mitmproxy closed the connection already: it set the instance's handler to `done` (other wrappers of
+        # the class's handler, mitm_conn's, may sit around this one: compare the state, not the function)
+        return result
     if _h2_block_held(self.h2_conn) > _h2_block_limit():
         # as mitmproxy ends a connection on an h2 protocol error (its streams get errors), and the socket
         # closed ourselves: a flood that keeps the reader busy would never see the cancellation
