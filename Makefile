@@ -72,10 +72,11 @@ bench: $(STAMP) | check-python
 
 # Mutation testing of the security core against the unit tests (slow: not part of `make test` or CI).
 # [tool.mutmut] in pyproject.toml says what is mutated and which tests run; docs/development.md explains.
+# A batch job: always at the lowest CPU priority, MUTATE_JOBS workers (default 2; 1 on a shared machine).
 mutate: $(STAMP) | check-python
 	$(VENV)/bin/python -m pip install --quiet -e '.[test,mutate]'
 	rm -rf mutants
-	$(VENV)/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(ARGS); status=$$?; \
+	nice -n 19 $(VENV)/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(ARGS); status=$$?; \
 	$(VENV)/bin/python -m tests.mutation_report; exit $$status
 
 clean:

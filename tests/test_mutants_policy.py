@@ -455,3 +455,60 @@ def test_under_strips_only_slashes_from_the_root() -> None:
 )
 def test_path_globs_keep_the_character_after_a_wildcard(glob: str, path: str, matches: bool) -> None:
     assert (path_pattern([glob], False).match(path) is not None) is matches
+
+
+# --- the owed survivors of the first measured run ----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "other",
+    [call("t", user="x.alice"), call("t", agent="team__agent"), call("t", key="x-k1"),
+     call("x", server="files", method="ns/tools/call")],
+)
+def test_only_tool_names_are_read_behind_a_namespace(tmp_path: Path, other: Call) -> None:
+    """A namespace prefix is read only in front of tool names of deny and rate rules: an allow rule's
+    users, agents, keys and methods match the name as written (a prefix would widen what is allowed)."""
+    p = policy(tmp_path, "rules:\n  - {id: a, effect: allow, users: [alice], agents: [agent], keys: [k1],"
+                         " methods: [tools/call]}\n")
+    assert verdict(p, call("t")) == (True, "allowed", "a")
+    assert verdict(p, other) == (False, "default", "default:files")
+
+
+def test_only_tool_names_of_deny_rules_are_read_behind_a_namespace(tmp_path: Path) -> None:
+    p = policy(tmp_path, "servers:\n  files: {default: allow}\nrules:\n"
+                         "  - {id: d, effect: deny, users: [bob], tools: [rm]}\n")
+    assert verdict(p, call("ns__rm", user="bob")) == (False, "denied", "d")
+    assert verdict(p, call("ns__rm", user="team.bob")) == (True, "default", "default:files")
+
+
+class _FakeRe2Error:
+    """re2.compile raising what google-re2 has never raised so far: the fallbacks must still give a
+    PatternError with the reason (never an IndexError, AttributeError or LookupError from the handler)."""
+
+    def __init__(self, *args: object) -> None:
+        self.args = args
+
+    def __call__(self, *_a: object, **_k: object) -> None:
+        import re2
+        raise re2.error(*self.args)
+
+
+@pytest.mark.parametrize(
+    ("args", "detail"),
+    [((b"bad \xff byte",), "bad \ufffd byte"), (("a str reason",), "a str reason"), ((), "")],
+)
+def test_pattern_errors_of_any_shape_stay_pattern_errors(monkeypatch: pytest.MonkeyPatch, args: tuple,
+                                                         detail: str) -> None:
+    import re2
+    monkeypatch.setattr(re2, "compile", _FakeRe2Error(*args))
+    with pytest.raises(PatternError) as info:
+        compile_pattern("x")
+    assert str(info.value) == ("not a pattern Valet can run in linear time (RE2 syntax; no backreferences or "
+                               f"lookaround): {detail}")
+
+
+def test_a_rate_budget_reads_argument_names_in_any_case(tmp_path: Path) -> None:
+    p = policy(tmp_path, "rules:\n  - {id: r, tools: ['*'], rate: 5/minute, per: ['argument:path']}\n")
+    (rule,) = p.rate_rules(call("x"))
+    assert rule.identifiers(call("x", {"path": "/a"})) == (f"argument:path={argument_key('/a')}",)
+    assert rule.identifiers(call("x", {"PATH": "/a"})) == (f"argument:path={argument_key('/a')}",)
+    assert rule.identifiers(call("x", {"other": "/a"})) == ("argument:path=-",)

@@ -682,3 +682,54 @@ def test_keys_are_stamped_in_utc(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.db")
     assert store.revoke(record.id)
     assert store.all()[0].revoked_at.endswith("Z")
+
+
+# --- the survivors of the complete run of 2026-11-28 ------------------------------------------------------
+
+def test_refusals_name_their_cause_exactly() -> None:
+    """The whole refusal (cause, message, JSON-RPC id), not just "refused": the agent reads the message."""
+    r = refusal(b'{"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "Arguments": {}}}')
+    assert (r.cause, r.message, r.rpc_id) == (
+        Cause.MEMBER_CASE, "params member 'Arguments' is not 'arguments': member names are case-sensitive", 9)
+    r = refusal(b'{"jsonrpc": "2.0", "id": "a", "method": "prompts/get", "params": {"ARGUMENTS": {}}}')
+    assert (r.cause, r.message, r.rpc_id) == (
+        Cause.MEMBER_CASE, "params member 'ARGUMENTS' is not 'arguments': member names are case-sensitive", "a")
+    r = refusal(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"a": 1e999}}')
+    assert (r.cause, r.message) == (Cause.PARSE_ERROR, "a number is out of range")
+    r = refusal(b'{"jsonrpc": "2.0", "id": 1, "method": "x", "params": {"a": -1e999}}')
+    assert (r.cause, r.message) == (Cause.PARSE_ERROR, "a number is out of range")
+    one = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    with pytest.raises(Refusal) as info:
+        parse_body(b"[" + b",".join([one] * 3) + b"]", LIMIT, max_messages=2)
+    assert (info.value.cause, info.value.message) == (Cause.BATCH_TOO_LARGE, "a batch holds at most 2 messages")
+
+
+def test_key_id_from_argument_takes_an_id_or_a_whole_key() -> None:
+    from addon.identity import key_id_from_argument
+
+    key_id = "0123456789ab"
+    key = f"{KEY_PREFIX}{key_id}_" + "Q" * 43
+    assert key_id_of(key) == key_id
+    assert key_id_from_argument(f"  {key}\n") == key_id
+    assert key_id_from_argument(f" {key_id} ") == key_id
+    assert key_id_from_argument("not-a-key") == "not-a-key"
+
+
+def test_last_used_reads_the_audit_log_without_creating_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from addon.audit.log import AuditWriter
+    from addon.identity import last_used
+
+    monkeypatch.chdir(tmp_path)  # a mutant opening "file:...?mode=ro" as a plain name would create it here
+    db = tmp_path / "data" / "audit.db"
+    db.parent.mkdir()
+    assert last_used(db) == {}
+    assert not db.exists()
+    writer = AuditWriter(db)
+    for ts, key_id, reason in [("2026-01-01T00:00:01", "k1", None), ("2026-01-01T00:00:03", "k1", "denied"),
+                               ("2026-01-01T00:00:02", "k2", None), ("2026-01-01T00:00:09", "k2", "revoked_key"),
+                               ("2026-01-01T00:00:09", "k3", "unknown_key"), ("2026-01-01T00:00:09", None, None)]:
+        writer.submit({"ts": ts, "mode": "reverse", "http_method": "POST", "http_path": "/mcp", "decision": "allow",
+                       "key_id": key_id, "reason": reason})
+    writer.close()
+    assert last_used(db) == {"k1": "2026-01-01T00:00:03", "k2": "2026-01-01T00:00:02"}
+    assert not [p for p in tmp_path.rglob("*") if "file:" in p.name or "mode=ro" in p.name]

@@ -144,6 +144,10 @@ def test_redactor_is_a_scrubber() -> None:
         (b"&#65;", b"A"), (b"&#065", b"A"), (b"&#x41;", b"A"), (b"&#X41", b"A"), (b"&#x10FFFF;", chr(0x10FFFF).encode()),
         (b"&#x110000;", b""), (b"&#99999999;", b""), (b"&amp;", b"&"), (b"&AMP;", b"&"), (b"&sol;", b"/"),
         (b"&nosuch;", b""),
+        # a lone surrogate keeps its own (surrogatepass) bytes: it must not vanish and join its neighbours
+        (b"\\ud800", b"\xed\xa0\x80"), (b"&#xDC00;", b"\xed\xb0\x80"),
+        (b"&#0;", b"\x00"), (b"&#x0000;", b"\x00"),  # all zeros: code 0, not an empty number
+        (b"&#999999999;", b""), (b"&#x123456789;", b""),  # more than 8 digits: nothing, never a guess
     ],
 )
 def test_decode_unit(unit: bytes, decoded: bytes) -> None:
@@ -190,6 +194,8 @@ def test_literal_pattern_escapes_everything_but_letters_and_digits() -> None:
         (b'a\\nb', 2, 1), (b'a\\nb', 3, None), (b'a\\nb', 1, None), (b'\\u0041x', 3, 0), (b'\\u0041x', 5, 0),
         (b'\\u0041x', 6, None), (b'\\\\nb', 2, None), (b'\\\\\\nb', 3, 2), (b'\\U0041', 4, 0), (b'ab', 1, None),
         (b'x\\\\', 3, None), (b'\\', 0, None),
+        (b'ab\\', 3, 2), (b'a\\u', 3, 1),  # an escape cut by the end of the data
+        (b'\\nab\\', 1, 0),  # the run of backslashes stops at the start (never wraps around to the end)
     ],
 )
 def test_escape_start(data: bytes, pos: int, start: int | None) -> None:
@@ -316,3 +322,61 @@ def test_six_character_values_in_base64_and_encoded_keys() -> None:
     key = "vk_0123456789ab_" + "Q" * 32
     encoded = "".join(f"%{b:02X}" for b in key.encode()).encode()
     assert Scrubber([]).bytes(b"<" + encoded + b">") == b"<[REDACTED:VALET_KEY]>"
+
+
+# --- the survivors of the complete run of 2026-11-28 ------------------------------------------------------
+
+def test_a_match_ending_inside_an_escape_is_widened_even_at_the_end() -> None:
+    s = Scrubber([("B", "fake-value\\")], key_shape=False)
+    assert s.bytes(b"x fake-value\\") == b"x [REDACTED:B]"
+    u = Scrubber([("U", "abc-\\U00")], key_shape=False)
+    assert u.bytes(b'"abc-\\U0041"') == b'"[REDACTED:U]"'  # \U (upper case) is an escape too
+
+
+def test_the_window_ends_past_a_run_of_zeros_exactly() -> None:
+    """A scan window is MAX_UNIT_BYTES longer than its slice, and longer still over a run of zeros."""
+    assert sc.MAX_UNIT_BYTES == 48
+    data = b"x" * 100 + b"0" + b"y" * 200
+    assert sc._window_end(data, 53) == 101 + 48  # byte 100 is a zero: past it, then 48 more
+    assert sc._window_end(data, 52) == 100  # byte 99 is not
+    assert sc._window_end(data, 300) == len(data)
+    assert sc._window_end(b"x" * 100 + b"0" * 300, 53) == 400  # zeros up to the end
+    assert sc._window_end(b"x" * 100 + b"00y" + b"z" * 100, 53) == 102 + 48
+
+
+def test_a_body_ending_in_a_zero_is_scanned_once() -> None:
+    s = Scrubber([("T", FAKE)], key_shape=False)
+    assert s.bytes(b"%41 100") == b"%41 100"
+    assert s.bytes(b"&#x66;ake-Value/1 &#0") == b"[REDACTED:T] &#0"
+
+
+def test_supplementary_characters_from_u_10000_in_surrogate_pairs() -> None:
+    value = "fake-\U00010000-\U0001f600-value"
+    s = Scrubber([("S", value)], key_shape=False)
+    for form in ("fake-\\ud800\\udc00-\\ud83d\\ude00-value", "fake-\\Ud800\\udc00-\\Ud83d\\ude00-value",
+                 "fake-\\ud800\\Udc00-\\ud83d\\Ude00-value", "fake-&#x10000;-&#X1F600;-value"):
+        assert s.bytes(b"<" + form.encode() + b">") == b"<[REDACTED:S]>", form
+
+
+def test_html_hex_references_with_an_upper_case_x_and_named_ones_with_digits() -> None:
+    s = Scrubber([("H", "fake\u00bdvalue")], key_shape=False)  # &frac12; has digits in its name
+    assert s.bytes(b"<fake&frac12;value>") == b"<[REDACTED:H]>"
+    assert s.bytes(b"<&#X66;ake&#XBD;value>") == b"<[REDACTED:H]>"
+
+
+def test_nested_strings_are_scrubbed_in_audit_values() -> None:
+    s = Scrubber([("T", FAKE)], key_shape=False)
+    assert s.value({"a": [FAKE]}) == {"a": ["[REDACTED:T]"]}
+    assert s.value([{"k": FAKE}]) == [{"k": "[REDACTED:T]"}]
+    clean = {"a": ["nothing", {"b": "here"}]}
+    assert s.value(clean) is clean  # nothing to redact: the very same object
+
+
+def test_the_longest_match_names_a_merged_span_wherever_it_starts() -> None:
+    prefix = b"0123456789" * 3
+    first, longer = "fake-aaaa-bbbb", "aaaa-bbbb-cccc-dd"  # 14 and 17 characters, the second starts at +5
+    s = Scrubber([("FIRST", first), ("LONGER", longer)], key_shape=False)
+    assert s.bytes(prefix + b"fake-aaaa-bbbb-cccc-dd") == prefix + b"[REDACTED:LONGER]"
+    third = "bbbb-cccc-dd-eeeeee"  # 19: longer than the second, shorter than its end + start
+    t = Scrubber([("FIRST", first), ("LONGER", longer), ("THIRD", third)], key_shape=False)
+    assert t.bytes(prefix + b"fake-aaaa-bbbb-cccc-dd-eeeeee") == prefix + b"[REDACTED:THIRD]"
