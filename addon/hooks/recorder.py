@@ -167,8 +167,10 @@ class ExchangeRecorder:
             self.state.record(exchange, response.status_code)
             return
         # The agent got mitmproxy's own error page (addon.protocol.mitm_errors), whatever the upstream sent.
-        status = 413 if "request body exceeds" in message else 502
-        cause, body = error_page(status)
+        status = 413 if "request body exceeds" in message else 400 if message.startswith("trailers_refused:") else 502
+        cause, body = error_page(status, message)
+        if cause is Cause.TRAILERS_REFUSED:  # the agent's request was refused, not an upstream failure
+            exchange.decision = "deny"
         exchange.reason = cause.reason
         exchange.error_code = cause.code
         exchange.bytes_out = len(body)

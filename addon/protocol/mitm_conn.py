@@ -32,6 +32,12 @@ heads once their first byte arrives; this module bounds what happens around them
    response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
    only inside forward-mode TLS tunnels, and only when it is turned on).
 
+7. **HTTP/1 trailers end the exchange as a protocol error**, not as a crash: mitmproxy's HTTP/1 body reader
+   raises ``NotImplementedError`` on a chunked body with trailers, which left the agent with no answer and
+   the exchange with no audit row (its traceback also quoted the trailer values). Trailers are fields no
+   check reads (``trailers_refused`` refuses them over HTTP/2): the request is answered ``400``, audited as a
+   refusal, and its connection closed; an upstream's answer with trailers becomes ``502``.
+
 Closings are logged once per interval with counts and counted in ``/metrics``
 (``valet_connections_closed{reason}``). mitmproxy is pinned below 13 and ``tests/test_e2e_review2_conn*.py``
 fail loudly if these internals change.
@@ -374,6 +380,27 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
     return (yield from _original_h2_handle_event(self, event))
 
 
+_original_read_body = _http1.Http1Connection.read_body
+TRAILERS_MESSAGE = "trailers_refused: HTTP/1 messages with trailers are not accepted"
+
+
+def _read_body(self: _http1.Http1Connection, event: events.Event):  # type: ignore[no-untyped-def]
+    """mitmproxy's body reader, with trailers turned into the protocol error they are to Valet (item 7)."""
+    try:
+        return (yield from _original_read_body(self, event))
+    except NotImplementedError:
+        # the stream records it (its error hook: the audit row says trailers_refused); mitmproxy answers a
+        # request's protocol error with nothing, so the agent gets Valet's JSON page here (for an upstream's
+        # answer the stream sends the agent its 502 itself), then the connection is closed
+        self.buf = _http1.ReceiveBuffer()
+        self.state = types.MethodType(mitm_limits._discard, self)
+        yield ReceiveHttp(self.ReceiveProtocolError(self.stream_id, TRAILERS_MESSAGE,
+                                                    code=ErrorCode.GENERIC_CLIENT_ERROR))
+        if isinstance(self, _http1.Http1Server):
+            yield commands.SendData(self.conn, _http1.make_error_response(400, TRAILERS_MESSAGE))
+        yield commands.CloseConnection(self.conn)
+
+
 def install() -> None:
     """Call after :func:`addon.protocol.mitm_limits.install` (whose wrappers this leaves in place)."""
     global _original_h2_handle_event
@@ -383,6 +410,7 @@ def install() -> None:
     _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
     HttpStream.state_wait_for_request_headers = _wait_for_request_headers  # type: ignore[method-assign]
     _http1.Http1Client.read_headers = _client_read_headers  # type: ignore[method-assign]
+    _http1.Http1Connection.read_body = _read_body  # type: ignore[method-assign]
     _original_h2_handle_event = _http2.Http2Server._handle_event  # mitm_limits' wrapper: chained, not replaced
     _http2.Http2Server._handle_event = _h2_handle_event  # type: ignore[method-assign]
 

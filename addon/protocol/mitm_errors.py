@@ -24,15 +24,23 @@ _CAUSE_BY_STATUS = {400: Cause.INVALID_REQUEST, 413: Cause.BODY_TOO_LARGE}
 _MESSAGES = {400: "the request could not be read", 413: "the body is too large"}
 
 
-def error_page(status_code: int) -> tuple[Cause, bytes]:
+# Protocol errors Valet raises itself inside mitmproxy's readers start with their reason (mitm_conn item 7);
+# mitmproxy's own messages are never quoted (they can hold upstream bytes), these fixed texts are.
+_VALET_REASONS = {Cause.TRAILERS_REFUSED.reason: (Cause.TRAILERS_REFUSED, "requests with trailers are not accepted")}
+
+
+def error_page(status_code: int, message: str = "") -> tuple[Cause, bytes]:
     """The cause and body of the page mitmproxy sends for this status (the audit row records the same)."""
+    known = _VALET_REASONS.get(message.partition(":")[0].strip().lower()) if status_code == 400 else None
+    if known is not None:
+        return known[0], Refusal(*known).body()
     cause = _CAUSE_BY_STATUS.get(status_code, Cause.UPSTREAM_ERROR)
     return cause, Refusal(cause, _MESSAGES.get(status_code, "the upstream failed to answer")).body()
 
 
 def _json_error_response(status_code: int, message: str = "") -> bytes:
     """A fixed text per status: mitmproxy's own message can quote raw upstream bytes (a secret, say)."""
-    _cause, body = error_page(status_code)
+    _cause, body = error_page(status_code, message)
     response = http.Response.make(
         status_code, body, http.Headers(content_type="application/json", connection="close")
     )
