@@ -71,3 +71,38 @@ def test_a_chunked_request_without_trailers_still_goes_through(valet: Valet) -> 
             received += chunk
     assert received.startswith(b"HTTP/1.1 200"), received[:300]
     assert valet.rows("key_id = ?", (key_id,))[0]["decision"] == "allow"
+
+
+def test_an_upstream_answer_with_trailers_is_a_502_not_a_crash(tmp_path: Path) -> None:
+    """The same reader on the upstream side: a chunked answer with trailers becomes 502 upstream_error."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n"
+                         b"trailer: x-t\r\n\r\n2\r\n{}\r\n0\r\nx-t: v\r\n\r\n")
+            conn.recv(65536)
+
+    import threading
+    threading.Thread(target=serve, daemon=True).start()
+    config = f"servers:\n  api:\n    url: http://127.0.0.1:{listener.getsockname()[1]}\n    kind: http\n"
+    proxy = start_valet(tmp_path, None, config_text=config)
+    try:
+        key, key_id = proxy.new_key()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+            sock.sendall(f"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nAuthorization: Bearer {key}\r\n"
+                         "connection: close\r\n\r\n".encode())
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 502") or b"0\r\n\r\n" not in received, received[:300]
+        row = proxy.rows("key_id = ?", (key_id,))[0]
+        assert row["decision"] == "error" and row["reason"] == "upstream_error", row
+        assert "NotImplementedError" not in proxy.log.read_text(errors="replace")
+    finally:
+        proxy.stop()
+        listener.close()

@@ -394,9 +394,10 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):  # type: igno
         # answer the stream sends the agent its 502 itself), then the connection is closed
         self.buf = _http1.ReceiveBuffer()
         self.state = types.MethodType(mitm_limits._discard, self)
-        yield ReceiveHttp(self.ReceiveProtocolError(self.stream_id, TRAILERS_MESSAGE,
-                                                    code=ErrorCode.GENERIC_CLIENT_ERROR))
-        if isinstance(self, _http1.Http1Server):
+        agent_side = isinstance(self, _http1.Http1Server)
+        message = TRAILERS_MESSAGE if agent_side else "the upstream's answer had trailers, which Valet does not relay"
+        yield ReceiveHttp(self.ReceiveProtocolError(self.stream_id, message, code=ErrorCode.GENERIC_CLIENT_ERROR))
+        if agent_side:
             yield commands.SendData(self.conn, _http1.make_error_response(400, TRAILERS_MESSAGE))
         yield commands.CloseConnection(self.conn)
 
