@@ -19,7 +19,7 @@ from mitmproxy import http
 
 from addon.audit.exchange import Exchange
 from addon.protocol.legacy_sse import EndpointRefused, Mount, rewrite_event
-from addon.protocol.sse import SSEFramer
+from addon.protocol.sse import SSEFramer, is_event_stream
 from addon.secrets.outbound import Outbound
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.sessions import SessionGuard
@@ -40,7 +40,7 @@ class LegacyEndpoints:
             return None
         if exchange.snapshot.config.servers[exchange.server].kind != "mcp":
             return None
-        if response.headers.get("content-type", "").partition(";")[0].strip().lower() != "text/event-stream":
+        if not is_event_stream(response.headers):
             return None
         upstream = exchange.snapshot.routes.upstreams[exchange.server]
         return exchange, Mount(self.state.mode, exchange.server, upstream, flow.request.url)

@@ -22,7 +22,7 @@ from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
 from addon.secrets import bodystream, compressed
 from addon.secrets.outbound import Outbound
-from addon.protocol.sse import EventTooLarge, SSEFramer
+from addon.protocol.sse import EventTooLarge, SSEFramer, is_event_stream, media_type
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, exchange_of, refuse
 
@@ -52,7 +52,7 @@ class ResponseFilter:
         outbound = _outbound_of(self.state, exchange, flow)
         exchange.outbound = outbound
         _scrub_headers(response, outbound)
-        media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        media = media_type(response.headers)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         codec = None if encoding in ("identity", "") else _CODECS.get(encoding, "unknown")
         if media == "text/event-stream" and codec != "unknown":
@@ -154,7 +154,7 @@ def _outbound_of(state: ValetState, exchange: Exchange, flow: http.HTTPFlow) -> 
 
 
 def _transform(response: http.Response, outbound: Outbound, content: bytes) -> bytes:
-    if response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream":
+    if is_event_stream(response.headers):
         framer = SSEFramer()  # a stream read whole (a replay, or compressed): scrub it event by event
         events = framer.feed(content)
         rest = framer.flush()

@@ -20,6 +20,7 @@ from mitmproxy import ctx, http
 from addon.protocol.errors import Cause, Refusal
 from addon.protocol.session_store import RedisSessions, SessionStore
 from addon.protocol.sessions import DEFAULT_MAX_SESSIONS, SessionOwners
+from addon.protocol.sse import is_event_stream
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -120,8 +121,7 @@ class SessionGuard:
         if not self.bind_answer(flow) or exchange is None:
             return
         outbound = exchange.outbound
-        media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if (flow.request.method == "GET" and media == "text/event-stream" and outbound is not None
+        if (flow.request.method == "GET" and is_event_stream(flow.response.headers) and outbound is not None
                 and not outbound.tools_list_ids):
             # A GET stream answers requests POSTed elsewhere (legacy transport): filter every tools list on it.
             outbound.tools_list_ids = frozenset({STREAM_TOOLS_LIST})

@@ -23,6 +23,7 @@ from mitmproxy import connection, ctx, http
 
 from addon.audit.exchange import Exchange
 from addon.config import timeouts_for
+from addon.protocol.sse import is_event_stream
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
@@ -74,8 +75,7 @@ class Watchdog:
         watch.last = asyncio.get_running_loop().time()
         # only an event stream opened by GET stands open for as long as it likes; a GET that answers a
         # plain body (an HTTP API, a large download) is bounded by the idle and total limits like any answer
-        media = flow.response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        watch.standing = watch.standing and media == "text/event-stream"
+        watch.standing = watch.standing and is_event_stream(flow.response.headers)
         stream = flow.response.stream
         if callable(stream):
             watch.streamed = True

@@ -309,12 +309,7 @@ _original_client_read_headers = _http1.Http1Client.read_headers
 
 
 def _response_head_too_large(buf: _http1.ReceiveBuffer) -> bool:
-    data = bytes(buf)[: MAX_RESPONSE_HEADER_BYTES + 4]
-    end = data.find(b"\r\n\r\n")
-    if end == -1:
-        end = data.find(b"\n\n")
-    head = data if end == -1 else data[:end]
-    return len(head) > MAX_RESPONSE_HEADER_BYTES or head.count(b"\n") > MAX_RESPONSE_HEADER_COUNT
+    return mitm_limits.head_over(buf, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADER_COUNT)
 
 
 def _client_read_headers(self: _http1.Http1Client, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]

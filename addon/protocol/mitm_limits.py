@@ -74,6 +74,7 @@ from mitmproxy.proxy.layers.http import SendHttp
 from mitmproxy.proxy.utils import ReceiveBuffer
 
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.sse import is_event_stream
 from addon.secrets.compressed import TooLarge, Unreadable
 
 # Set from the configuration (limits.max_header_bytes / max_header_count / max_buffered_total_bytes)
@@ -226,16 +227,20 @@ def _too_large() -> bytes:
     return http1.assemble_response(http.Response.make(431, body, headers))
 
 
-def _head_too_large(buf: _http1.ReceiveBuffer) -> bool:
-    """Whether the buffered request head exceeds the limits (checked before mitmproxy extracts it)."""
-    data = bytes(buf)[: MAX_HEADER_BYTES + 4]
+def head_over(buf: _http1.ReceiveBuffer, max_bytes: int, max_lines: int) -> bool:
+    """Whether the buffered HTTP/1 head (complete or not) is longer than ``max_bytes`` or has more than
+    ``max_lines`` lines after its start line; checked before mitmproxy extracts it."""
+    data = bytes(buf)[: max_bytes + 4]
     end = data.find(b"\r\n\r\n")
     if end == -1:
         end = data.find(b"\n\n")
     head = data if end == -1 else data[:end]
-    if len(head) > MAX_HEADER_BYTES:
-        return True
-    return head.count(b"\n") > MAX_HEADER_COUNT  # request line + header lines
+    return len(head) > max_bytes or head.count(b"\n") > max_lines
+
+
+def _head_too_large(buf: _http1.ReceiveBuffer) -> bool:
+    """Whether the buffered request head exceeds the limits."""
+    return head_over(buf, MAX_HEADER_BYTES, MAX_HEADER_COUNT)
 
 
 # agent connections answered before their request body was read: closed once the answer is out
@@ -399,7 +404,7 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
                 if not self.response:
                     yield commands.SendData(self.conn, ending.response())
                 elif ("chunked" in self.response.headers.get("transfer-encoding", "").lower()
-                      and _is_event_stream(self.response)):
+                      and is_event_stream(self.response.headers)):
                     # an open event stream gets one error event and its end; any other body (a streamed
                     # JSON answer) stays cut, without the final chunk, so that it never looks complete
                     notice = ending.event()
@@ -539,10 +544,6 @@ def _tls_hello(self: ClientTLSLayer, data: bytes):  # type: ignore[no-untyped-de
             asyncio.get_running_loop().call_soon(_close_client, self.context.client.id)
             return False, "the TLS ClientHello is larger than Valet accepts"
     return (yield from _original_tls_hello(self, data))
-
-
-def _is_event_stream(response: http.Response) -> bool:
-    return response.headers.get("content-type", "").partition(";")[0].strip().lower() == "text/event-stream"
 
 
 def forget(client_id: str) -> None:

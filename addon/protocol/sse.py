@@ -16,6 +16,16 @@ dropped (the event already ended; a stray LF would be an extra empty line).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """The Content-Type's media type, lower-cased, without parameters ("" when there is none)."""
+    return headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    return media_type(headers) == "text/event-stream"
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
