@@ -1,0 +1,56 @@
+"""Review 3's policy findings end to end: a real Valet in front of the suite's MCP SDK server.
+
+G8: the SDK validates tool arguments with pydantic in lax mode, so ``add(a="5000")`` runs ``add(5000, ...)``;
+a deny rule on ``a >= 1000`` must refuse every spelling that reaches the tool as 5000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import Upstream, Valet, assert_clean_log, start_valet
+from .test_e2e_policy import raw_call
+
+pytestmark = pytest.mark.e2e
+
+POLICY = """
+servers:
+  notes: {default: allow}
+rules:
+  - id: no-big-add
+    effect: deny
+    servers: [notes]
+    tools: [add]
+    arguments:
+      a: {min: 1000}
+"""
+
+
+@pytest.fixture(scope="module")
+def valet(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valet]:
+    tmp = tmp_path_factory.mktemp("review3-policy")
+    proxy = start_valet(tmp, None, config_text=f"servers:\n  notes:\n    url: {upstream.url}\n", policy=POLICY)
+    yield proxy
+    assert proxy.stop() == 0
+    assert_clean_log(proxy)
+
+
+@pytest.mark.parametrize("a", [5000, "5000", " 5000 ", "5e3", "5_000", "5000.0", "05000"])
+def test_numeric_strings_do_not_slip_past_a_deny(valet: Valet, upstream: Upstream, a: object) -> None:
+    key, _ = valet.new_key("alice", "g8")
+    before = upstream.requests_seen()
+    r = raw_call(valet, key, "add", {"a": a, "b": 1})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["data"]["rule"] == "no-big-add"
+    assert upstream.requests_seen() == before  # nothing reached the tool
+
+
+def test_small_numbers_in_any_spelling_still_run(valet: Valet) -> None:
+    key, _ = valet.new_key("alice", "g8-small")
+    for a in (2, "2", " 2 "):
+        r = raw_call(valet, key, "add", {"a": a, "b": 1})
+        assert r.status_code == 200, r.text
+        assert '"3"' in r.text or "3" in r.json()["result"]["content"][0]["text"]
