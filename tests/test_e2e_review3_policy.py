@@ -54,3 +54,31 @@ def test_small_numbers_in_any_spelling_still_run(valet: Valet) -> None:
         r = raw_call(valet, key, "add", {"a": a, "b": 1})
         assert r.status_code == 200, r.text
         assert '"3"' in r.text or "3" in r.json()["result"]["content"][0]["text"]
+
+
+# --- G9: a per-value budget counts the value, not its spelling -------------------------------------------------
+
+RATE_POLICY = """
+servers:
+  notes: {default: allow}
+rules:
+  - id: add-per-a
+    servers: [notes]
+    tools: [add]
+    rate: 2/hour
+    per: [user, "argument:a"]
+"""
+
+
+def test_respelling_a_value_does_not_open_a_new_budget(upstream: Upstream, tmp_path: Path) -> None:
+    proxy = start_valet(tmp_path, None, config_text=f"servers:\n  notes:\n    url: {upstream.url}\n",
+                        policy=RATE_POLICY)
+    try:
+        key, _ = proxy.new_key("alice", "g9")
+        statuses = [raw_call(proxy, key, "add", {"a": a, "b": 1}, i).status_code
+                    for i, a in enumerate([7, 7, 7.0, "7", " 7", "07", "+7", "0007"], 1)]
+        assert statuses == [200, 200] + [429] * 6
+        assert raw_call(proxy, key, "add", {"a": 8, "b": 1}, 99).status_code == 200  # another value: its own budget
+    finally:
+        assert proxy.stop() == 0
+    assert_clean_log(proxy)

@@ -14,7 +14,7 @@ import pytest
 
 from addon.config import parse_config
 from addon.policy.arguments import Check, compile_pattern
-from addon.policy.decisions import Call, PolicySet
+from addon.policy.decisions import Call, PolicySet, argument_key
 from addon.policy.files import load_policies
 from addon.policy.readings import UNDECIDABLE, canonical, numbers, texts, truths
 
@@ -187,3 +187,34 @@ def test_a_long_value_is_read_in_linear_time() -> None:
 def test_allow_pattern_is_case_sensitive_and_deny_is_not() -> None:
     assert compile_pattern("abc").fullmatch("ABC") is None
     assert compile_pattern("abc", ignore_case=True).fullmatch("ABC") is not None
+
+
+# --- G9: a per-value rate budget is keyed by the value's canonical reading ------------------------------------
+
+@pytest.mark.parametrize("spelling", [7, 7.0, "7", " 7", "7 ", "07", "+7", "0007", "7.0", "7e0", "0x7", "７"])
+def test_every_spelling_of_a_number_shares_one_budget(spelling: object) -> None:
+    assert argument_key(spelling) == argument_key(7)
+
+
+def test_distinct_values_keep_distinct_budgets() -> None:
+    keys = {argument_key(v) for v in (7, 8, 7.5, "seven", "acct_7", [7], {"a": 7}, None, "5000abc")}
+    assert len(keys) == 9
+    assert argument_key(True) == argument_key(1) and argument_key(False) == argument_key(0)
+    assert argument_key(None) == argument_key(0)  # Number(null) is 0
+
+
+def test_texts_share_a_budget_whatever_their_case_width_or_padding() -> None:
+    assert argument_key("Bob@x.com") == argument_key(" bob@X.COM ") == argument_key("ｂｏｂ@x.com")
+    assert argument_key({"b": 1, "a": [1, "x"]}) == argument_key({"a": ["1", " X"], "b": "01"})
+
+
+def test_rate_identifiers_use_the_canonical_key(tmp_path: Path) -> None:
+    p = policy(tmp_path, """
+servers:
+  calc: {default: allow}
+rules:
+  - {id: per-a, tools: [add], rate: 2/hour, per: [user, "argument:a"]}
+""")
+    calls = [Call("alice", "agent", "k1", "calc", "tools/call", "add", {"a": a}) for a in (7, "07", " +7", 7.0)]
+    ids = {tuple(r.identifiers(c)) for c in calls for r in p.rate_rules(c)}
+    assert len(ids) == 1
