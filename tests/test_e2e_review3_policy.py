@@ -1,7 +1,8 @@
 """Review 3's policy findings end to end: a real Valet in front of the suite's MCP SDK server.
 
 G8: the SDK validates tool arguments with pydantic in lax mode, so ``add(a="5000")`` runs ``add(5000, ...)``;
-a deny rule on ``a >= 1000`` must refuse every spelling that reaches the tool as 5000.
+a deny rule on ``a >= 1000`` must refuse every spelling that reaches the tool as 5000. G9: a per-value rate
+budget counts every spelling of one value. G10: a deny pattern's ``.`` matches a newline.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ rules:
     tools: [add]
     arguments:
       a: {min: 1000}
+  - id: no-drop
+    effect: deny
+    servers: [notes]
+    tools: [echo]
+    arguments:
+      text: {regex: "drop .*"}
 """
 
 
@@ -82,3 +89,14 @@ def test_respelling_a_value_does_not_open_a_new_budget(upstream: Upstream, tmp_p
     finally:
         assert proxy.stop() == 0
     assert_clean_log(proxy)
+
+
+# --- G10: a newline does not carry a value past a deny pattern ------------------------------------------------
+
+@pytest.mark.parametrize("text", ["drop table users\n", "drop table\nusers", "DROP TABLE users"])
+def test_a_newline_does_not_pass_a_deny_pattern(valet: Valet, upstream: Upstream, text: str) -> None:
+    key, _ = valet.new_key("alice", "g10")
+    before = upstream.requests_seen()
+    r = raw_call(valet, key, "echo", {"text": text})
+    assert r.status_code == 403 and r.json()["error"]["data"]["rule"] == "no-drop", r.text
+    assert upstream.requests_seen() == before

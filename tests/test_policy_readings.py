@@ -218,3 +218,36 @@ rules:
     calls = [Call("alice", "agent", "k1", "calc", "tools/call", "add", {"a": a}) for a in (7, "07", " +7", 7.0)]
     ids = {tuple(r.identifiers(c)) for c in calls for r in p.rate_rules(c)}
     assert len(ids) == 1
+
+
+# --- G10: a deny pattern's "." matches a newline; an allow pattern's does not ---------------------------------
+
+NO_DROP = """
+servers:
+  calc: {default: allow}
+rules:
+  - id: no-drop
+    effect: deny
+    tools: [echo]
+    arguments:
+      text: {regex: "drop .*"}
+  - id: safe-only
+    effect: allow
+    tools: [safe]
+    arguments:
+      text: {regex: "safe .*"}
+"""
+
+
+@pytest.mark.parametrize("text", ["drop table users", "DROP table", "drop table users\n", "drop table\nusers",
+                                  "\ndrop table", " drop table ", "drop x\r\n"])
+def test_a_deny_pattern_matches_across_lines(tmp_path: Path, text: str) -> None:
+    assert decide(policy(tmp_path, NO_DROP), "echo", {"text": text}) == (False, "no-drop")
+
+
+def test_an_allow_pattern_stops_at_a_newline(tmp_path: Path) -> None:
+    p = policy(tmp_path, NO_DROP.replace("default: allow", "default: deny"))
+    assert decide(p, "safe", {"text": "safe words"}) == (True, "safe-only")
+    assert decide(p, "safe", {"text": "safe words\nrm -rf /"}) == (False, "default:calc")
+    assert compile_pattern("a.b").fullmatch("a\nb") is None
+    assert compile_pattern("a.b", ignore_case=True).fullmatch("A\nB") is not None

@@ -43,10 +43,17 @@ class PatternError(ValueError):
 
 
 def compile_pattern(pattern: str, ignore_case: bool = False) -> re2._Regexp:
-    """Compile for RE2, which guarantees time linear in the input; refuse what it cannot run."""
+    """Compile for RE2, which guarantees time linear in the input; refuse what it cannot run.
+
+    ``ignore_case`` is the restrictive (deny, rate) reading: case-insensitive, and ``.`` matches a newline
+    too (RE2's ``dot_nl``, Perl's ``(?s)``), so ``drop .*`` denies ``"drop table users\n"`` and
+    ``"drop table\nusers"``. Allow patterns keep RE2's default: ``.`` stops at a newline, so a value with
+    a newline the operator did not foresee fails ``safe .*`` instead of widening the allowance.
+    """
     options = re2.Options()
     options.log_errors = False  # the error comes back in the exception, not on stderr
     options.case_sensitive = not ignore_case
+    options.dot_nl = ignore_case
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
