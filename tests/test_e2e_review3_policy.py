@@ -100,3 +100,17 @@ def test_a_newline_does_not_pass_a_deny_pattern(valet: Valet, upstream: Upstream
     r = raw_call(valet, key, "echo", {"text": text})
     assert r.status_code == 403 and r.json()["error"]["data"]["rule"] == "no-drop", r.text
     assert upstream.requests_seen() == before
+
+
+# --- method names that read as an MCP method but are not it ---------------------------------------------------
+
+@pytest.mark.parametrize("method", ["TOOLS/CALL", "Tools/Call", "tools/call ", " tools/call", "tools/call\u0000",
+                                    "tools/call\u200b", "ｔｏｏｌｓ/call"])
+def test_a_method_name_variant_is_refused(valet: Valet, upstream: Upstream, method: str) -> None:
+    from .support import jsonrpc, post
+
+    key, _ = valet.new_key("alice", "method-variant")
+    before = upstream.requests_seen()
+    r = post(valet.base + "/notes", jsonrpc(method, {"name": "add", "arguments": {"a": 5000, "b": 1}}, 7), key)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32071, r.text
+    assert upstream.requests_seen() == before
