@@ -192,9 +192,10 @@ class Authenticator:
             refuse(flow, Refusal(Cause.RECONFIGURED, f"server {server!r} was reconfigured while the request "
                                  "arrived; send it again", headers={"retry-after": "0"}))
             return
-        if server is None and previous is not None and previous.routes.allows_passthrough(request.host, request.port) \
-                and not snapshot.routes.allows_passthrough(request.host, request.port):
-            refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, f"{request.host}:{request.port} is no longer allowed"))
+        target = (request.host, request.port)
+        if server is None and previous is not None and previous.routes.allows_passthrough(*target) \
+                and not snapshot.routes.allows_passthrough(*target):
+            refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, "%s:%d is no longer allowed" % target))
             return
         exchange.snapshot = snapshot
 

@@ -168,7 +168,8 @@ class Check:
             written = texts(value)
             if written is UNDECIDABLE:
                 return None, normalized
-            candidates = [t for t in written if self.max_length is None or len(t) <= self.max_length]  # type: ignore[union-attr]
+            limit = self.max_length
+            candidates = [t for t in written if limit is None or len(t) <= limit]  # type: ignore[union-attr]
             if not candidates:
                 return False, normalized
             if self.regex is not None:
