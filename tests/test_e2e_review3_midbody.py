@@ -156,3 +156,22 @@ def test_a_body_that_trickles_past_the_total_bound_is_cut(upstream: Upstream, tm
         assert 1.0 <= elapsed < 30
     finally:
         assert proxy.stop() == 0
+
+
+def test_a_route_changed_mid_body_is_refused_not_sent_elsewhere(upstream: Upstream, tmp_path: Path) -> None:
+    from .support import free_port
+
+    proxy = start_valet(tmp_path, None, policy=ALLOW_ALL, config_text=f"servers:\n  notes:\n    url: {upstream.url}\n")
+    try:
+        key, _ = proxy.new_key("alice", "reroute")
+        assert raw_call(proxy, key, "add", {"a": 1, "b": 2}).status_code == 200
+        s, body = open_request(proxy, key, "add", 75)
+        time.sleep(0.3)
+        before = upstream.requests_seen()
+        text = proxy.config.read_text().replace(upstream.url, f"http://127.0.0.1:{free_port()}/mcp")
+        proxy.config.write_text(text)  # the config file is reloaded without a settle time
+        status, answer = finish(s, body)
+        assert status == 503 and "reconfigured" in answer and "-32070" in answer, answer
+        assert upstream.requests_seen() == before
+    finally:
+        assert proxy.stop() == 0
