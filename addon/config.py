@@ -128,11 +128,14 @@ class TimeoutsConfig(Strict):
     body_read_seconds: float | None = Field(
         None, gt=0, le=3600, description="global only: longest wait between two reads of a request body "
         "(408 otherwise)")
+    body_total_seconds: float | None = Field(
+        None, gt=0, le=86400, description="global only: a whole request body must arrive within this long "
+        "after its head (408 otherwise): a half-sent request cannot be parked to complete later")
 
 
 DEFAULT_TIMEOUTS = {"connect_seconds": 10.0, "first_byte_seconds": 120.0, "idle_seconds": 300.0,
                     "total_seconds": 3600.0, "header_read_seconds": 30.0, "client_idle_seconds": 60.0,
-                    "body_read_seconds": 60.0}
+                    "body_read_seconds": 60.0, "body_total_seconds": 120.0}
 
 
 class ServerConfig(Strict):
@@ -151,8 +154,10 @@ class ServerConfig(Strict):
     def _server_timeouts(cls, value: TimeoutsConfig | None) -> TimeoutsConfig | None:
         if value is not None and value.header_read_seconds is not None:
             raise ValueError("header_read_seconds is global only (the server is not known before the head)")
-        if value is not None and (value.client_idle_seconds is not None or value.body_read_seconds is not None):
-            raise ValueError("client_idle_seconds and body_read_seconds are global only (connection timers)")
+        if value is not None and (value.client_idle_seconds is not None or value.body_read_seconds is not None
+                                  or value.body_total_seconds is not None):
+            raise ValueError("client_idle_seconds, body_read_seconds and body_total_seconds are global only "
+                             "(connection timers)")
         return value
 
     @field_validator("headers")

@@ -387,7 +387,9 @@ def test_rate_rules_use_deny_matching(tmp_path: Path) -> None:
 
 
 def test_argument_key_is_canonical_utf8_json() -> None:
-    canonical = json.dumps({"a": "é", "b": [1, 2]}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # the JSON of the value's canonical reading (addon.policy.readings.canonical), members in sorted order
+    canonical = json.dumps(["o", [["a", ["s", "é"]], ["b", ["a", [["n", "1"], ["n", "2"]]]]]],
+                           separators=(",", ":"), ensure_ascii=False)
     expected = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
     assert argument_key({"b": [1, 2], "a": "é"}) == expected
     assert len(argument_key("x" * 10000)) == 32

@@ -74,6 +74,7 @@ rules:
         ("deploy", {"env": "PROD"}, "no-prod"),
         ("deploy", {"env": "Prod"}, "no-prod"),
         ("deploy", {"env": 7}, "no-prod"),
+        ("deploy", {"env": "7"}, "no-prod"),  # pydantic and Number() read "7" as 7 (review 3, G8)
         ("sql", {"q": "please DROP TABLE users"}, "no-drop"),
         ("delete_everything", {}, "no-wipe"),
         ("notes__delete_everything", {}, "no-wipe"),
@@ -93,7 +94,7 @@ def test_deny_rules_ignore_case_and_namespaces(tmp_path: Path, tool: str, args: 
     [
         ("read", {"path": "/srv/privates"}),
         ("deploy", {"env": "staging"}),
-        ("deploy", {"env": "7"}),  # a string is not the number 7
+        ("deploy", {"env": "8"}),  # a numeric string is its number (review 3, G8): 8 is not 7
         ("deploy", {"env": True}),
         ("sql", {"q": "select 1"}),
         ("delete_everything_else", {}),  # a namespace is a prefix, not any prefix or suffix
@@ -360,8 +361,9 @@ def test_reload_description_names_rules_and_files(tmp_path: Path) -> None:
 
 def test_rate_keys_are_hashes_of_canonical_json() -> None:
     assert argument_key({"b": 1, "a": [1, "x"]}) == argument_key({"a": [1, "x"], "b": 1})
-    assert argument_key("1") != argument_key(1)
-    assert argument_key(True) != argument_key(1)
+    assert argument_key("1") == argument_key(1)  # review 3, G9: one number, one budget, however spelled
+    assert argument_key(True) == argument_key(1)
+    assert argument_key("1") != argument_key(2)
     assert len(argument_key("x" * 1_000_000)) == 32
 
 

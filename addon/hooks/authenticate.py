@@ -5,6 +5,13 @@ Reverse mode: ``Authorization: Bearer <key>``. Forward mode: ``Proxy-Authorizati
 work, or Bearer). For HTTPS the key arrives once, on CONNECT; it is remembered
 for that client connection and re-verified on every request in the tunnel, so a
 revocation cuts a live tunnel on its next request.
+
+The key and the configuration are judged when the head arrives, and again when the
+body is complete (:meth:`Authenticator.request`, before the policy gate): a key revoked,
+or a kill switch or deny rule loaded, while a body was still arriving applies to that
+request too (review 3, G6). The second look is an identity comparison and a dict lookup;
+only a body that took longer than ``RECHECK_AFTER_SECONDS`` makes it look at the files
+again (the few ``stat`` calls every new request makes).
 """
 
 from __future__ import annotations
@@ -15,12 +22,17 @@ import re
 
 from mitmproxy import connection, http
 
+from addon.protocol import mitm_conn
 from addon.protocol.errors import Cause, Refusal
 from addon.protocol.keyleak import KEY_SHAPE, bearer_or_basic_key, carries_key, misplaced_key
 from addon.filewatch import reload_if_stale
 from addon.identity import KeyRecord
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
+
+# A body that arrived within this of its head is judged with what Valet knew at the head, plus whatever it
+# has learnt since (another request or the watchdog's 1 s sweep reloading): no file is looked at again.
+RECHECK_AFTER_SECONDS = 0.05
 
 
 def _native(value: bytes) -> str:
@@ -143,6 +155,49 @@ class Authenticator:
             if proxy_auth and refusal.cause.status == 401:
                 refusal.status = 407  # credentials given to the proxy itself were refused
             refuse(flow, refusal)
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """The body is complete: judge the request by the key ring and the configuration in force NOW.
+
+        The exchange's snapshot becomes the current one (the policy gate, the injector and the audit row
+        then use it), unless the server's route changed meanwhile: the request was routed by the old one,
+        so it is refused (503 ``reconfigured``, retry), never sent where the configuration no longer says.
+        """
+        if answered(flow):
+            return
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.key_id is None:
+            return
+        state = self.state
+        request = flow.request
+        took = (request.timestamp_end or 0.0) - (request.timestamp_start or 0.0)
+        if took > RECHECK_AFTER_SECONDS:
+            if took > mitm_conn.BODY_TOTAL_SECONDS:  # HTTP/1 bodies are cut by their timer; this covers HTTP/2
+                refuse(flow, Refusal(Cause.REQUEST_TIMEOUT, "the request body did not arrive in time"))
+                return
+            await state.current()
+            await reload_if_stale(state.keyring)
+        keyring = state.keyring
+        if keyring is not None and keyring.revoked(exchange.key_id):
+            refuse(flow, Refusal(Cause.REVOKED_KEY, "this valet key has been revoked"))
+            return
+        snapshot = state.snapshot
+        previous = exchange.snapshot
+        if snapshot is None or snapshot is previous:
+            return
+        server = exchange.server
+        if server is not None and previous is not None and (
+                snapshot.routes.upstreams.get(server) != previous.routes.upstreams.get(server)):
+            refuse(flow, Refusal(Cause.RECONFIGURED, f"server {server!r} was reconfigured while the request "
+                                 "arrived; send it again", headers={"retry-after": "0"}))
+            return
+        target = (request.host, request.port)
+        if server is None and previous is not None and previous.routes.allows_passthrough(*target) \
+                and not snapshot.routes.allows_passthrough(*target):
+            refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, "%s:%d is no longer allowed" % target))
+            return
+        exchange.snapshot = snapshot
 
     @staticmethod
     def _strip_key(flow: http.HTTPFlow, key: str | None) -> None:

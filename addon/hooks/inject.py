@@ -55,7 +55,7 @@ class Injector:
         # the scrubber is looked up each time bytes pass, never captured: after an OAuth refresh or a
         # vault change the answer is scrubbed with the values of that moment (and the previous ones)
         return Outbound(lambda: state.scrubber(server_name), hide=hide, remember=self._remember(exchange),
-                        visible=exchange.visible, cap=cap)
+                        visible=exchange.visible, cap=cap, mcp=server.kind == "mcp")
 
     def _remember(self, exchange: Exchange):  # type: ignore[no-untyped-def]
         server = exchange.server

@@ -45,6 +45,8 @@ from mcp.shared.auth import OAuthMetadata, ProtectedResourceMetadata
 from mcp.shared.auth_utils import check_resource_allowed
 from pydantic import ValidationError
 
+from addon.ops import logscrub
+
 _RESOURCE_METADATA = re.compile(r'resource_metadata="([^"]+)"')
 CLIENT_NAME = "Valet (MCP credential proxy)"
 MIN_TOKEN_CHARS = 8
@@ -279,6 +281,7 @@ async def _token_request(http: httpx2.AsyncClient, endpoints: Endpoints, client:
     form = {**form, "client_id": client.client_id, "resource": endpoints.resource}
     if client.client_secret:
         form["client_secret"] = client.client_secret
+    logscrub.remember_values((f"OAUTH_{name.upper()}", form[name]) for name in _SECRET_FORM_FIELDS if form.get(name))
     try:
         response = await http.post(endpoints.token_endpoint, data=form, headers={"accept": "application/json"})
     except httpx2.HTTPError as exc:
@@ -291,10 +294,40 @@ async def _token_request(http: httpx2.AsyncClient, endpoints: Endpoints, client:
         raise OAuthError(f"token endpoint answered HTTP {response.status_code} without JSON", "invalid_response") \
             from None
     if response.status_code != 200:
-        code = str(body.get("error", "")) if isinstance(body, dict) else ""
+        code = error_code(body.get("error") if isinstance(body, dict) else None)
         permanent = code in ("invalid_grant", "invalid_client", "unauthorized_client")
         raise OAuthError(f"token endpoint refused: {code or 'HTTP ' + str(response.status_code)}", code, permanent)
-    return Tokens.from_response(body, previous_refresh)
+    tokens = Tokens.from_response(body, previous_refresh)
+    logscrub.remember_values((("OAUTH_ACCESS_TOKEN", tokens.access_token),
+                              ("OAUTH_REFRESH_TOKEN", tokens.refresh_token or "")))
+    return tokens
+
+
+# What a token request sends that must never appear in a log line (the log guard learns it before sending).
+_SECRET_FORM_FIELDS = ("refresh_token", "code", "code_verifier", "client_secret")
+
+# The registered OAuth error codes a token endpoint answers with (RFC 6749 §5.2, RFC 6750 §3.1, RFC 8628
+# §3.5, RFC 8707 §2, RFC 9449 §12.2, OpenID Connect Core §3.1.2.6). Only these are kept: the ``error``
+# member is the server's text, and it goes into Valet's log, the audit row and the vault's grant.
+ERROR_CODES = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "access_denied", "server_error", "temporarily_unavailable", "invalid_token",
+    "insufficient_scope", "authorization_pending", "slow_down", "expired_token", "invalid_target",
+    "invalid_dpop_proof", "use_dpop_nonce", "interaction_required", "login_required", "consent_required",
+})
+UNRECOGNIZED = "unrecognized_error"
+
+
+def error_code(value: Any) -> str:
+    """The server's ``error`` if it is a registered code, else ``unrecognized_error`` ("" when absent).
+
+    Never the server's text itself: a token endpoint (buggy, hostile, or anything on the path to it)
+    answered ``{"error": "bad\\n<the refresh token it was sent>"}``, and Valet logged it raw: the refresh
+    token in ``valet.log`` and a forged log line (review 3, G4). ``error_description`` is never read.
+    """
+    if value is None or value == "":
+        return ""
+    return value if isinstance(value, str) and value in ERROR_CODES else UNRECOGNIZED
 
 
 async def revoke(http: httpx2.AsyncClient, endpoints: Endpoints, client: Client, token: str, hint: str) -> bool:

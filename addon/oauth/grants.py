@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from addon.oauth.client import Client, Endpoints, Tokens
+from addon.ops import logscrub
 from addon.secrets.vault import SecretCache, Vault
 
 GRANT = "OAUTH_GRANT"
@@ -79,10 +80,14 @@ class Registration:
 
 
 def parse_grant(text: str | None) -> Grant | None:
+    """A grant as stored; its tokens are known to the log guard from here on (before any of them is
+    sent anywhere, so a token endpoint that echoes the refresh token cannot put it in a log line)."""
     if text is None:
         return None
     data: dict[str, Any] = json.loads(text)
-    return Grant(**data)
+    grant = Grant(**data)
+    logscrub.remember_values(grant.secrets().items())
+    return grant
 
 
 def read_grant(cache: SecretCache, server: str, user: str) -> Grant | None:
@@ -91,7 +96,12 @@ def read_grant(cache: SecretCache, server: str, user: str) -> Grant | None:
 
 def read_registration(cache: SecretCache, server: str) -> Registration | None:
     text = cache.lookup_exact(server, "", CLIENT)
-    return Registration.load(text) if text is not None else None
+    if text is None:
+        return None
+    registration = Registration.load(text)
+    if registration.client.client_secret:
+        logscrub.remember_values((("OAUTH_CLIENT_SECRET", registration.client.client_secret),))
+    return registration
 
 
 def save_grant(vault: Vault, server: str, user: str, grant: Grant) -> None:

@@ -5,10 +5,15 @@ a path that does not normalize, a string RE2 cannot read). An allow rule needs
 True; a deny rule fires on True *or* None, so whatever Valet cannot read safely
 is never allowed by accident and always caught by a denial.
 
-Deny checks ignore case (``under``, ``one_of`` on strings, ``regex``), like
-deny globs on names: an upstream that ignores case must not run what a deny
-rule names in another case. Allow checks match case exactly, so a case trick
-never widens an allowance.
+Deny checks are read broadly, allow checks narrowly. A deny (or rate) check
+judges every reading a lax upstream could make of the value
+(:mod:`addon.policy.readings`): ``"5000"`` and ``true`` are numbers to pydantic
+and to JavaScript's ``Number()``, so they meet ``min: 1000`` and ``one_of: [1]``;
+strings are compared case-folded, stripped and NFKC-normalized, like deny globs
+on names; a pattern's ``.`` matches a newline. A value with no reading Valet can
+tell (``"inf"``, ``"5000abc"``, an array where a number is expected) is
+undecidable. Allow checks take the value as JSON typed it and match case
+exactly, so neither a spelling nor a case trick ever widens an allowance.
 
 Patterns run on RE2 (linear in the value's length, no backtracking), and only
 after the cheap checks (type, ``max_length``, ``one_of``, range) have passed:
@@ -25,6 +30,7 @@ from typing import Any
 
 import re2
 
+from addon.policy.readings import UNDECIDABLE, fold, numbers, texts, truths
 from addon.protocol.paths import is_ambiguous_path
 
 # Percent-escapes of any byte (a lenient decoder would decode them, once or twice: %252e, %c0%ae),
@@ -37,10 +43,17 @@ class PatternError(ValueError):
 
 
 def compile_pattern(pattern: str, ignore_case: bool = False) -> re2._Regexp:
-    """Compile for RE2, which guarantees time linear in the input; refuse what it cannot run."""
+    """Compile for RE2, which guarantees time linear in the input; refuse what it cannot run.
+
+    ``ignore_case`` is the restrictive (deny, rate) reading: case-insensitive, and ``.`` matches a newline
+    too (RE2's ``dot_nl``, Perl's ``(?s)``), so ``drop .*`` denies ``"drop table users\n"`` and
+    ``"drop table\nusers"``. Allow patterns keep RE2's default: ``.`` stops at a newline, so a value with
+    a newline the operator did not foresee fails ``safe .*`` instead of widening the allowance.
+    """
     options = re2.Options()
     options.log_errors = False  # the error comes back in the exception, not on stderr
     options.case_sensitive = not ignore_case
+    options.dot_nl = ignore_case
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
@@ -96,6 +109,8 @@ class Check:
         """(verdict, normalized path to forward if this is a path check). Cheap checks first, the regex last."""
         if not present:
             return self.optional, None
+        if self.ignore_case:
+            return self._broad(value)
         normalized = None
         if self.under is not None:
             normalized = normalize_fs_path(value)
@@ -125,6 +140,82 @@ class Check:
                 return False, normalized
         return True, normalized
 
+    def _broad(self, value: Any) -> tuple[bool | None, str | None]:
+        """The restrictive reading (deny and rate rules): each condition holds if it holds for any reading
+        of the value (:mod:`addon.policy.readings`); undecidable (None) if it holds for none but some reading
+        cannot be told. The check is their conjunction: False if any is False, else None if any is None."""
+        normalized = None
+        undecided = False
+        if self.under is not None:
+            normalized = normalize_fs_path(value)
+            if normalized is None:
+                return None, None
+            if not _under(normalized, self.under, True):
+                return False, normalized
+        if self.minimum is not None or self.maximum is not None:
+            found = numbers(value)
+            if found is UNDECIDABLE:
+                undecided = True
+            elif not any((self.minimum is None or n >= self.minimum) and (self.maximum is None or n <= self.maximum)
+                         for n in found):  # type: ignore[union-attr]
+                return False, normalized
+        if self.one_of is not None:
+            verdict = _any_choice(value, self.one_of)
+            if verdict is False:
+                return False, normalized
+            undecided = undecided or verdict is None
+        if self.regex is not None or self.max_length is not None:
+            written = texts(value)
+            if written is UNDECIDABLE:
+                return None, normalized
+            limit = self.max_length
+            candidates = [t for t in written if limit is None or len(t) <= limit]  # type: ignore[union-attr]
+            if not candidates:
+                return False, normalized
+            if self.regex is not None:
+                try:
+                    matched = any(self.regex.fullmatch(t) is not None for t in candidates)
+                except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): no one reading of it
+                    return None, normalized
+                if not matched:
+                    return False, normalized
+        return (None if undecided else True), normalized
+
+
+def _any_choice(value: Any, choices: tuple[Any, ...]) -> bool | None:
+    """Whether some reading of ``value`` is one of ``choices`` (a deny's ``one_of``): True, False, or None
+    when no choice matched but the value's reading of some choice's kind cannot be told."""
+    undecided = False
+    folded: set[str] | None = None
+    for choice in choices:
+        if isinstance(choice, bool):
+            found = truths(value)
+        elif isinstance(choice, (int, float)):
+            found = numbers(value)
+        else:
+            if folded is None:
+                written = texts(value)
+                if written is UNDECIDABLE:
+                    undecided = True
+                    continue
+                folded = {fold(t) for t in written}  # type: ignore[union-attr]
+            if fold(choice) in folded:
+                return True
+            mine = numbers(choice)  # "5000" in the policy is also the number 5000 to a lax upstream
+            if not (isinstance(mine, tuple) and mine):
+                continue
+            found = numbers(value)
+            if found is UNDECIDABLE:
+                undecided = True
+            elif any(n in mine for n in found):  # type: ignore[union-attr]
+                return True
+            continue
+        if found is UNDECIDABLE:
+            undecided = True
+        elif choice in found:  # type: ignore[operator]
+            return True
+    return None if undecided else False
+
 
 def _under(path: str, root: str, ignore_case: bool) -> bool:
     root = root.rstrip("/")
@@ -134,7 +225,8 @@ def _under(path: str, root: str, ignore_case: bool) -> bool:
 
 
 def _same(value: Any, choice: Any, ignore_case: bool = False) -> bool:
-    """Equal and of the same JSON type (True is not 1, "1" is not 1); strings regardless of case if asked."""
+    """Equal and of the same JSON type (True is not 1, "1" is not 1): the strict reading of allow rules
+    (deny rules use :func:`_any_choice`); strings regardless of case if asked."""
     if isinstance(value, str) and isinstance(choice, str):
         return value.casefold() == choice.casefold() if ignore_case else value == choice
     if isinstance(value, bool) or isinstance(choice, bool):

@@ -33,6 +33,7 @@ from typing import Any
 
 from limits import RateLimitItem, parse_many
 
+from addon.policy import readings
 from addon.policy.arguments import Check, compile_pattern, normalize_fs_path
 from addon.policy.globs import name_pattern, path_pattern
 from addon.policy.files import PolicySources, Rule
@@ -198,12 +199,15 @@ class RateRule:
 
 
 def argument_key(value: Any) -> str:
-    """A fixed-size key for an argument value: sha256 of its canonical JSON, 128 bits in hex.
+    """A fixed-size key for an argument value: sha256 of its canonical reading's JSON, 128 bits in hex.
 
-    Canonical (sorted keys, no spaces, UTF-8) so that the same value always shares one budget whatever
-    its member order; hashed so that an agent's 1 MiB value costs the limiter 32 bytes, not 1 MiB.
+    The reading is :func:`addon.policy.readings.canonical`, the one the deny checks use: values a lax
+    upstream reads as the same number share a budget (``7``, ``7.0``, ``"07"``, ``" +7"``, ``true`` for 1),
+    texts are compared stripped, NFKC and case-folded, objects whatever their member order; so a budget
+    cannot be multiplied by respelling the value. Hashed so that an agent's 1 MiB value costs the limiter
+    32 bytes, not 1 MiB.
     """
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(readings.canonical(value), separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 

@@ -61,6 +61,8 @@ class Cause(Enum):
     ABSOLUTE_TARGET = ("absolute_target", -32064, 400)
     CANARY_TRIPPED = ("canary_tripped", -32065, 403)  # the request carried a canary secret (docs/operations.md)
     TRAILERS_REFUSED = ("trailers_refused", -32066, 400)  # fields after the body: no stage could judge them
+    RECONFIGURED = ("reconfigured", -32070, 503)  # the server's route changed while the request body arrived
+    METHOD_VARIANT = ("method_variant", -32071, 400)  # a method that folds or trims to an MCP method but is not it
     # Holding up under load and faults (issue 9).
     UPSTREAM_TIMEOUT = ("upstream_timeout", -32013, 504)
     HEADERS_TOO_LARGE = ("headers_too_large", -32014, 431)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,32 @@ _DEFINED_PARAMS = {
     "resources/read": frozenset({"uri"}) | _META_MEMBERS,
 }
 DEFAULT_MAX_BATCH_MESSAGES = 100
+# Every method name the MCP specifications (2024-11-05 to 2026-07-28) define, either way. A method that is
+# not one of them but reads as one once case, whitespace, control and invisible characters and Unicode
+# compatibility forms are set aside (``TOOLS/CALL``, ``tools/call ``, ``tools/call\x00``, ``tools/call\u200b``)
+# is refused: Valet judges ``tools/call`` by its tool and arguments only under its exact name, and an upstream
+# that folds or trims method names would run the tool the policy never judged (review 3, observations).
+MCP_METHODS = frozenset({
+    "initialize", "ping", "server/discover", "logging/setLevel", "completion/complete",
+    "tools/list", "tools/call", "resources/list", "resources/templates/list", "resources/read",
+    "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "tasks/get", "tasks/list", "tasks/cancel", "tasks/result",
+    "sampling/createMessage", "elicitation/create", "roots/list",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "notifications/roots/list_changed", "notifications/tasks/status", "notifications/message",
+    "notifications/resources/updated", "notifications/resources/list_changed",
+    "notifications/tools/list_changed", "notifications/prompts/list_changed",
+    "notifications/elicitation/complete",
+})
+_INVISIBLE = re.compile("[\\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                        "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
+
+
+def _method_key(method: str) -> str:
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", method)).casefold()
+
+
+_METHOD_KEYS = {_method_key(m): m for m in MCP_METHODS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +179,11 @@ def _message(obj: Any) -> Message:
         method = obj["method"]
         if not isinstance(method, str) or not method:
             raise Refusal(Cause.INVALID_REQUEST, '"method" must be a non-empty string', rpc_id)
+        if method not in MCP_METHODS:
+            meant = _METHOD_KEYS.get(_method_key(method))
+            if meant is not None:
+                raise Refusal(Cause.METHOD_VARIANT, f"method {method[:64]!r} is not {meant!r}: method names are "
+                              "exact (case, spaces and invisible characters included)", rpc_id)
         if "params" in obj and not isinstance(obj["params"], (dict, list)):
             raise Refusal(Cause.INVALID_REQUEST, '"params" must be an object or an array', rpc_id)
         if method == "tools/call":

@@ -17,7 +17,9 @@ heads once their first byte arrives; this module bounds what happens around them
    instead would let whoever holds the cap lock every agent out. Exchanges in progress are never counted
    nor closed, so fds stay free for the agents being served.
 3. **A request body must keep arriving**: after a complete head, ``timeouts.body_read_seconds`` without a
-   body byte gets ``408 request_timeout`` and the connection is closed (nginx's ``client_body_timeout``).
+   body byte gets ``408 request_timeout`` and the connection is closed (nginx's ``client_body_timeout``);
+   so does a body not complete ``timeouts.body_total_seconds`` after its head (a trickle of one byte a
+   minute cannot park a request for hours, to complete it after its key was revoked).
 4. **A request refused on its headers is answered at once**, not at its first body byte (which may never
    come): the refusal is sent, the body dropped as it arrives, the connection closed (``mitm_limits``
    item 3 does the sending; this only triggers it when the headers are handled). The close is staged
@@ -74,6 +76,7 @@ log = logging.getLogger("valet")
 HEADER_READ_SECONDS = 30.0  # timeouts.header_read_seconds: a fresh connection's head must start by then
 CLIENT_IDLE_SECONDS = 60.0  # timeouts.client_idle_seconds: between requests on a kept-alive connection
 BODY_READ_SECONDS = 60.0  # timeouts.body_read_seconds: between two body reads of a request
+BODY_TOTAL_SECONDS = 120.0  # timeouts.body_total_seconds: a whole request body, from its head (review 3, G6)
 MAX_PENDING = 1024  # limits.max_pending_connections
 MAX_RESPONSE_HEADER_BYTES = 64 * 1024  # limits.max_response_header_bytes
 MAX_RESPONSE_HEADER_COUNT = 256  # limits.max_response_header_count
@@ -257,22 +260,25 @@ def _half_close(writer: Any) -> None:
 
 
 def _arm_body_timer(server_: _http1.Http1Server) -> None:
-    server_._valet_body_last = time.monotonic()  # type: ignore[attr-defined]
+    server_._valet_body_last = server_._valet_body_started = time.monotonic()  # type: ignore[attr-defined]
     timer = object()
     server_._valet_body_timer = timer  # type: ignore[attr-defined]
-    asyncio.get_running_loop().call_later(BODY_READ_SECONDS, _body_check, weakref.ref(server_), timer)
+    asyncio.get_running_loop().call_later(min(BODY_READ_SECONDS, BODY_TOTAL_SECONDS), _body_check,
+                                          weakref.ref(server_), timer)
 
 
 def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
-    """A request body with no byte for ``BODY_READ_SECONDS``: 408, then closed (checked lazily: one timer
-    per body, re-scheduled from the last read, nothing per chunk)."""
+    """A request body with no byte for ``BODY_READ_SECONDS``, or not complete ``BODY_TOTAL_SECONDS`` after
+    its head (a trickle that never stalls): 408, then closed (checked lazily: one timer per body,
+    re-scheduled from the last read, nothing per chunk)."""
     server_ = ref()
     if server_ is None or getattr(server_, "_valet_body_timer", None) is not timer:
         return
     if getattr(server_.state, "__func__", None) is not _http1.Http1Connection.read_body:
         server_._valet_body_timer = None  # type: ignore[attr-defined]
         return
-    due = server_._valet_body_last + BODY_READ_SECONDS  # type: ignore[attr-defined]
+    due = min(server_._valet_body_last + BODY_READ_SECONDS,  # type: ignore[attr-defined]
+              server_._valet_body_started + BODY_TOTAL_SECONDS)  # type: ignore[attr-defined]
     now = time.monotonic()
     if now < due:
         asyncio.get_running_loop().call_later(due - now, _body_check, ref, timer)
@@ -413,11 +419,12 @@ def install() -> None:
 
 def configure(limits: Any, timeouts: dict[str, float]) -> None:
     """Take the configuration's values (hooks/state.py, at start and on every reload)."""
-    global HEADER_READ_SECONDS, CLIENT_IDLE_SECONDS, BODY_READ_SECONDS, MAX_PENDING
+    global HEADER_READ_SECONDS, CLIENT_IDLE_SECONDS, BODY_READ_SECONDS, BODY_TOTAL_SECONDS, MAX_PENDING
     global MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADER_COUNT
     HEADER_READ_SECONDS = timeouts["header_read_seconds"]
     CLIENT_IDLE_SECONDS = timeouts["client_idle_seconds"]
     BODY_READ_SECONDS = timeouts["body_read_seconds"]
+    BODY_TOTAL_SECONDS = timeouts["body_total_seconds"]
     MAX_PENDING = limits.max_pending_connections
     MAX_RESPONSE_HEADER_BYTES = limits.max_response_header_bytes
     MAX_RESPONSE_HEADER_COUNT = limits.max_response_header_count

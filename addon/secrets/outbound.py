@@ -59,6 +59,13 @@ class Outbound:
     caller may not call; ``hide`` removes injected arguments from one tool
     entry; ``remember`` sees each remaining tool's schema first, as the upstream
     sent it (Valet needs it to mirror ``Mcp-Param-*`` headers).
+
+    ``mcp``: the answer comes from an MCP server, so a tools list may arrive on ANY of its answers, not only
+    the one to the tools/list request: a hostile upstream can send ``{"id": 5, "result": {"tools": [...]}}``
+    as an event of another call's SSE answer or of the standing GET stream before it answers id 5, and the
+    agent's SDK takes the first answer (review 3, observations). So every JSON-RPC result with a ``tools``
+    array is filtered, whatever its id and whichever answer carries it. Bodies and events that cannot hold a
+    ``tools`` member (no ``tools`` bytes, no ``\\u`` escape, not compressed) are not parsed.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class Outbound:
         remember: Callable[[dict[str, Any]], None] | None = None,
         visible: Callable[[str], bool] | None = None,
         cap: int = DEFAULT_CAP,
+        mcp: bool = False,
     ) -> None:
         self._scrubber = scrubber if callable(scrubber) and not isinstance(scrubber, Scrubber) else (
             lambda: scrubber)  # type: ignore[assignment,return-value]
@@ -77,6 +85,7 @@ class Outbound:
         self.remember = remember
         self.visible = visible
         self.cap = cap
+        self.mcp = mcp
 
     @property
     def scrubber(self) -> Scrubber:
@@ -92,6 +101,14 @@ class Outbound:
     def header_name(self, value: str) -> str:
         return self.scrubber.token(value)
 
+    def _filtering(self, data: bytes | None) -> bool:
+        """Whether ``data`` must be parsed for tools lists: always on a tools/list exchange; on any other
+        answer of an MCP server when it may hold a ``tools`` member (spelt out, escaped, or compressed)."""
+        if self.tools_list_ids:
+            return True
+        return self.mcp and data is not None and (
+            b"tools" in data or b"\\u" in data or compressed.sniff(data) is not None)
+
     def body(self, data: bytes) -> bytes:
         """A JSON (or unknown) body, compressed or not. Raises compressed.TooLarge past the cap."""
         if self.tools_list_ids:
@@ -100,6 +117,14 @@ class Outbound:
             rewritten = self._tools_list(plain)
             if rewritten is not None:
                 data = rewritten  # not JSON (an error page, say): scrubbed as bytes below
+        elif self._filtering(data):
+            try:
+                plain = _decompressed(data, self.cap)
+            except compressed.Unreadable:
+                plain = None  # scrubbed (or refused) as bytes below, as any answer is
+            rewritten = self._tools_list(plain) if plain is not None else None
+            if rewritten is not None and rewritten is not plain:
+                data = rewritten  # a tools list was filtered: forwarded as rewritten; otherwise left as sent
         scrubber = self.scrubber
         return compressed.scrub(data, scrubber.bytes, self.cap)
 
@@ -109,7 +134,7 @@ class Outbound:
             raise TooCostly("an event too dense in escapes to scrub without stalling every other agent")
         others, data, eol = split_event(event)
         scrubber = self.scrubber
-        if (not self.tools_list_ids and (data is None or (b"\n" not in data and compressed.sniff(data) is None))
+        if (not self._filtering(data) and (data is None or (b"\n" not in data and compressed.sniff(data) is None))
                 and not scrubber.spans(event)):
             # Every part scrubbed below (each other line; the data of a single data line, not compressed)
             # is a contiguous piece of the event: no match in the whole event, none in any part. One scan
