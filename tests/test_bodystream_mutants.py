@@ -17,7 +17,7 @@ import random
 import pytest
 
 from addon.secrets import bodystream
-from addon.secrets.bodystream import HEAD_BYTES, BodyStream, Unscrubbable, last_outside
+from addon.secrets.bodystream import HEAD_BYTES, BodyStream, Unscrubbable, last_outside, streamable
 from addon.secrets.outbound import INLINE_EVENT_BYTES, MAX_INLINE_ESCAPES
 from addon.secrets.scrubber import Scrubber
 
@@ -147,6 +147,17 @@ def test_a_form_across_a_quiet_point_goes_out_whole_and_redacted() -> None:
     assert body.feed(tail) + body.end() == buf[len(before) + len(PLAIN) :] + tail
 
 
+def test_a_match_widened_to_a_separator_at_the_end_of_a_piece_goes_out() -> None:
+    """A value that ends in a backslash, before a quote in JSON (``\\"``): its match ends inside that escape and
+    is widened over the quote, a byte no value holds, which ends the piece. The match is complete: the piece
+    goes out whole, redacted."""
+    value = "fake-secret-bs\\"
+    scrubber = Scrubber([("BS", value)])
+    text = b"lorem ipsum, dolor " * 300
+    piece = text + b'"' + value.encode() + b'"'
+    assert first_cut(piece, scrubber) == text + b'"[REDACTED:BS]'
+
+
 def test_a_value_that_may_go_on_in_the_next_piece_is_held_from_its_start() -> None:
     """A value that is the prefix of another, at the end of what arrived: cutting after it would send the
     longer one's tail in the clear."""
@@ -207,6 +218,15 @@ def test_only_the_first_piece_is_a_head() -> None:
     assert body.feed(b"more text ") == b"more text "
     assert body.feed(b"BZh91AY&SY more text ") == b"BZh91AY&SY more text "
     assert body.end() == b""
+
+
+def test_only_values_that_can_be_bare_numbers_stop_streaming() -> None:
+    """Built here, not at import: a Scrubber built before mutmut forks shows no mutant of its constructor."""
+    assert plain().numeric is False and streamable(plain())
+    assert streamable(Scrubber([]))  # only the key shape, never a number
+    assert streamable(Scrubber([("ODD", 'fake"quoted secret/ü+1'), ("HEXLETTERS", "fake-abcdef")]))
+    assert not streamable(Scrubber([("ACCOUNT", "4111111111111111")]))
+    assert Scrubber([("PLAIN", PLAIN), ("ACCOUNT", "4111111111111111")]).numeric is True
 
 
 # --- what is refused ----------------------------------------------------------------------------------------
