@@ -261,7 +261,7 @@ def test_zlib_that_is_also_valid_utf8_is_refused(body: bytes) -> None:
 
 def test_an_ascii_piece_after_a_cut_character_is_checked_at_once() -> None:
     """A character split over two pieces is checked when its end arrives, even in a piece that is all
-    ASCII: the bytes around an invalid sequence never go out."""
+    ASCII: no byte after an invalid sequence goes out."""
     body = BodyStream(lambda: plain(), min_segment=1)
     body.feed(b"lorem ipsum " * 500 + "ü".encode()[:1])
     with pytest.raises(Unscrubbable, match="^a body announced as text that is not UTF-8$"):
