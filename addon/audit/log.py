@@ -91,6 +91,7 @@ _INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(rea
 
 CHECKPOINT_SECONDS = 5.0  # how often a signed checkpoint (count, head MAC) is appended, if the chain grew
 LINGER_SECONDS = 0.05  # outcomes wait at most this long for a row written ahead to share its commit
+COMPANIONS = ("-wal", "-shm")  # SQLite's files next to audit.db, watched with it (see _check_identity)
 IDENTITY_CHECK_SECONDS = 0.25  # the file deleted or replaced is noticed within this (plus a commit)
 RETRY_SECONDS = 0.1
 PAGE_SIZE = 1024  # for a new audit.db (see connect)
@@ -179,6 +180,12 @@ class AuditWriter:
         # Fail at startup, not on the first request, if it cannot be opened.
         self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
         self._identity = _identity(path)
+        # The WAL holds every commit since the last checkpoint (the only durable copy of recent rows) and the
+        # -shm file indexes it: deleting either is not reported by SQLite, the open connection writes on into
+        # the unlinked inode. Their identity is watched like the database's (None: not seen yet).
+        self._companions: dict[Path, tuple[int, int] | None] = {
+            path.with_name(path.name + suffix): _identity_or_none(path.with_name(path.name + suffix))
+            for suffix in COMPANIONS}
         self._owner = recover
         if recover:  # the proxy (not a CLI command) owns the pending rows of earlier processes
             interrupted = self._interrupt(self._conn)
@@ -420,13 +427,18 @@ class AuditWriter:
         """Deleted or replaced under us: everything written from now on would go nowhere anyone looks."""
         if self.lost is not None:
             return
-        try:
-            now = _identity(self.path)
-        except OSError:
-            now = None
+        lost, now = self.path, _identity_or_none(self.path)
         if now == self._identity:
-            return
-        self.lost = f"{self.path} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
+            for companion, seen in self._companions.items():
+                now = _identity_or_none(companion)
+                if seen is None:  # remembered on first sight (SQLite creates them with the first access)
+                    self._companions[companion] = now
+                elif now != seen:
+                    lost = companion
+                    break
+            else:
+                return
+        self.lost = f"{lost} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
         keep = self.path.with_name(f"audit-recovered-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db")
         try:
             with sqlite3.connect(keep) as copy:
@@ -434,6 +446,12 @@ class AuditWriter:
             saved = f"what the old file held is saved in {keep}"
         except sqlite3.Error as exc:
             saved = f"its contents could not be saved ({exc.__class__.__name__})"
+        if lost != self.path:  # audit.db itself is still in place: copy the rows the lost WAL holds into it
+            try:
+                busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+                saved += "; audit.db holds them too" if not busy else ""
+            except sqlite3.Error as exc:
+                saved += f"; they could not be copied into audit.db ({exc.__class__.__name__})"
         log.error("audit: %s; %s; refusing all traffic until Valet is restarted (see docs/audit.md, "
                   "'Recovery')", self.lost, saved)
 
@@ -441,6 +459,13 @@ class AuditWriter:
 def _identity(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _identity(path)
+    except OSError:
+        return None
 
 
 def _values(row: dict[str, Any], state: str) -> tuple[Any, ...]:
