@@ -192,6 +192,10 @@ class AuditWriter:
             if interrupted:
                 log.warning("audit: %d exchanges of a previous run had no outcome; marked interrupted",
                             interrupted)
+        try:  # a signed line from the start: the chain's start and head, before any traffic (review G2)
+            self._checkpoint(self._conn, force=True)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
         self._thread = threading.Thread(target=self._run, name="valet-audit", daemon=True)
         self._thread.start()
 
@@ -293,12 +297,13 @@ class AuditWriter:
                     self._checkpoint(conn)
                 except (sqlite3.Error, OSError) as exc:
                     log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
-        if self.lost is None and self._owner:
+        if self.lost is None:
             try:
-                interrupted = self._interrupt(conn)
-                if interrupted:
-                    log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
-                self._checkpoint(conn, force=True)
+                if self._owner:
+                    interrupted = self._interrupt(conn)
+                    if interrupted:
+                        log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
+                self._checkpoint(conn, force=True)  # a CLI's rows (valet oauth login) are vouched for too
             except (sqlite3.Error, OSError) as exc:
                 log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
         conn.close()
@@ -352,7 +357,11 @@ class AuditWriter:
         self._checkpointed = (seq, time.monotonic())
         if seq == last_seq:
             return
-        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head)
+        try:
+            start: int | None = chain.read_chain_from(conn)
+        except ValueError:  # edited: verify reports it; a checkpoint must not vouch for it
+            start = None
+        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head, start)
         with open(self._checkpoints, "a", encoding="utf-8") as out:
             out.write(line + "\n")
             out.flush()

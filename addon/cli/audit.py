@@ -129,11 +129,14 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
 
     @audit_group.command("verify")
     @data_dir_option
-    def audit_verify(data_dir: Path) -> None:
-        """Check the MAC chain: broken links, deleted, edited or inserted rows, a truncated tail.
+    @click.option("--checkpoint", "shipped", multiple=True, metavar="LINE",
+                  help="A checkpoint line shipped off the machine (the JSON, or the whole 'audit checkpoint:' "
+                       "log line), checked like those in audit.checkpoints. Repeatable.")
+    def audit_verify(data_dir: Path, shipped: tuple[str, ...]) -> None:
+        """Check the MAC chain: broken links, deleted, edited or inserted rows, a truncated tail, a moved start.
 
         Needs the vault's master key (the key file in the data dir, or VALET_MASTER_KEY). Exit 0 when
-        the log is intact, 1 when it is not.
+        the log is intact, 1 when it is not. A log with rows but no checkpoint at all is not intact.
         """
         from addon.audit.chain import CHECKPOINT_FILE, ChainKeys, verify
         from addon.secrets.vault import VaultError, load_master_keys
@@ -141,7 +144,7 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
         try:
             keys = ChainKeys(load_master_keys(data_dir, create=False))
             conn = audit.open_readonly(data_dir / "audit.db")
-            report = verify(conn, keys, data_dir / CHECKPOINT_FILE)
+            report = verify(conn, keys, data_dir / CHECKPOINT_FILE, shipped=shipped)
         except (VaultError, sqlite3.Error, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         for note in report.notes:
