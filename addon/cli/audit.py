@@ -39,6 +39,20 @@ def parse_since(value: str) -> float:
     return when.timestamp()
 
 
+# A cell a spreadsheet reads as a formula: OWASP's CSV-injection list (= + - @ TAB CR), their full-width
+# forms (read as formulas by some spreadsheets), and the same after leading blanks.
+FORMULA_START = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that would start a formula gets a leading ``'`` (OWASP's advice for CSV exports): agents
+    choose methods, session ids and paths, and an export often ends up in a spreadsheet. Numbers stay
+    numbers (an error code is -32600), and JSON output is not touched."""
+    if isinstance(value, str) and value and (value[0] in FORMULA_START or value.lstrip(" \n")[:1] in FORMULA_START):
+        return "'" + value
+    return value
+
+
 def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line: Any) -> None:
     """Add the ``audit`` group to the ``valet`` command (the helpers are shared with the other groups)."""
 
