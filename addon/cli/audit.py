@@ -83,7 +83,7 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
         else:
             writer = csv.writer(sys.stdout, dialect="excel" if fmt == "csv" else "excel-tab")
             writer.writerow(columns)
-            writer.writerows([row[c] for c in columns] for row in rows)
+            writer.writerows([spreadsheet_safe(row[c]) for c in columns] for row in rows)
 
     @audit_group.command("tail")
     @data_dir_option
