@@ -284,9 +284,22 @@ def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
     answer = http1.assemble_response(http.Response.make(
         408, body, http.Headers(content_type="application/json", connection="close")))
     handler = TRACKER.handlers.get(server_.conn.id)
+    flow = _READING.get(server_.conn.id)
+    waiting = None
+    if flow is not None and mitm_limits.RECORD_FLOW is not None and not server_.response:
+        # the exchange ends here, below the hooks: its row is completed (and committed) before the 408 (G5)
+        try:
+            waiting = mitm_limits.RECORD_FLOW(flow, Cause.REQUEST_TIMEOUT, 408, len(answer))
+        except Exception:  # noqa: BLE001 - a failing record must not keep the socket open
+            log.exception("audit of a stalled request body failed")
     if handler is not None:
-        close_transport(handler, server_.conn, answer if not server_.response else b"")
+        mitm_limits.answer_when_recorded(waiting, close_transport, handler, server_.conn,
+                                         answer if not server_.response else b"")
     TRACKER.count("body_timeout")
+
+
+# agent connection id -> the flow whose request body is being read on it (for the 408 of a stalled body)
+_READING: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
 
 
 # --- 4: refused on headers, answered at once -------------------------------------------------------
@@ -296,6 +309,8 @@ _original_wait_for_headers = HttpStream.state_wait_for_request_headers
 
 def _wait_for_request_headers(self: HttpStream, event: RequestHeaders):  # type: ignore[no-untyped-def]
     result = yield from _original_wait_for_headers(self, event)
+    if not event.end_stream and self.flow is not None:
+        _READING[self.context.client.id] = self.flow
     if (not event.end_stream and self.flow is not None and self.flow.response is not None
             and getattr(self.client_state, "__func__", None) is HttpStream.state_consume_request_body):
         # mitm_limits answers a refused flow "at its first body byte": that byte is this empty one.
