@@ -47,6 +47,10 @@ PATH_CHARS = 128
 ROWS_PER_INTERVAL = 60  # own rows per peer (an IPv4 address, an IPv6 /64) and interval before aggregating
 INTERVAL_SECONDS = 60.0
 MAX_PEERS = 1000  # peers with own rows in an interval; refusals from more are aggregated under the peer "*"
+# Own rows across all peers and interval (review 3, G7): one client with many addresses (all of 127.0.0.0/8,
+# an IPv6 /48's 65,536 /64s) is many peers; past this, every keyless refusal is counted under the peer "*".
+GLOBAL_ROWS_PER_INTERVAL = 600
+SAMPLE_PEERS = 8  # peers named in a "*" summary
 DISK_CHECK_SECONDS = 1.0
 SUMMARY_METHOD = "valet/refusals"
 
@@ -69,6 +73,7 @@ class _Summary:
     sample: str = ""
     mode: str = ""
     methods: set[str] = field(default_factory=set)
+    peers: set[str] = field(default_factory=set)  # for the "*" summary: a sample of who was counted there
 
 
 class Aggregator:
@@ -76,6 +81,7 @@ class Aggregator:
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}  # peer -> own rows written this interval
+        self.own = 0  # own rows written this interval, all peers together (GLOBAL_ROWS_PER_INTERVAL)
         self.summaries: dict[tuple[str, str], _Summary] = {}
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -86,11 +92,13 @@ class Aggregator:
         self._submit = submit
         if time.monotonic() - self.started >= INTERVAL_SECONDS:
             self.flush()
-        if peer not in self.rows and len(self.rows) >= MAX_PEERS:
+        who = peer
+        if self.own >= GLOBAL_ROWS_PER_INTERVAL or (peer not in self.rows and len(self.rows) >= MAX_PEERS):
             peer = "*"
         seen = self.rows.get(peer, 0)
-        if seen < ROWS_PER_INTERVAL:
+        if peer != "*" and seen < ROWS_PER_INTERVAL:
             self.rows[peer] = seen + 1
+            self.own += 1
             return True
         reason = exchange.reason or "other"
         summary = self.summaries.get((peer, reason))
@@ -105,6 +113,8 @@ class Aggregator:
         summary.last = exchange.ts_unix
         if len(summary.methods) < 8:
             summary.methods.add(exchange.http_method)
+        if peer == "*" and len(summary.peers) < SAMPLE_PEERS:
+            summary.peers.add(who)
         self._arm()
         return False
 
@@ -124,12 +134,14 @@ class Aggregator:
             self._timer = None
         summaries, self.summaries = self.summaries, {}
         self.rows = {}
+        self.own = 0
         self.started = time.monotonic()
         if self._submit is None:
             return
         for (peer, reason), s in summaries.items():
             detail = {"peer": peer, "count": s.count, "first": utc_iso(s.first), "last": utc_iso(s.last),
-                      "methods": sorted(s.methods), "sample_path": s.sample}
+                      "methods": sorted(s.methods), "sample_path": s.sample,
+                      **({"sample_peers": sorted(s.peers)} if peer == "*" else {})}
             self._submit({
                 "ts": utc_iso(s.first), "ts_unix": s.first, "mode": s.mode, "http_method": "-",
                 "http_path": f"({s.count} refusals before authentication from {peer})",
@@ -142,15 +154,18 @@ AGGREGATOR = Aggregator()
 
 
 def _peer(address: str) -> str:
-    """A peer as one party holds it: an IPv4 address, or an IPv6 /64 (one host's usual allocation)."""
+    """A peer as one party holds it: an IPv4 address (all of 127.0.0.0/8 as one: this host), or an IPv6 /64
+    (one host's usual allocation)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return address[:64]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+            return _peer(str(ip.ipv4_mapped))
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    if ip.is_loopback:  # every address of 127.0.0.0/8 is this host: one party, however many it binds
+        return "127.0.0.0/8"
     return str(ip)
 
 
