@@ -171,6 +171,7 @@ class AuditWriter:
         # record nobody waits for. They ride along with the next commit, or go LINGER_SECONDS later.
         self._outcomes: collections.deque[Any] = collections.deque()
         self._failing = False
+        self._checkpoint_failing = False  # the last checkpoint could not be written: unhealthy until one is
         self._busy_since: float | None = None  # when the commit in progress began (None: idle)
         self.lost: str | None = None  # why the file can no longer be written (deleted, replaced): stays closed
         self._written = 0
@@ -202,7 +203,7 @@ class AuditWriter:
     # --- the event loop's side ---
     @property
     def healthy(self) -> bool:
-        if self.lost is not None or self._failing or not self._thread.is_alive():
+        if self.lost is not None or self._failing or self._checkpoint_failing or not self._thread.is_alive():
             return False
         busy = self._busy_since
         if busy is not None and time.monotonic() - busy > self.commit_timeout:
@@ -270,6 +271,11 @@ class AuditWriter:
                 if not self._outcomes:
                     self._check_identity(conn)
                     last_check = time.monotonic()
+                    if self._checkpoint_failing and self.lost is None:
+                        try:
+                            self._checkpoint(conn)
+                        except (sqlite3.Error, OSError):
+                            pass  # logged once by _checkpoint; still unhealthy
                     continue
             while len(batch) < self.max_batch:
                 try:
@@ -296,7 +302,8 @@ class AuditWriter:
                 try:
                     self._checkpoint(conn)
                 except (sqlite3.Error, OSError) as exc:
-                    log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
+                    if not self._checkpoint_failing:  # that one is logged once, where it is noticed
+                        log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
         if self.lost is None:
             try:
                 if self._owner:
@@ -350,7 +357,7 @@ class AuditWriter:
     def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
         """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew."""
         last_seq, last_time = self._checkpointed
-        if not force and time.monotonic() - last_time < CHECKPOINT_SECONDS:
+        if not force and not self._checkpoint_failing and time.monotonic() - last_time < CHECKPOINT_SECONDS:
             return
         row = conn.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
         seq, head = (row[0], row[1]) if row else (0, chain.GENESIS)
@@ -362,10 +369,23 @@ class AuditWriter:
         except ValueError:  # edited: verify reports it; a checkpoint must not vouch for it
             start = None
         line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head, start)
-        with open(self._checkpoints, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(self._checkpoints, "a", encoding="utf-8") as out:
+                out.write(line + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            # No truncation evidence is being kept: unhealthy (503 audit_unavailable) until a checkpoint is
+            # written again, retried every IDENTITY_CHECK_SECONDS (review 3, "checkpoint writes that fail")
+            self._checkpointed = (last_seq, last_time)
+            if not self._checkpoint_failing:
+                log.error("audit checkpoint cannot be written to %s; refusing traffic until it can",
+                          self._checkpoints)
+            self._checkpoint_failing = True
+            raise
+        if self._checkpoint_failing:
+            log.warning("audit checkpoints are written again; accepting traffic")
+        self._checkpoint_failing = False
         log.info("audit checkpoint: %s", line)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any], stopping: bool) -> bool:
