@@ -365,6 +365,7 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
     elif isinstance(event, ResponseProtocolError) and self.is_open_for_us(event.stream_id):
         ending = mitm_limits.ENDINGS.pop(self.conn.id, None)
         if ending is not None:
+            ending.settled = True
             stream_id = event.stream_id
             stream = self.h2_conn.streams[stream_id]
             try:
@@ -373,9 +374,9 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
                     self.h2_conn.send_headers(stream_id, [
                         (b":status", b"%d" % ending.cause.status), (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(body))])
-                    self.h2_conn.send_data(stream_id, body, end_stream=True)
+                    self.h2_conn.send_data(stream_id, ending.wrote(ending.cause.status, body), end_stream=True)
                 elif stream_id in self.__dict__.get("_valet_sse", ()):
-                    self.h2_conn.send_data(stream_id, ending.event(), end_stream=True)
+                    self.h2_conn.send_data(stream_id, ending.wrote(None, ending.event()), end_stream=True)
                 else:  # a body that is not a stream of events: no way to say more than the reset
                     self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             except h2.exceptions.H2Error:  # the agent's window is full: the reset says it ended

@@ -212,15 +212,30 @@ async def decode_within(flow: object, decode: Callable[[int], bytes], cap: int) 
     return decoded
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Ending:
-    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one."""
+    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one.
+
+    ``settled`` once the agent's side handled it, ``written`` then holds the status and the bytes the agent
+    actually got (None: nothing; the connection was closed or the cut body left as it was): the audit row
+    records that, not what Valet meant to send (review 3, G13).
+    """
 
     cause: Cause
     message: str
+    settled: bool = False
+    written: tuple[int | None, int] | None = None  # (status, bytes): status None for an event after a head
+
+    def wrote(self, status: int | None, body: bytes) -> bytes:
+        """Note that ``body`` (the bytes of a response body) went to the agent, with ``status``; returns it."""
+        self.settled, self.written = True, (status, len(body))
+        return body
+
+    def body(self) -> bytes:
+        return Refusal(self.cause, self.message).body()
 
     def response(self) -> bytes:
-        body = Refusal(self.cause, self.message).body()
+        body = self.body()
         headers = http.Headers(content_type="application/json", connection="close")
         return http1.assemble_response(http.Response.make(self.cause.status, body, headers))
 
@@ -473,14 +488,17 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     if isinstance(event, ResponseProtocolError):
         ending = ENDINGS.pop(self.conn.id, None)
         if ending is not None:
+            ending.settled = True
             if self.conn.state & ConnectionState.CAN_WRITE:
                 if not self.response:
+                    ending.wrote(ending.cause.status, ending.body())
                     yield commands.SendData(self.conn, ending.response())
                 elif ("chunked" in self.response.headers.get("transfer-encoding", "").lower()
                       and is_event_stream(self.response.headers)):
                     # an open event stream gets one error event and its end; any other body (a streamed
                     # JSON answer) stays cut, without the final chunk, so that it never looks complete
                     notice = ending.event()
+                    ending.wrote(None, notice)
                     yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(notice), notice))
                 yield commands.CloseConnection(self.conn)
             return
