@@ -194,7 +194,7 @@ class AuditWriter:
                 log.warning("audit: %d exchanges of a previous run had no outcome; marked interrupted",
                             interrupted)
         try:  # a signed line from the start: the chain's start and head, before any traffic (review G2)
-            self._checkpoint(self._conn, force=True)
+            self._checkpoint(self._conn, force=True, announce=False)
         except (sqlite3.Error, OSError) as exc:
             log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
         self._thread = threading.Thread(target=self._run, name="valet-audit", daemon=True)
@@ -354,8 +354,11 @@ class AuditWriter:
             raise
         return len(rows)
 
-    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew."""
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False, announce: bool = True) -> None:
+        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew.
+
+        ``announce=False`` (the line signed when the log is opened): the file only, the log at DEBUG; the
+        start and head it signs are in the next announced line too, and the proxy's banner stays first."""
         last_seq, last_time = self._checkpointed
         if not force and not self._checkpoint_failing and time.monotonic() - last_time < CHECKPOINT_SECONDS:
             return
@@ -386,7 +389,7 @@ class AuditWriter:
         if self._checkpoint_failing:
             log.warning("audit checkpoints are written again; accepting traffic")
         self._checkpoint_failing = False
-        log.info("audit checkpoint: %s", line)
+        log.log(logging.INFO if announce else logging.DEBUG, "audit checkpoint: %s", line)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any], stopping: bool) -> bool:
         """One transaction for the whole batch; retried until it succeeds (or the file is lost)."""
