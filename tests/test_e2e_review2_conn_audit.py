@@ -43,7 +43,7 @@ def test_keyless_refusals_are_aggregated_and_counted(tmp: Path) -> None:
             assert len(own) <= 61, len(own)  # was 300 rows
             assert len(summaries) == 1, summaries
             detail = json.loads(summaries[0]["arguments"])
-            assert detail["peer"] == "127.0.0.1" and summaries[0]["reason"] == "missing_key"
+            assert detail["peer"] == "127.0.0.0/8" and summaries[0]["reason"] == "missing_key"
             assert len(own) + detail["count"] == 300  # nothing silently lost
             first = own[0]["http_path"]
             assert first.startswith("/api/aaa") and len(first) < 160 and "…#" in first  # was 2,048 characters

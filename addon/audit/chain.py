@@ -93,9 +93,15 @@ def _canonical(column: str, value: Any) -> Any:
         return None
     kind = COLUMN_TYPES.get(column, "TEXT")
     if kind == "REAL":
-        return float(value)
-    if kind == "INTEGER":
-        return int(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):  # text stored in a numeric column (see below)
+            return ["bad", repr(value)]
+    try:
+        if kind == "INTEGER":
+            return int(value)
+    except (TypeError, ValueError):  # text stored in a numeric column: no MAC written by Valet can match it
+        return ["bad", repr(value)]
     return value if isinstance(value, str) else str(value)
 
 
@@ -197,10 +203,29 @@ def start_chain(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO audit_meta VALUES ('chain_from_id', ?)", (str(max_id),))
 
 
-def checkpoint_line(keys: ChainKeys, ts: str, seq: int, head: str) -> str:
+def checkpoint_line(keys: ChainKeys, ts: str, seq: int, head: str, chain_from: int | None = None) -> str:
+    """A signed (count, head MAC); with ``chain_from``, the chain's start too (``audit_meta.chain_from_id``
+    lives in the database it vouches for: only a signature outside it stops a rewrite from moving it)."""
     version = keys.current
-    signature = hmac.new(keys.key(version), f"checkpoint|{ts}|{seq}|{head}".encode(), hashlib.sha256).hexdigest()
-    return json.dumps({"ts": ts, "seq": seq, "head": head, "key_version": version, "sig": signature})
+    point: dict[str, Any] = {"ts": ts, "seq": seq, "head": head, "key_version": version}
+    if chain_from is not None:
+        point["from"] = chain_from
+    point["sig"] = hmac.new(keys.key(version), _signed(point), hashlib.sha256).hexdigest()
+    return json.dumps(point)
+
+
+def _signed(point: dict[str, Any]) -> bytes:
+    """What a checkpoint's signature covers (lines of older Valets have no ``from``)."""
+    text = f"checkpoint|{point['ts']}|{point['seq']}|{point['head']}"
+    if "from" in point:
+        text += f"|from={point['from']}"
+    return text.encode()
+
+
+def read_chain_from(conn: sqlite3.Connection) -> int:
+    """``audit_meta.chain_from_id``: the last row written before the chain existed (0: every row is chained)."""
+    row = conn.execute("SELECT value FROM audit_meta WHERE name = 'chain_from_id'").fetchone()
+    return int(row[0]) if row else 0
 
 
 # ---------------------------------------------------------------- verify
@@ -220,13 +245,22 @@ class Report:
         return not self.problems
 
 
-def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, limit: int = 50) -> Report:
-    """Walk the chain: broken links, deleted, edited and unchained rows, and a tail cut before a checkpoint."""
+def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, limit: int = 50,
+           shipped: Iterable[str] = ()) -> Report:
+    """Walk the chain: broken links, deleted, edited and unchained rows, and a tail cut before a checkpoint.
+
+    ``checkpoints``: the checkpoint file (None: do not look at checkpoints at all); ``shipped``: checkpoint
+    lines from elsewhere (the proxy's log shipped off the machine), checked like the file's. A value that
+    does not fit its column is reported as an edit, never raised: one bad cell must not hide the rest.
+    """
     report = Report()
     conn.row_factory = sqlite3.Row
     problems = report.problems
-    from_row = conn.execute("SELECT value FROM audit_meta WHERE name = 'chain_from_id'").fetchone()
-    chain_from = int(from_row[0]) if from_row else 0
+    try:
+        chain_from = read_chain_from(conn)
+    except (TypeError, ValueError):
+        problems.append("audit_meta.chain_from_id is not a number (edited)")
+        chain_from = 0
     if chain_from:
         report.notes.append(f"rows 1..{chain_from} were written before the chain existed and are not covered")
     expected, prev = 1, GENESIS
@@ -242,6 +276,9 @@ def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, 
             problems.append(f"broken link at chain record {seq}: it does not follow the record before it")
         prev, expected = record_mac, seq + 1
         macs[seq] = record_mac
+        if not isinstance(exchange_id, int) or not isinstance(version, int):
+            problems.append(f"chain record {seq} holds a value that is not a number (edited)")
+            continue
         if exchange_id <= chain_from:
             problems.append(f"chain record {seq} covers row {exchange_id}, which the chain says predates it")
         try:
@@ -273,23 +310,43 @@ def verify(conn: sqlite3.Connection, keys: ChainKeys, checkpoints: Path | None, 
             problems.append(f"row {row_id} has an outcome that is not in the chain (edited)")
         if len(problems) > limit:
             break
-    if checkpoints is not None and checkpoints.exists():
+    if checkpoints is not None:
+        lines = [(f"{checkpoints.name} line {n}", line)
+                 for n, line in enumerate(checkpoints.read_text().splitlines() if checkpoints.exists() else (), 1)]
+        lines += [(f"--checkpoint {n}", line) for n, line in enumerate(shipped, 1)]
         last: dict[str, Any] | None = None
-        for number, line in enumerate(checkpoints.read_text().splitlines(), 1):
+        starts: list[tuple[int, str]] = []
+        for where, line in lines:
             try:
-                point = json.loads(line)
+                point = json.loads(line[line.index("{"):])  # a line of the log ("... audit checkpoint: {...}") too
                 key = keys.key(int(point["key_version"]))
-                expect = hmac.new(key, f"checkpoint|{point['ts']}|{point['seq']}|{point['head']}".encode(),
-                                  hashlib.sha256).hexdigest()
+                expect = hmac.new(key, _signed(point), hashlib.sha256).hexdigest()
+                sig_ok = hmac.compare_digest(expect, str(point["sig"]))
+                point["seq"] = int(point["seq"])
             except Exception:  # noqa: BLE001 - unreadable or unverifiable line
-                problems.append(f"{checkpoints.name} line {number} cannot be read or verified")
+                problems.append(f"{where} cannot be read or verified")
                 continue
-            if not hmac.compare_digest(expect, str(point["sig"])):
-                problems.append(f"{checkpoints.name} line {number} has a bad signature (forged)")
+            if not sig_ok:
+                problems.append(f"{where} has a bad signature (forged)")
                 continue
+            if "from" in point:
+                starts.append((int(point["from"]), str(point["ts"])))
             if last is None or point["seq"] >= last["seq"]:
                 last = point
         report.checkpoint = last
+        (total,) = conn.execute("SELECT count(*) FROM exchanges").fetchone()
+        if last is None and (report.records or total):
+            problems.append(f"no checkpoint ({checkpoints.name} missing or empty) although the log has {total} "
+                            f"rows and {report.records} chain records: a rewrite of the whole log cannot be "
+                            "ruled out (pass a shipped checkpoint line with --checkpoint)")
+        for start, ts in starts:
+            if start != chain_from:
+                problems.append(f"the chain's start was moved: audit_meta.chain_from_id is {chain_from}, "
+                                f"the checkpoint of {ts} says {start}")
+                break
+        if last is not None and not starts and chain_from:
+            report.notes.append("no checkpoint names the chain's start (written by an older Valet): rows "
+                                f"1..{chain_from} are taken as pre-chain on the database's word")
         if last is not None:
             seq = int(last["seq"])
             if seq > report.records and seq not in macs:

@@ -91,6 +91,7 @@ _INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(rea
 
 CHECKPOINT_SECONDS = 5.0  # how often a signed checkpoint (count, head MAC) is appended, if the chain grew
 LINGER_SECONDS = 0.05  # outcomes wait at most this long for a row written ahead to share its commit
+COMPANIONS = ("-wal", "-shm")  # SQLite's files next to audit.db, watched with it (see _check_identity)
 IDENTITY_CHECK_SECONDS = 0.25  # the file deleted or replaced is noticed within this (plus a commit)
 RETRY_SECONDS = 0.1
 PAGE_SIZE = 1024  # for a new audit.db (see connect)
@@ -170,6 +171,7 @@ class AuditWriter:
         # record nobody waits for. They ride along with the next commit, or go LINGER_SECONDS later.
         self._outcomes: collections.deque[Any] = collections.deque()
         self._failing = False
+        self._checkpoint_failing = False  # the last checkpoint could not be written: unhealthy until one is
         self._busy_since: float | None = None  # when the commit in progress began (None: idle)
         self.lost: str | None = None  # why the file can no longer be written (deleted, replaced): stays closed
         self._written = 0
@@ -179,19 +181,29 @@ class AuditWriter:
         # Fail at startup, not on the first request, if it cannot be opened.
         self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
         self._identity = _identity(path)
+        # The WAL holds every commit since the last checkpoint (the only durable copy of recent rows) and the
+        # -shm file indexes it: deleting either is not reported by SQLite, the open connection writes on into
+        # the unlinked inode. Their identity is watched like the database's (None: not seen yet).
+        self._companions: dict[Path, tuple[int, int] | None] = {
+            path.with_name(path.name + suffix): _identity_or_none(path.with_name(path.name + suffix))
+            for suffix in COMPANIONS}
         self._owner = recover
         if recover:  # the proxy (not a CLI command) owns the pending rows of earlier processes
             interrupted = self._interrupt(self._conn)
             if interrupted:
                 log.warning("audit: %d exchanges of a previous run had no outcome; marked interrupted",
                             interrupted)
+        try:  # a signed line from the start: the chain's start and head, before any traffic (review G2)
+            self._checkpoint(self._conn, force=True, announce=False)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
         self._thread = threading.Thread(target=self._run, name="valet-audit", daemon=True)
         self._thread.start()
 
     # --- the event loop's side ---
     @property
     def healthy(self) -> bool:
-        if self.lost is not None or self._failing or not self._thread.is_alive():
+        if self.lost is not None or self._failing or self._checkpoint_failing or not self._thread.is_alive():
             return False
         busy = self._busy_since
         if busy is not None and time.monotonic() - busy > self.commit_timeout:
@@ -259,6 +271,11 @@ class AuditWriter:
                 if not self._outcomes:
                     self._check_identity(conn)
                     last_check = time.monotonic()
+                    if self._checkpoint_failing and self.lost is None:
+                        try:
+                            self._checkpoint(conn)
+                        except (sqlite3.Error, OSError):
+                            pass  # logged once by _checkpoint; still unhealthy
                     continue
             while len(batch) < self.max_batch:
                 try:
@@ -285,13 +302,15 @@ class AuditWriter:
                 try:
                     self._checkpoint(conn)
                 except (sqlite3.Error, OSError) as exc:
-                    log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
-        if self.lost is None and self._owner:
+                    if not self._checkpoint_failing:  # that one is logged once, where it is noticed
+                        log.error("audit checkpoint failed (%s)", exc.__class__.__name__)
+        if self.lost is None:
             try:
-                interrupted = self._interrupt(conn)
-                if interrupted:
-                    log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
-                self._checkpoint(conn, force=True)
+                if self._owner:
+                    interrupted = self._interrupt(conn)
+                    if interrupted:
+                        log.warning("audit: %d exchanges still open at shutdown marked interrupted", interrupted)
+                self._checkpoint(conn, force=True)  # a CLI's rows (valet oauth login) are vouched for too
             except (sqlite3.Error, OSError) as exc:
                 log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
         conn.close()
@@ -335,22 +354,42 @@ class AuditWriter:
             raise
         return len(rows)
 
-    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False) -> None:
-        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew."""
+    def _checkpoint(self, conn: sqlite3.Connection, force: bool = False, announce: bool = True) -> None:
+        """Append a signed (count, head MAC) to the checkpoint file and the log, if the chain grew.
+
+        ``announce=False`` (the line signed when the log is opened): the file only, the log at DEBUG; the
+        start and head it signs are in the next announced line too, and the proxy's banner stays first."""
         last_seq, last_time = self._checkpointed
-        if not force and time.monotonic() - last_time < CHECKPOINT_SECONDS:
+        if not force and not self._checkpoint_failing and time.monotonic() - last_time < CHECKPOINT_SECONDS:
             return
         row = conn.execute("SELECT seq, mac FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
         seq, head = (row[0], row[1]) if row else (0, chain.GENESIS)
         self._checkpointed = (seq, time.monotonic())
         if seq == last_seq:
             return
-        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head)
-        with open(self._checkpoints, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        log.info("audit checkpoint: %s", line)
+        try:
+            start: int | None = chain.read_chain_from(conn)
+        except ValueError:  # edited: verify reports it; a checkpoint must not vouch for it
+            start = None
+        line = chain.checkpoint_line(self._chain.keys, utc_iso(time.time()), seq, head, start)
+        try:
+            with open(self._checkpoints, "a", encoding="utf-8") as out:
+                out.write(line + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            # No truncation evidence is being kept: unhealthy (503 audit_unavailable) until a checkpoint is
+            # written again, retried every IDENTITY_CHECK_SECONDS (review 3, "checkpoint writes that fail")
+            self._checkpointed = (last_seq, last_time)
+            if not self._checkpoint_failing:
+                log.error("audit checkpoint cannot be written to %s; refusing traffic until it can",
+                          self._checkpoints)
+            self._checkpoint_failing = True
+            raise
+        if self._checkpoint_failing:
+            log.warning("audit checkpoints are written again; accepting traffic")
+        self._checkpoint_failing = False
+        log.log(logging.INFO if announce else logging.DEBUG, "audit checkpoint: %s", line)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any], stopping: bool) -> bool:
         """One transaction for the whole batch; retried until it succeeds (or the file is lost)."""
@@ -420,13 +459,18 @@ class AuditWriter:
         """Deleted or replaced under us: everything written from now on would go nowhere anyone looks."""
         if self.lost is not None:
             return
-        try:
-            now = _identity(self.path)
-        except OSError:
-            now = None
+        lost, now = self.path, _identity_or_none(self.path)
         if now == self._identity:
-            return
-        self.lost = f"{self.path} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
+            for companion, seen in self._companions.items():
+                now = _identity_or_none(companion)
+                if seen is None:  # remembered on first sight (SQLite creates them with the first access)
+                    self._companions[companion] = now
+                elif now != seen:
+                    lost = companion
+                    break
+            else:
+                return
+        self.lost = f"{lost} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
         keep = self.path.with_name(f"audit-recovered-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db")
         try:
             with sqlite3.connect(keep) as copy:
@@ -434,6 +478,12 @@ class AuditWriter:
             saved = f"what the old file held is saved in {keep}"
         except sqlite3.Error as exc:
             saved = f"its contents could not be saved ({exc.__class__.__name__})"
+        if lost != self.path:  # audit.db itself is still in place: copy the rows the lost WAL holds into it
+            try:
+                busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+                saved += "; audit.db holds them too" if not busy else ""
+            except sqlite3.Error as exc:
+                saved += f"; they could not be copied into audit.db ({exc.__class__.__name__})"
         log.error("audit: %s; %s; refusing all traffic until Valet is restarted (see docs/audit.md, "
                   "'Recovery')", self.lost, saved)
 
@@ -441,6 +491,13 @@ class AuditWriter:
 def _identity(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def _identity_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _identity(path)
+    except OSError:
+        return None
 
 
 def _values(row: dict[str, Any], state: str) -> tuple[Any, ...]:

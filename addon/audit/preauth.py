@@ -17,6 +17,12 @@ known key (review 2, F14):
   (one ``statvfs``); recovery is automatic once space is free.
 
 Authenticated exchanges are untouched: they are accountable to a key, and rate rules bound them.
+
+Refusals answered below mitmproxy's flow layer (review 3, G5: a head mitmproxy cannot frame, such as
+``Content-Length`` with ``Transfer-Encoding``, ``400``; a head over the caps, ``431``; a head that never
+completes, ``408``; see :mod:`addon.protocol.mitm_limits`) have no flow and no hook: :func:`layer_refusal`
+writes their row from the head bytes Valet read, with the key id (never the key) when the head carried a
+known key, and through the same per-peer aggregation when it did not.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from addon.audit.exchange import Exchange
 from addon.audit.log import utc_iso
+from addon.protocol.keyleak import bearer_or_basic_key
 
 log = logging.getLogger("valet")
 
@@ -39,6 +47,10 @@ PATH_CHARS = 128
 ROWS_PER_INTERVAL = 60  # own rows per peer (an IPv4 address, an IPv6 /64) and interval before aggregating
 INTERVAL_SECONDS = 60.0
 MAX_PEERS = 1000  # peers with own rows in an interval; refusals from more are aggregated under the peer "*"
+# Own rows across all peers and interval (review 3, G7): one client with many addresses (all of 127.0.0.0/8,
+# an IPv6 /48's 65,536 /64s) is many peers; past this, every keyless refusal is counted under the peer "*".
+GLOBAL_ROWS_PER_INTERVAL = 600
+SAMPLE_PEERS = 8  # peers named in a "*" summary
 DISK_CHECK_SECONDS = 1.0
 SUMMARY_METHOD = "valet/refusals"
 
@@ -61,6 +73,7 @@ class _Summary:
     sample: str = ""
     mode: str = ""
     methods: set[str] = field(default_factory=set)
+    peers: set[str] = field(default_factory=set)  # for the "*" summary: a sample of who was counted there
 
 
 class Aggregator:
@@ -68,6 +81,7 @@ class Aggregator:
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}  # peer -> own rows written this interval
+        self.own = 0  # own rows written this interval, all peers together (GLOBAL_ROWS_PER_INTERVAL)
         self.summaries: dict[tuple[str, str], _Summary] = {}
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -78,11 +92,13 @@ class Aggregator:
         self._submit = submit
         if time.monotonic() - self.started >= INTERVAL_SECONDS:
             self.flush()
-        if peer not in self.rows and len(self.rows) >= MAX_PEERS:
+        who = peer
+        if self.own >= GLOBAL_ROWS_PER_INTERVAL or (peer not in self.rows and len(self.rows) >= MAX_PEERS):
             peer = "*"
         seen = self.rows.get(peer, 0)
-        if seen < ROWS_PER_INTERVAL:
+        if peer != "*" and seen < ROWS_PER_INTERVAL:
             self.rows[peer] = seen + 1
+            self.own += 1
             return True
         reason = exchange.reason or "other"
         summary = self.summaries.get((peer, reason))
@@ -97,6 +113,8 @@ class Aggregator:
         summary.last = exchange.ts_unix
         if len(summary.methods) < 8:
             summary.methods.add(exchange.http_method)
+        if peer == "*" and len(summary.peers) < SAMPLE_PEERS:
+            summary.peers.add(who)
         self._arm()
         return False
 
@@ -116,12 +134,14 @@ class Aggregator:
             self._timer = None
         summaries, self.summaries = self.summaries, {}
         self.rows = {}
+        self.own = 0
         self.started = time.monotonic()
         if self._submit is None:
             return
         for (peer, reason), s in summaries.items():
             detail = {"peer": peer, "count": s.count, "first": utc_iso(s.first), "last": utc_iso(s.last),
-                      "methods": sorted(s.methods), "sample_path": s.sample}
+                      "methods": sorted(s.methods), "sample_path": s.sample,
+                      **({"sample_peers": sorted(s.peers)} if peer == "*" else {})}
             self._submit({
                 "ts": utc_iso(s.first), "ts_unix": s.first, "mode": s.mode, "http_method": "-",
                 "http_path": f"({s.count} refusals before authentication from {peer})",
@@ -134,16 +154,91 @@ AGGREGATOR = Aggregator()
 
 
 def _peer(address: str) -> str:
-    """A peer as one party holds it: an IPv4 address, or an IPv6 /64 (one host's usual allocation)."""
+    """A peer as one party holds it: an IPv4 address (all of 127.0.0.0/8 as one: this host), or an IPv6 /64
+    (one host's usual allocation)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return address[:64]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
+            return _peer(str(ip.ipv4_mapped))
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    if ip.is_loopback:  # every address of 127.0.0.0/8 is this host: one party, however many it binds
+        return "127.0.0.0/8"
     return str(ip)
+
+
+LAYER_STATE: Any = None  # the proxy's ValetState, bound by hooks/recorder.py (the layer below has no flow to ask)
+
+
+def layer_refusal(peer: Any, head: bytes, cause: Any, status: int, rule: str,
+                  answer_bytes: int) -> tuple[asyncio.Future[bool], float] | None:
+    """Write the row of a refusal answered at the HTTP/1 layer; returns its commit future and how long the
+    answer may wait for it (the writer's commit bound), or None when there is nothing to wait for (no
+    log, or the refusal was counted into its peer's summary)."""
+    state = LAYER_STATE
+    if getattr(state, "audit", None) is None:
+        return None
+    method, path, credentials = _read_head(head)
+    exchange = Exchange(mode=state.mode, http_method=method[:16] or "-", http_path=path or "-",
+                        bytes_in=len(head), bytes_out=answer_bytes)
+    return refused_without_flow(state, peer, exchange, credentials, cause, status, rule)
+
+
+def refused_without_flow(state: Any, peer: Any, exchange: Exchange, credentials: list[str], cause: Any,
+                         status: int, rule: str) -> tuple[asyncio.Future[bool], float] | None:
+    """Write the row of ``exchange``, refused before any stage saw it: named after the key among
+    ``credentials`` if one is known, else aggregated per peer like any refusal without a key."""
+    audit = state.audit
+    exchange.http_path = short_path(exchange.http_path)
+    exchange.decision, exchange.rule, exchange.reason, exchange.error_code = "deny", rule, cause.reason, cause.code
+    record = _known_key(state.keyring, credentials)
+    if record is not None:
+        exchange.key_id, exchange.user, exchange.agent = record.id, record.user, record.agent
+    elif not AGGREGATOR.admit(_peer(peer[0] if peer else "?"), exchange, status, audit.submit):
+        exchange.recorded = True  # counted into its peer's summary
+        return None
+    state.record(exchange, status)
+    future = exchange.committed
+    return (future, audit.commit_timeout) if future is not None else None
+
+
+def credentials_of(values: list[str]) -> list[str]:
+    """What may be a valet key in (Proxy-)Authorization values: a Bearer token, a Basic pair and its halves."""
+    found: list[str] = []
+    for value in values[:4]:
+        credential = bearer_or_basic_key(value)
+        if credential:
+            found += [credential, *credential.split(":", 1)]  # Basic: KEY: or :KEY
+    return found
+
+
+def _read_head(head: bytes) -> tuple[str, str, list[str]]:
+    """Method, target and the credentials of (Proxy-)Authorization lines of a raw head (possibly cut)."""
+    lines = head.split(b"\n", MAX_HEAD_LINES)
+    start = lines[0].decode("utf-8", "backslashreplace").split()
+    method, path = (start[0], start[1] if len(start) > 1 else "") if start else ("", "")
+    values = []
+    for line in lines[1:MAX_HEAD_LINES]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"authorization", b"proxy-authorization"):
+            values.append(value.decode("utf-8", "replace"))
+    return method, path, credentials_of(values)
+
+
+MAX_HEAD_LINES = 200
+
+
+def _known_key(keyring: Any, credentials: list[str]) -> Any:
+    for credential in credentials:
+        try:
+            record = keyring.verify(credential) if keyring is not None else None
+        except Exception:  # noqa: BLE001 - an unreadable value is no key
+            record = None
+        if record is not None:
+            return record
+    return None
 
 
 def absorbed(state: Any, flow: Any, exchange: Any) -> bool:

@@ -39,6 +39,20 @@ def parse_since(value: str) -> float:
     return when.timestamp()
 
 
+# A cell a spreadsheet reads as a formula: OWASP's CSV-injection list (= + - @ TAB CR), their full-width
+# forms (read as formulas by some spreadsheets), and the same after leading blanks.
+FORMULA_START = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that would start a formula gets a leading ``'`` (OWASP's advice for CSV exports): agents
+    choose methods, session ids and paths, and an export often ends up in a spreadsheet. Numbers stay
+    numbers (an error code is -32600), and JSON output is not touched."""
+    if isinstance(value, str) and value and (value[0] in FORMULA_START or value.lstrip(" \n")[:1] in FORMULA_START):
+        return "'" + value
+    return value
+
+
 def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line: Any) -> None:
     """Add the ``audit`` group to the ``valet`` command (the helpers are shared with the other groups)."""
 
@@ -69,7 +83,7 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
         else:
             writer = csv.writer(sys.stdout, dialect="excel" if fmt == "csv" else "excel-tab")
             writer.writerow(columns)
-            writer.writerows([row[c] for c in columns] for row in rows)
+            writer.writerows([spreadsheet_safe(row[c]) for c in columns] for row in rows)
 
     @audit_group.command("tail")
     @data_dir_option
@@ -129,11 +143,14 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
 
     @audit_group.command("verify")
     @data_dir_option
-    def audit_verify(data_dir: Path) -> None:
-        """Check the MAC chain: broken links, deleted, edited or inserted rows, a truncated tail.
+    @click.option("--checkpoint", "shipped", multiple=True, metavar="LINE",
+                  help="A checkpoint line shipped off the machine (the JSON, or the whole 'audit checkpoint:' "
+                       "log line), checked like those in audit.checkpoints. Repeatable.")
+    def audit_verify(data_dir: Path, shipped: tuple[str, ...]) -> None:
+        """Check the MAC chain: broken links, deleted, edited or inserted rows, a truncated tail, a moved start.
 
         Needs the vault's master key (the key file in the data dir, or VALET_MASTER_KEY). Exit 0 when
-        the log is intact, 1 when it is not.
+        the log is intact, 1 when it is not. A log with rows but no checkpoint at all is not intact.
         """
         from addon.audit.chain import CHECKPOINT_FILE, ChainKeys, verify
         from addon.secrets.vault import VaultError, load_master_keys
@@ -141,7 +158,7 @@ def register(main: click.Group, data_dir_option: Any, print_rows: Any, tail_line
         try:
             keys = ChainKeys(load_master_keys(data_dir, create=False))
             conn = audit.open_readonly(data_dir / "audit.db")
-            report = verify(conn, keys, data_dir / CHECKPOINT_FILE)
+            report = verify(conn, keys, data_dir / CHECKPOINT_FILE, shipped=shipped)
         except (VaultError, sqlite3.Error, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         for note in report.notes:

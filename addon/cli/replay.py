@@ -37,7 +37,7 @@ AFTER_POLICY = frozenset({None, "rate_limited", "upstream_status", "upstream_err
                           "interrupted", "missing_secret", "vault_error", "reauth_required", "oauth_unavailable",
                           "audit_unavailable", "param_headers_unverified", "shutting_down", "internal_error"})
 REDACTED = "[REDACTED:"
-TRUNCATED = "…(truncated)"
+TRUNCATED = "…(truncated"  # "…(truncated)" of older rows, "…(truncated: N chars, sha256 …)" (addon.audit.bounds)
 SAMPLES = 10
 
 SQL = """SELECT id, ts, ts_unix, key_id, user, agent, server, mode, http_method, http_path, rpc_method, tool,

@@ -12,6 +12,7 @@ from mitmproxy import http
 
 from addon.protocol.errors import Cause, Refusal
 from addon.audit.exchange import Exchange
+from addon.audit.bounds import bounded_arguments, bounded_text
 from addon.protocol.jsonrpc import Body, check_headers, parse_body
 from addon.protocol.keyleak import body_carries_key
 from addon.hooks.failsafe import fail_closed
@@ -147,8 +148,8 @@ def describe(exchange: Exchange, body: Body, scrub: Callable[[bytes], bytes] | N
         exchange.arguments = _bounded_json(summary, scrub)
         return
     message = body.messages[0]
-    exchange.rpc_method = message.method
-    exchange.rpc_id = json.dumps(message.id) if message.has_id else None
+    exchange.rpc_method = bounded_text(message.method)  # bounded: an agent chooses both (review G11)
+    exchange.rpc_id = bounded_text(json.dumps(message.id)) if message.has_id else None
     exchange.tool = message.tool
     arguments = audited.get(0, message.arguments)
     if arguments is not None:
@@ -162,4 +163,4 @@ def _bounded_json(value: object, scrub: Callable[[bytes], bytes] | None = None) 
         scrubbed = scrub(raw)  # markers replace whole secrets (and whole escapes): the JSON stays valid
         if scrubbed is not raw:
             text = scrubbed.decode("utf-8", "replace")
-    return text if len(text) <= MAX_AUDIT_ARGUMENTS else text[:MAX_AUDIT_ARGUMENTS] + "…(truncated)"
+    return text if len(text) <= MAX_AUDIT_ARGUMENTS else bounded_arguments(text, MAX_AUDIT_ARGUMENTS)

@@ -14,6 +14,7 @@ from addon.audit import ledger, preauth
 from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
+from addon.protocol import mitm_limits
 from addon.protocol.errors import Cause, Refusal
 from addon.protocol.mitm_errors import error_page
 
@@ -24,6 +25,10 @@ UNAVAILABLE = Refusal(Cause.AUDIT_UNAVAILABLE, "the audit log cannot be written;
 class ExchangeOpener:
     def __init__(self, state: ValetState) -> None:
         self.state = state
+        # Refusals answered below the flow layer (no flow, no hook) are audited through it (review G5).
+        preauth.LAYER_STATE = state
+        mitm_limits.RECORD = preauth.layer_refusal
+        mitm_limits.RECORD_FLOW = self._cut
 
     def _open(self, flow: http.HTTPFlow) -> Exchange:
         request = flow.request
@@ -41,11 +46,45 @@ class ExchangeOpener:
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if answered(flow):
+            if flow.error is not None and flow.response is None and exchange_of(flow) is None:
+                await self._invalid(flow)
             return
         exchange = self._open(flow)
         exchange.snapshot = await self.state.current()
         if self.state.audit is None or not self.state.audit.healthy or preauth.disk_low(self.state):
             refuse(flow, UNAVAILABLE, "error")
+
+    async def _invalid(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy refused the head before any stage (its request validation: ``Content-Length`` with
+        ``Transfer-Encoding``, a bad scheme) and answers 400 after the hooks: the row is committed first
+        (review G5). The key that sent it is named, if known; a keyless one is aggregated per peer."""
+        if self.state.audit is None:
+            return
+        exchange = self._open(flow)
+        headers = flow.request.headers
+        credentials = preauth.credentials_of([*headers.get_all("authorization"),
+                                              *headers.get_all("proxy-authorization")])
+        exchange.bytes_in = len(flow.request.raw_content or b"")
+        waiting = preauth.refused_without_flow(self.state, flow.client_conn.peername, exchange, credentials,
+                                               Cause.INVALID_REQUEST, 400, "http1:framing")
+        if waiting is not None:
+            await _settled(*waiting)
+
+    def _cut(self, flow: http.HTTPFlow, cause: Cause, status: int, answer_bytes: int
+             ) -> tuple[asyncio.Future[bool], float] | None:
+        """Valet's connection layer ends an exchange below the hooks (a stalled request body, 408): its row is
+        completed here, and the answer waits for the commit (:mod:`addon.protocol.mitm_conn`)."""
+        exchange = exchange_of(flow)
+        if exchange is None or exchange.recorded or self.state.audit is None:
+            return None
+        if exchange.decision != "deny":
+            exchange.decision, exchange.reason, exchange.error_code = "deny", cause.reason, cause.code
+        exchange.bytes_out = answer_bytes
+        self.state.record(exchange, status)
+        future = exchange.committed
+        return (future, self.state.audit.commit_timeout) if future is not None and not future.done() else None
+
+
 SHUTTING_DOWN = Refusal(Cause.SHUTTING_DOWN, "Valet is shutting down", headers={"connection": "close"})
 
 

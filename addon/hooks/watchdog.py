@@ -28,9 +28,11 @@ from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
 from addon.protocol.mitm_limits import ENDINGS, Ending, forget
+from addon.protocol.mitm_limits import _close_client as close_client
 
 log = logging.getLogger("valet")
 SWEEP_SECONDS = 0.2
+SETTLE_SECONDS = 2.0  # how long a cut exchange's row waits to learn what the agent's side wrote
 POLICY_CHECK_SECONDS = 0.5
 
 
@@ -52,6 +54,7 @@ class Watchdog:
         self.state = state
         self._watches: dict[str, _Watch] = {}
         self._task: asyncio.Task[None] | None = None
+        self._completing: set[asyncio.Task[None]] = set()
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -94,18 +97,50 @@ class Watchdog:
         watch = self._watches.pop(flow.id, None)
         if watch is None or watch.ending is None or watch.exchange.recorded:
             return
-        exchange, ending, response = watch.exchange, watch.ending, flow.response
+        if watch.ending.settled:
+            self._complete(watch)
+            return
+        # mitmproxy runs this hook before it hands the ending to the agent's side (mitm_limits._send): the row
+        # is completed once that is done, with what was actually written (review 3, G13)
+        watch.exchange.recorded = True  # no later stage completes it meanwhile
+        task = asyncio.get_running_loop().create_task(self._complete_when_settled(watch))
+        self._completing.add(task)
+        task.add_done_callback(self._completing.discard)
+
+    async def _complete_when_settled(self, watch: _Watch) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_SECONDS
+        await asyncio.sleep(0)
+        while (not watch.ending.settled and watch.flow.client_conn.timestamp_end is None  # type: ignore[union-attr]
+               and loop.time() < deadline):
+            await asyncio.sleep(0.01)
+        watch.exchange.recorded = False
+        self._complete(watch)
+
+    def _complete(self, watch: _Watch) -> None:
+        """The row says what the agent got: Valet's whole answer, its error event after the upstream's head,
+        the upstream's head and part of a streamed body, or nothing at all (its connection was closed)."""
+        exchange, ending, response = watch.exchange, watch.ending, watch.flow.response
+        assert ending is not None
         exchange.reason = ending.cause.reason
         exchange.error_code = ending.cause.code
-        if watch.headers and response is not None:  # the agent had the head: the error event ended the stream
-            if ending.cause is Cause.UPSTREAM_TIMEOUT:
+        timeout = ending.cause is Cause.UPSTREAM_TIMEOUT
+        written = ending.written
+        had_head = watch.streamed and response is not None  # only a streamed answer's head reached the agent
+        if written is not None and written[0] is not None:  # Valet's whole answer
+            exchange.decision = "error" if timeout else "deny"
+            exchange.bytes_out = written[1]
+            status: int | None = written[0]
+        elif had_head and response is not None:  # the upstream's head, part of its stream, then the cut
+            if timeout:
                 exchange.decision = "error"
-            exchange.bytes_out += len(ending.event())
-            self.state.record(exchange, response.status_code)
-        else:
-            exchange.decision = "error" if ending.cause is Cause.UPSTREAM_TIMEOUT else "deny"
-            exchange.bytes_out = len(ending.response())
-            self.state.record(exchange, ending.cause.status)
+            exchange.bytes_out += written[1] if written is not None else 0
+            status = response.status_code
+        else:  # nothing reached the agent: its connection was closed without an answer
+            exchange.decision = "error" if timeout else "deny"
+            exchange.bytes_out = 0
+            status = None
+        self.state.record(exchange, status)
 
     def client_disconnected(self, client: connection.Client) -> None:
         forget(client.id)
@@ -172,8 +207,17 @@ class Watchdog:
         handler = server.connections.get(flow.client_conn.id) if server is not None else None
         if handler is None:
             return
+        upstream = flow.server_conn
+        if (upstream not in handler.transports and not watch.headers
+                and flow.request.http_version.upper().startswith("HTTP/1")):
+            # No upstream connection to close yet (still connecting, or in its TLS handshake: mitmproxy gives
+            # the flow the connection only once it is up), so the agent's own connection is what ends: it gets
+            # the ending first, written here, then is closed (before, it was closed without an answer: G13).
+            ending.wrote(ending.cause.status, ending.body())
+            close_client(flow.client_conn.id, ending.response())
+            return
         ENDINGS[flow.client_conn.id] = ending
-        target = flow.server_conn if flow.server_conn in handler.transports else flow.client_conn
+        target = upstream if upstream in handler.transports else flow.client_conn
         if target in handler.transports:
             handler.close_connection(target)
 

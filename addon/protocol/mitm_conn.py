@@ -290,9 +290,22 @@ def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
     answer = http1.assemble_response(http.Response.make(
         408, body, http.Headers(content_type="application/json", connection="close")))
     handler = TRACKER.handlers.get(server_.conn.id)
+    flow = _READING.get(server_.conn.id)
+    waiting = None
+    if flow is not None and mitm_limits.RECORD_FLOW is not None and not server_.response:
+        # the exchange ends here, below the hooks: its row is completed (and committed) before the 408 (G5)
+        try:
+            waiting = mitm_limits.RECORD_FLOW(flow, Cause.REQUEST_TIMEOUT, 408, len(answer))
+        except Exception:  # noqa: BLE001 - a failing record must not keep the socket open
+            log.exception("audit of a stalled request body failed")
     if handler is not None:
-        close_transport(handler, server_.conn, answer if not server_.response else b"")
+        mitm_limits.answer_when_recorded(waiting, close_transport, handler, server_.conn,
+                                         answer if not server_.response else b"")
     TRACKER.count("body_timeout")
+
+
+# agent connection id -> the flow whose request body is being read on it (for the 408 of a stalled body)
+_READING: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
 
 
 # --- 4: refused on headers, answered at once -------------------------------------------------------
@@ -302,6 +315,8 @@ _original_wait_for_headers = HttpStream.state_wait_for_request_headers
 
 def _wait_for_request_headers(self: HttpStream, event: RequestHeaders):  # type: ignore[no-untyped-def]
     result = yield from _original_wait_for_headers(self, event)
+    if not event.end_stream and self.flow is not None:
+        _READING[self.context.client.id] = self.flow
     if (not event.end_stream and self.flow is not None and self.flow.response is not None
             and getattr(self.client_state, "__func__", None) is HttpStream.state_consume_request_body):
         # mitm_limits answers a refused flow "at its first body byte": that byte is this empty one.
@@ -356,6 +371,7 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
     elif isinstance(event, ResponseProtocolError) and self.is_open_for_us(event.stream_id):
         ending = mitm_limits.ENDINGS.pop(self.conn.id, None)
         if ending is not None:
+            ending.settled = True
             stream_id = event.stream_id
             stream = self.h2_conn.streams[stream_id]
             try:
@@ -364,9 +380,9 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
                     self.h2_conn.send_headers(stream_id, [
                         (b":status", b"%d" % ending.cause.status), (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(body))])
-                    self.h2_conn.send_data(stream_id, body, end_stream=True)
+                    self.h2_conn.send_data(stream_id, ending.wrote(ending.cause.status, body), end_stream=True)
                 elif stream_id in self.__dict__.get("_valet_sse", ()):
-                    self.h2_conn.send_data(stream_id, ending.event(), end_stream=True)
+                    self.h2_conn.send_data(stream_id, ending.wrote(None, ending.event()), end_stream=True)
                 else:  # a body that is not a stream of events: no way to say more than the reset
                     self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             except h2.exceptions.H2Error:  # the agent's window is full: the reset says it ended

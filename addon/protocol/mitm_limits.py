@@ -37,6 +37,12 @@
    ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
    incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
    HTTP/1 head gets 408.
+8. **Refusals at this layer are audited before they are answered** (review 3, G5): the 400 mitmproxy
+   gives a head it cannot frame (``Content-Length`` with ``Transfer-Encoding``, a bad version line),
+   the 431 and the 408 above have no flow, so no hook writes their row. :data:`RECORD` (bound to
+   :func:`addon.audit.preauth.layer_refusal` by ``hooks/recorder.py``) writes it from the head bytes
+   read; the answer is held until the row is committed (at most the writer's commit bound), then
+   written and the socket closed. Nothing of the refused request reaches a hook.
 7. **A TLS ClientHello is capped too** (an agent connecting with TLS, or a forward-mode tunnel Valet
    intercepts): mitmproxy buffers the ClientHello until it parses, and its 3-byte length lets it claim
    16 MiB. One past :data:`MAX_CLIENT_HELLO` bytes ends the handshake (the connection is closed), and a
@@ -51,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import time
 import types
 import weakref
@@ -85,6 +92,12 @@ MAX_BUFFERED_TOTAL = 256 * 1024 * 1024
 HEADER_READ_SECONDS = 30.0  # timeouts.header_read_seconds
 # How a flow is refused (hooks/state.refuse, set there: the audit row then says why).
 REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
+# How a refusal without a flow is audited: (peer, head bytes, cause, status, rule, answer size) -> the
+# commit future and how long to wait for it, or None (addon.audit.preauth.layer_refusal, set by hooks/recorder.py)
+RECORD: Callable[..., tuple[asyncio.Future[bool], float] | None] | None = None
+# How an exchange ended below the hooks is audited: (flow, cause, status, answer size) -> as RECORD (recorder.py)
+RECORD_FLOW: Callable[..., tuple[asyncio.Future[bool], float] | None] | None = None
+_ANSWERING: set[asyncio.Task[None]] = set()  # answers waiting for their row (a reference keeps each task alive)
 
 
 class _Budget:
@@ -199,15 +212,30 @@ async def decode_within(flow: object, decode: Callable[[int], bytes], cap: int) 
     return decoded
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Ending:
-    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one."""
+    """How Valet ends an exchange it cut: the HTTP answer before a response head, the event after one.
+
+    ``settled`` once the agent's side handled it, ``written`` then holds the status and the bytes the agent
+    actually got (None: nothing; the connection was closed or the cut body left as it was): the audit row
+    records that, not what Valet meant to send (review 3, G13).
+    """
 
     cause: Cause
     message: str
+    settled: bool = False
+    written: tuple[int | None, int] | None = None  # (status, bytes): status None for an event after a head
+
+    def wrote(self, status: int | None, body: bytes) -> bytes:
+        """Note that ``body`` (the bytes of a response body) went to the agent, with ``status``; returns it."""
+        self.settled, self.written = True, (status, len(body))
+        return body
+
+    def body(self) -> bytes:
+        return Refusal(self.cause, self.message).body()
 
     def response(self) -> bytes:
-        body = Refusal(self.cause, self.message).body()
+        body = self.body()
         headers = http.Headers(content_type="application/json", connection="close")
         return http1.assemble_response(http.Response.make(self.cause.status, body, headers))
 
@@ -281,18 +309,55 @@ def _close_client(client_id: str, answer: bytes = b"", conn_id: str | None = Non
             io.writer.close()
 
 
+def _answer_after_row(server: _http1.Http1Server, head: bytes, cause: Cause, rule: str, answer: bytes) -> None:
+    """Record the refusal (:data:`RECORD`), then write ``answer`` and close the socket once its row is
+    committed, or once the writer's commit bound passed (the refusal stands either way: nothing was
+    forwarded). The connection reads nothing more meanwhile (:func:`_discard`)."""
+    server.state = types.MethodType(_discard, server)
+    server.buf = _http1.ReceiveBuffer()
+    server._valet_head_timer = None  # type: ignore[attr-defined]  # answered: no 408 (and no second row) later
+    client_id = server.conn.id
+    waiting = None
+    if RECORD is not None:
+        try:
+            waiting = RECORD(server.conn.peername, head, cause, cause.status, rule, len(answer))
+        except Exception:  # noqa: BLE001 - a failing record must not keep the socket open: answer anyway
+            logging.getLogger("valet").exception("audit of an HTTP/1 refusal failed")
+    answer_when_recorded(waiting, _close_client, client_id, answer)
+
+
+def answer_when_recorded(waiting: tuple[asyncio.Future[bool], float] | None, send: Callable[..., None],
+                         *args: object) -> None:
+    """``send(*args)`` once the row's commit future (of ``waiting``) is done or its bound passed; at once
+    without one."""
+    if waiting is None:
+        send(*args)
+        return
+
+    async def later() -> None:
+        future, bound = waiting
+        try:
+            await asyncio.wait_for(asyncio.shield(future), bound)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        send(*args)
+
+    task = asyncio.get_running_loop().create_task(later())
+    _ANSWERING.add(task)
+    task.add_done_callback(_ANSWERING.discard)
+
+
 def _head_timeout(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
     """A request head still incomplete ``HEADER_READ_SECONDS`` after its first byte: 408, then closed."""
     server = ref()
     if server is None or getattr(server, "_valet_head_timer", None) is not timer:
         return
     server._valet_head_timer = None  # type: ignore[attr-defined]
-    server.state = types.MethodType(_discard, server)
-    server.buf = _http1.ReceiveBuffer()
+    head = bytes(server.buf)[:MAX_HEADER_BYTES]
     body = Refusal(Cause.REQUEST_TIMEOUT, "the request head did not arrive in time").body()
     answer = http1.assemble_response(http.Response.make(
         408, body, http.Headers(content_type="application/json", connection="close")))
-    _close_client(server.conn.id, answer)
+    _answer_after_row(server, head, Cause.REQUEST_TIMEOUT, "http1:head_timeout", answer)
 
 
 def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
@@ -301,13 +366,36 @@ def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):  # t
         self._valet_head_timer = timer
         asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _head_timeout, weakref.ref(self), timer)
     if isinstance(event, events.DataReceived) and _head_too_large(self.buf):
-        self.buf = _http1.ReceiveBuffer()  # drop what was read: nothing of it is kept
-        yield commands.SendData(self.conn, _too_large())
-        yield commands.CloseConnection(self.conn)
-        self.state = types.MethodType(_discard, self)  # nothing more is read on this connection
-        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+        head = bytes(self.buf)[:MAX_HEADER_BYTES]  # what the row is written from; the rest is dropped
+        # nothing more is read on this connection; the 431 goes once its row is committed
+        _answer_after_row(self, head, Cause.HEADERS_TOO_LARGE, "http1:head_too_large", _too_large())
         return
-    result = yield from _original_read_headers(self, event)
+    if not isinstance(event, events.DataReceived):
+        return (yield from _original_read_headers(self, event))
+    head = bytes(self.buf._data[: MAX_HEADER_BYTES + 4])  # the head (within the cap checked above), for a row
+    refused = None
+    # mitmproxy's reader answers a head it cannot frame with a 400 and closes, in this same step, before any
+    # flow exists: its commands are taken here, the answer held until the refusal's row is committed.
+    reader = _original_read_headers(self, event)
+    try:
+        command = next(reader)
+        while True:
+            if refused is None and isinstance(command, commands.SendData) and command.connection is self.conn \
+                    and getattr(self.state, "__func__", None) is _read_headers:
+                refused = command.data
+            if refused is None:
+                sent = yield command
+            else:  # the rest (its close, the flow it would show in mitmproxy's UI) is dropped: no hook sees it
+                sent = None
+            command = reader.send(sent)
+    except StopIteration as stop:
+        result = stop.value
+    if refused is not None:
+        end = head.find(b"\r\n\r\n")
+        _answer_after_row(self, head[: end if end != -1 else MAX_HEADER_BYTES], Cause.INVALID_REQUEST,
+                          "http1:framing", refused)
+        self._valet_head_timer = None
+        return result
     if getattr(self.state, "__func__", None) is not _read_headers:  # the head is complete (or refused)
         self._valet_head_timer = None
     return result
@@ -400,14 +488,17 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     if isinstance(event, ResponseProtocolError):
         ending = ENDINGS.pop(self.conn.id, None)
         if ending is not None:
+            ending.settled = True
             if self.conn.state & ConnectionState.CAN_WRITE:
                 if not self.response:
+                    ending.wrote(ending.cause.status, ending.body())
                     yield commands.SendData(self.conn, ending.response())
                 elif ("chunked" in self.response.headers.get("transfer-encoding", "").lower()
                       and is_event_stream(self.response.headers)):
                     # an open event stream gets one error event and its end; any other body (a streamed
                     # JSON answer) stays cut, without the final chunk, so that it never looks complete
                     notice = ending.event()
+                    ending.wrote(None, notice)
                     yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(notice), notice))
                 yield commands.CloseConnection(self.conn)
             return
