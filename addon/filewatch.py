@@ -19,7 +19,10 @@ queues an event when the writing syscall happens, so a revocation committed
 before a request was sent is in the queue when that request is checked: it
 still applies to the very next request. If inotify cannot be used (not Linux,
 the per-user instance or watch limit reached, a path whose folder does not
-exist), those paths are checked as before, on every call.
+exist, a path that is a symbolic link: a link can be re-pointed without any event
+naming it), those paths are checked as before, on every call. A folder above a
+watched path that is itself a link re-pointed elsewhere is caught by the
+safety net, within ``FULL_CHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -299,6 +302,11 @@ class Watcher:
         if path in self._watched:
             own, folder = self._watched[path]
             return own is not None and folder is not None
+        if path.is_symlink():
+            # A link can be re-pointed (Kubernetes swaps a ConfigMap's "..data" link in the folder above the
+            # files' links): no event names this path, so it is computed on every call, as without inotify.
+            self._watched[path] = (None, None)
+            return False
         folder_wd = own_wd = None
         try:
             folder_wd = self._inotify.add_watch(path.parent, NAME_EVENTS | IN_ONLYDIR | IN_MASK_ADD)

@@ -183,3 +183,17 @@ def test_a_lost_event_queue_forgets_everything(tmp_path: Path, watcher: filewatc
     watcher._handle(overflow)
     filewatch.signature(db)
     assert computed == [db, db]
+
+
+def test_a_link_re_pointed_is_seen_at_once(tmp_path: Path, watcher: filewatch.Watcher, computed: list[Path]) -> None:
+    """As a Kubernetes ConfigMap is updated: valet.yaml -> ..data/valet.yaml, and ..data swapped by a rename."""
+    for name in ("v1", "v2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "valet.yaml").write_text(f"# {name}\n")
+    (tmp_path / "..data").symlink_to("v1")
+    config = tmp_path / "valet.yaml"
+    config.symlink_to("..data/valet.yaml")
+    before = filewatch.signature(config, sqlite=False)
+    (tmp_path / "..data_tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    assert filewatch.signature(config, sqlite=False) != before
