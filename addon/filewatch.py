@@ -201,9 +201,7 @@ class Watcher:
     def __init__(self, inotify: Any) -> None:
         self._inotify = inotify
         self._fd: int = inotify.fileno()
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        self._poll = poller.poll
+        self._local = threading.local()  # a poll object per thread: poll() on one from two threads raises
         self._lock = threading.Lock()
         self._known: dict[tuple[Path, bool], tuple[int, ...]] = {}
         self._itself: dict[int, set[Path]] = {}  # watch descriptor -> the paths it is the inode of
@@ -212,12 +210,23 @@ class Watcher:
         self._full_at = time.monotonic()
         self.events = 0  # inotify events read so far (for tests and benchmarks)
 
+    def _poll(self) -> list[Any]:
+        """Whether events are waiting (``poll`` with a zero timeout). A ``select.poll`` object is not thread
+        safe (two threads polling it at once get RuntimeError), and signatures are computed in worker
+        threads too (the snapshot, key ring and vault reloads): one per thread."""
+        poll = getattr(self._local, "poll", None)
+        if poll is None:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poll = self._local.poll = poller.poll
+        return poll(0)
+
     def signature(self, path: Path, sqlite: bool) -> tuple[int, ...]:
         """The remembered signature unless an event about ``path`` arrived (one ``poll`` of the inotify
         descriptor when none did: no lock, no exception, no ``stat``)."""
         # Events are read only under the lock. So if poll says none are waiting and the lock is free, every
         # event queued before this call has been handled (its signatures forgotten) by whoever read it.
-        if self._poll(0) or self._lock.locked():
+        if self._poll() or self._lock.locked():
             with self._lock:
                 self._drain()
         known = self._known.get((path, sqlite))
@@ -236,7 +245,7 @@ class Watcher:
             return computed
 
     def signatures(self, paths: list[Path], sqlite: bool) -> tuple[int, ...]:
-        if self._poll(0) or self._lock.locked():
+        if self._poll() or self._lock.locked():
             with self._lock:
                 self._drain()
         known = self._known

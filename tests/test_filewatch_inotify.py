@@ -197,3 +197,36 @@ def test_a_link_re_pointed_is_seen_at_once(tmp_path: Path, watcher: filewatch.Wa
     (tmp_path / "..data_tmp").symlink_to("v2")
     os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
     assert filewatch.signature(config, sqlite=False) != before
+
+
+def test_checks_from_several_threads_at_once(tmp_path: Path, watcher: filewatch.Watcher) -> None:
+    """The event loop and the reload threads check at the same time: one select.poll object shared by two
+    threads raised RuntimeError ("concurrent poll() invocation"), an internal error on the request."""
+    import threading
+
+    db = tmp_path / "keys.db"
+    conn = _keys_db(db)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def check() -> None:
+        try:
+            while not stop.is_set():
+                filewatch.signature(db)
+                filewatch.signatures([db, tmp_path])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for flag in range(200):
+            conn.execute("UPDATE k SET revoked = ?", (flag % 2,))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        conn.close()
+    assert not errors, errors
+    assert filewatch.signature(db) == filewatch.compute_signature(db)
