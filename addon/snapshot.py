@@ -51,7 +51,7 @@ def watched(config_path: Path, config: ValetConfig) -> list[Path]:
 
 
 def signature_of(paths: list[Path]) -> tuple[int, ...]:
-    return tuple(v for p in paths for v in filewatch.signature(p, sqlite=False))
+    return filewatch.signatures(paths, sqlite=False)
 
 
 def unsettled_for(config_path: Path, config: ValetConfig, settle: float = SETTLE_SECONDS,

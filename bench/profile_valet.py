@@ -113,7 +113,8 @@ def _print_stages(path: str) -> None:
     summed = 0.0
     for name, (count, ns) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
         per_call = ns / calls / 1000
-        summed += per_call
+        if ":" not in name:  # "audit writer: ...", "WriteAhead: ...": parts of another line, not added twice
+            summed += per_call
         print(f"{name:<40}{count:>8}{per_call:>10.1f}")
     print(f"{'total (per call, writer thread included)':<40}{'':>8}{summed:>10.1f}")
 

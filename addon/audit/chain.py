@@ -124,6 +124,28 @@ def message(prev_mac: str, seq: int, exchange_id: int, kind: str, columns: Itera
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
+def _c_encode() -> Any:
+    """The stdlib's C encoder with :data:`_ENCODER`'s settings, built once (``JSONEncoder.encode`` builds it on
+    every call, with a dict of ids to catch cycles; a record is a flat list). Same bytes (tests/test_perf_paths.py);
+    None where the C accelerator is missing, and then :data:`_ENCODER` is used."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        iterencode = make(None, _ENCODER.default, encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+        probe: list[Any] = ["x\u00e9\"", 1, 1.5, None, True, [["a", None]]]
+        if "".join(iterencode(probe, 0)) != _ENCODER.encode(probe):
+            return None
+    except TypeError:  # another signature in another Python
+        return None
+    return lambda payload: "".join(iterencode(payload, 0))
+
+
+_ENCODE = _c_encode() or _ENCODER.encode
+
+
 def _text(value: Any) -> Any:
     return value if value is None or type(value) is str else str(value)
 
@@ -156,7 +178,7 @@ def _fast_message(prev_mac: str, seq: int, exchange_id: int, kind: str, converte
                           [convert(v) for convert, v in zip(converters, values, strict=True)]]
     if kind == "request":
         payload.append([[_text(v) for v in use] for use in (uses or ())])
-    return _ENCODER.encode(payload).encode()
+    return _ENCODE(payload).encode()
 
 
 @dataclass

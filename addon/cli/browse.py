@@ -49,7 +49,8 @@ QUERIES: dict[str, dict[str, Any]] = {
         "title": "An agent's day",
         "description": "Everything one agent (the agent name of its keys) did on one UTC day (YYYY-MM-DD).",
         "sql": "SELECT id, ts, user, key_id, server, rpc_method, tool, arguments, decision, reason, http_status\n"
-               "FROM exchanges WHERE agent = :agent AND ts >= :day AND ts < date(:day, '+1 day')\nORDER BY id",
+               "FROM exchanges WHERE agent = :agent AND ts_unix >= unixepoch(:day) AND ts_unix < unixepoch(:day, '+1 day')\n"
+               "ORDER BY id",
     },
 }
 

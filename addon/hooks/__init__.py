@@ -21,7 +21,6 @@ flow, and every hook, the stages' and this dispatcher's, fails closed
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -141,7 +140,7 @@ class Valet:
     async def response(self, flow: http.HTTPFlow) -> None:
         for hook in self._response:
             result = hook(flow)
-            if inspect.isawaitable(result):
+            if result is not None:  # an async stage hook's coroutine (see _run)
                 await result
         metrics.flow_done(flow)
 
@@ -160,9 +159,12 @@ class Valet:
 
 
 async def _run(hooks: list[Callable[[http.HTTPFlow], Any]], flow: http.HTTPFlow) -> None:
+    """Stage hooks are ``-> None``, sync or async (wrapped by :func:`~addon.hooks.failsafe.fail_closed`, which
+    returns None): a result that is not None is an async hook's coroutine. ``is not None`` instead of
+    ``inspect.isawaitable`` per hook and event (an ABC check for every sync hook's None: ~0.3 µs, ~20 a call)."""
     for hook in hooks:
         result = hook(flow)
-        if inspect.isawaitable(result):
+        if result is not None:
             await result
         if flow.response is not None or flow.error is not None:
             return  # answered (refused) by this stage: the later ones have nothing to add

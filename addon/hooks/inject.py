@@ -127,7 +127,11 @@ class Injector:
             outbound.tools_list_ids = frozenset(m.id for m in body.messages if m.method == "tools/list")
             # the audit row shows what is forwarded, secrets redacted
             describe(exchange, body, scrubber.bytes, audited)
-            flow.request.content = body.serialize()
+            # raw_content, not content: a JSON-RPC body is never content-encoded here (RpcInspector refuses
+            # any encoding but identity), so mitmproxy's content setter would only look the encoding up, then
+            # scan the headers twice more to rewrite content-length, which the dispatcher's frame() sets anyway
+            # from these very bytes before the request is forwarded.
+            flow.request.raw_content = body.serialize()
 
     def _inject(self, flow: http.HTTPFlow, server_name: str, server: ServerConfig, body: Any,
                 resolution: Resolution) -> tuple[list[str], dict[int, dict[str, Any]]]:
@@ -176,8 +180,22 @@ def _as_audited(arguments: dict[str, Any] | None, injected: dict[str, str]) -> d
     marker (``[REDACTED:NAME]``): the same members in the same order, no secret value to search for."""
     audited = dict(arguments or {})
     for name, template in injected.items():
-        audited[name] = render(template, MARKER.format)
+        audited[name] = _marked(template)
     return audited
+
+
+_MARKED: dict[str, str] = {}
+
+
+def _marked(template: str) -> str:
+    """A template with each placeholder as its marker: the same for every call (templates come from the
+    operator's config, so the cache is bounded by it; cleared past 4096 in case of many reloads)."""
+    marked = _MARKED.get(template)
+    if marked is None:
+        if len(_MARKED) >= 4096:
+            _MARKED.clear()
+        marked = _MARKED[template] = render(template, MARKER.format)
+    return marked
 
 
 def _drop_case_twins(arguments: dict[str, Any] | None, injected: dict[str, Any]) -> list[str]:

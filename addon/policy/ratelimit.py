@@ -31,12 +31,14 @@ were never theirs; a refusal is explicit, audited, and names the rule.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from limits import RateLimitItem
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
@@ -182,14 +184,68 @@ def _throttle_expiry(storage: object) -> None:
     setattr(storage, name, throttled)
 
 
+class LocalWindows:
+    """The moving window of ``memory://`` storage, in this process, without the ``limits`` storage around it.
+
+    The same rule as ``limits``' moving window (an entry is refused while ``amount`` entries are at most
+    ``expiry`` seconds old; see ``limits.aio.storage.MemoryStorage.acquire_entry``), for a fraction of its
+    cost per call: no coroutine, lock, key string or list insertion at the front per hit, and no cleanup
+    task (each budget's entries are a deque, oldest first, trimmed when it is hit; budgets not hit for their
+    whole window are dropped from the front of an ordered dict, oldest hit first, amortized O(1) per hit).
+    Bounded like the storage it replaces: at most ``amount`` entries per budget, and the budgets are those
+    :class:`KeyTable` admitted. Monotonic time, so a clock step neither frees nor blocks a budget.
+    """
+
+    def __init__(self) -> None:
+        self._windows: OrderedDict[tuple[object, ...], tuple[collections.deque[float], float]] = OrderedDict()
+
+    def hit(self, item: RateLimitItem, identifiers: tuple[str, ...], now: float) -> bool:
+        """Count one call against ``item`` for these identifiers if the window has room; False if not."""
+        windows = self._windows
+        while windows:  # budgets whose newest entry has left its window: nothing left to count
+            entries, expiry = next(iter(windows.values()))
+            if entries and entries[-1] >= now - expiry:
+                break
+            windows.popitem(last=False)
+        key = (item, *identifiers)
+        slot = windows.get(key)
+        expiry = float(item.get_expiry())
+        if slot is None:
+            slot = windows[key] = (collections.deque(), expiry)
+        else:
+            windows.move_to_end(key)
+        entries = slot[0]
+        cutoff = now - expiry
+        while entries and entries[0] < cutoff:
+            entries.popleft()
+        if len(entries) >= item.amount:
+            return False
+        entries.append(now)
+        return True
+
+    def reset_in(self, item: RateLimitItem, identifiers: tuple[str, ...], now: float) -> float:
+        """Seconds until the oldest entry in the window leaves it (and the budget has room again)."""
+        slot = self._windows.get((item, *identifiers))
+        if not slot or not slot[0]:
+            return 0.0
+        return max(0.0, slot[0][0] + slot[1] - now)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
 class RateLimiter:
     def __init__(self, storage_url: str, max_keys_per_rule: int = DEFAULT_MAX_KEYS_PER_RULE,
                  max_identities_per_rule: int = DEFAULT_MAX_IDENTITIES_PER_RULE) -> None:
         scheme, _, rest = storage_url.partition("://")
         self.storage_url = storage_url
-        self.storage = storage_from_string(f"async+{scheme}://{rest}")
-        _throttle_expiry(self.storage)
-        self.limiter = MovingWindowRateLimiter(self.storage)
+        # memory://: the moving window in this process (LocalWindows); any other storage (Redis, shared
+        # by several Valets) through the ``limits`` async API, unchanged.
+        self.local = LocalWindows() if scheme == "memory" else None
+        self.storage = None if self.local is not None else storage_from_string(f"async+{scheme}://{rest}")
+        if self.storage is not None:
+            _throttle_expiry(self.storage)
+        self.limiter = MovingWindowRateLimiter(self.storage) if self.storage is not None else None
         self.keys = KeyTable(max_keys_per_rule, max_identities_per_rule)
         self._warned: set[str] = set()  # rules whose identity bound was reached (logged once each)
 
@@ -208,6 +264,13 @@ class RateLimiter:
                                 "the bound if that many users or keys are expected", rule.id, self.keys.max_identities)
                 return Verdict(False, rule.id, max(1, int(full.wait) + 1), too_many_keys=True,
                                too_many_identities=full.identities)
+            if self.local is not None:
+                now = time.monotonic()
+                for item in rule.limits:
+                    if not self.local.hit(item, identifiers, now):
+                        return Verdict(False, rule.id, max(1, int(self.local.reset_in(item, identifiers, now)) + 1))
+                continue
+            assert self.limiter is not None
             for item in rule.limits:
                 if not await self.limiter.hit(item, *identifiers):
                     stats = await self.limiter.get_window_stats(item, *identifiers)

@@ -87,7 +87,12 @@ if _STAGES:
                 finally:
                     _totals["audit writer thread"] = [self.commits, time.thread_time_ns()]
             module.AuditWriter._run = timed_run
+            # the part of the writer thread's time spent in its transactions (the rest: waking, queue, futures)
+            module.AuditWriter._commit = _timed("audit writer: transactions", module.AuditWriter._commit)
+            module.AuditWriter.begin_values = _timed("WriteAhead: queueing", module.AuditWriter.begin_values)
             return
+        recorder = sys.modules["addon.hooks.recorder"]  # imported by addon.hooks, before this runs
+        recorder._settled = _timed("WriteAhead: awaiting the commit", recorder._settled)
         init = module.Valet.__init__
 
         def timed_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
