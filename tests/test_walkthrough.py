@@ -26,6 +26,10 @@ README = ROOT / "README.md"
 SCRIPT = ROOT / "docs" / "walkthrough.sh"
 PORTS = (8787, 9001)  # the README's own
 
+# Fixed ports, call.py in the repository root and an edit of policies/rules/demo.yaml while it runs: under
+# xdist it holds the repo_tree lock (tests/conftest.py), as every test that reads the repository's policies/.
+pytestmark = pytest.mark.repo_tree
+
 
 def _walkthrough_blocks() -> list[tuple[str, list[str]]]:
     text = README.read_text()
