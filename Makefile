@@ -42,8 +42,12 @@ $(STAMP): pyproject.toml | check-python
 run: $(STAMP) | check-python
 	$(VENV)/bin/python run_proxy.py $(ARGS)
 
+# Parallel with pytest-xdist: TEST_JOBS workers, each test file on one worker (its module fixtures start
+# once), the slowest files first (tests/conftest.py, tests/durations.json).
+# Serially: make test TEST_JOBS=0 (docs/development.md, "Tests").
+TEST_JOBS ?= 3
 test: $(STAMP) clients | check-python
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Third-party MCP clients the suite drives through Valet (tests/test_clients*.py, docs/clients.md).
 # Each Python client gets a venv of its own from a frozen requirements file (Python SDK 1.x and the

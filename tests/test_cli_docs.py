@@ -41,6 +41,9 @@ def _examples() -> list[tuple[str, str, list[str]]]:
 
 EXAMPLES = _examples()
 
+# The commands read the repository's policies/, which test_walkthrough.py edits while it runs.
+pytestmark = pytest.mark.repo_tree
+
 
 def test_the_docs_show_runnable_examples() -> None:
     assert len(EXAMPLES) >= 6, EXAMPLES

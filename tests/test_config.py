@@ -58,5 +58,6 @@ def test_load_config_names_the_file(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.repo_tree  # policies/, which test_walkthrough.py edits while it runs
 def test_shipped_default_config_is_valid() -> None:
     load_config(Path(__file__).resolve().parent.parent / "policies" / "valet.yaml")

@@ -11,11 +11,14 @@ shape; ``...`` in a README line stands for anything.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,10 @@ from .support import ROOT
 README = ROOT / "README.md"
 SCRIPT = ROOT / "docs" / "walkthrough.sh"
 PORTS = (8787, 9001)  # the README's own
+
+# Fixed ports, call.py in the repository root and an edit of policies/rules/demo.yaml while it runs: under
+# xdist it holds the repo_tree lock (tests/conftest.py), as every test that reads the repository's policies/.
+pytestmark = pytest.mark.repo_tree
 
 
 def _walkthrough_blocks() -> list[tuple[str, list[str]]]:
@@ -80,8 +87,23 @@ def _busy(port: int) -> bool:
         return False
 
 
+@pytest.fixture
+def readme_ports() -> Iterator[None]:
+    """The README's ports are the machine's, not this checkout's: walkthroughs of all checkouts take turns.
+
+    Without it, two checkouts running the suite at once (or an xdist worker of each) made one walkthrough
+    find the ports taken: skipped locally, failed in CI.
+    """
+    with (Path(tempfile.gettempdir()) / "valet-tests-readme-ports.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.mark.e2e
-def test_the_walkthrough_runs_and_prints_what_the_readme_shows(tmp_path: Path) -> None:
+def test_the_walkthrough_runs_and_prints_what_the_readme_shows(tmp_path: Path, readme_ports: None) -> None:
     busy = [p for p in PORTS if _busy(p)]
     if busy:
         if os.environ.get("CI"):
