@@ -273,10 +273,15 @@ def _utf8_text(content_type: str) -> bool:
         if name.strip().lower() == "charset":
             charset = value.strip().strip('"').lower()
     utf8 = charset in ("utf-8", "utf8", "us-ascii", "ascii")
-    if media == "application/json" or media.endswith("+json") or media in (
-            "application/x-ndjson", "application/jsonl", "application/json-seq"):
+    if _json(media):
         return utf8 or not charset
     return media.startswith("text/") and media != "text/event-stream" and utf8
+
+
+def _json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media in (
+        "application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
 def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -> bool:
@@ -287,13 +292,19 @@ def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -
     answer (rewritten whole), not a replay or a 401 (OAuthReplay answers those anew in ``response``), not a
     HEAD, and a scrubber without values that can be bare JSON numbers (bodystream.streamable). The agent's
     side must be able to receive a body of unannounced length: HTTP/1.1 (chunked) or HTTP/2.
+
+    Not a JSON answer of an MCP server either: any of its answers may carry a tools list (a stray answer to
+    a pending tools/list, whatever its id), which is filtered on the whole parsed body (Outbound.body); a
+    streamed body is scrubbed but never parsed. Those are buffered, within the response budget, and
+    scrubbed whole in a worker thread as every smaller answer is.
     """
     response = flow.response
     assert response is not None
     content_type = response.headers.get("content-type", "")
     if (not 200 <= response.status_code < 300 or response.status_code in (204, 205)
             or flow.request.method.upper() == "HEAD" or flow.request.http_version == "HTTP/1.0"
-            or exchange.replayed or outbound.tools_list_ids or not _utf8_text(content_type)):
+            or exchange.replayed or outbound.tools_list_ids or not _utf8_text(content_type)
+            or (outbound.mcp and _json(content_type))):
         return False
     length = response.headers.get("content-length")
     if length is not None and (not length.strip().isdigit() or int(length) < STREAM_MIN_BYTES):
