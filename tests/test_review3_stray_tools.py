@@ -57,11 +57,11 @@ rules:
 @pytest.mark.parametrize("shape", ["sse", "json", "bigjson"])  # bigjson: 1.5 MiB, buffered for MCP servers
 def test_end_to_end_a_stray_tools_list_is_filtered(tmp_path: Path, shape: str) -> None:
     port = free_port()
-    upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/stray_tools.py"), str(port)], cwd=ROOT)
+    upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/tools_lists.py"), str(port)], cwd=ROOT)
     try:
         wait_for_port(port)
         proxy = start_valet(tmp_path, None, policy=POLICY,
-                            config_text=f"servers:\n  stray:\n    url: http://127.0.0.1:{port}/{shape}\n")
+                            config_text=f"servers:\n  stray:\n    url: http://127.0.0.1:{port}/stray-{shape}\n")
         try:
             key, _ = proxy.new_key("alice", "stray")
             r = post(f"{proxy.base}/stray", jsonrpc("tools/call", {"name": "read_notes", "arguments": {}}, 5), key,

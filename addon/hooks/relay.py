@@ -278,8 +278,8 @@ def _utf8_text(content_type: str) -> bool:
     return media.startswith("text/") and media != "text/event-stream" and utf8
 
 
-def _json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
+def _json(media: str) -> bool:
+    """Whether a media type (lower-cased, without parameters: ``sse.media_type``) is JSON or a JSON sequence."""
     return media == "application/json" or media.endswith("+json") or media in (
         "application/x-ndjson", "application/jsonl", "application/json-seq")
 
@@ -304,7 +304,7 @@ def _streams_body(flow: http.HTTPFlow, exchange: Exchange, outbound: Outbound) -
     if (not 200 <= response.status_code < 300 or response.status_code in (204, 205)
             or flow.request.method.upper() == "HEAD" or flow.request.http_version == "HTTP/1.0"
             or exchange.replayed or outbound.tools_list_ids or not _utf8_text(content_type)
-            or (outbound.mcp and _json(content_type))):
+            or (outbound.mcp and _json(media_type(response.headers)))):
         return False
     length = response.headers.get("content-length")
     if length is not None and (not length.strip().isdigit() or int(length) < STREAM_MIN_BYTES):

@@ -7,7 +7,12 @@ Usage: ``tools_lists.py PORT``. The last path segment picks the answer to any PO
 - ``badgzip``: gzip magic bytes, then garbage;
 - ``plain``: the plain answer (the baseline);
 - ``big``: 100 tools with fresh names on every call, each with a ~80 KiB schema of small members
-  (``p0`` .. ``p2999``), one of them annotated ``x-mcp-header``.
+  (``p0`` .. ``p2999``), one of them annotated ``x-mcp-header``;
+- ``stray-sse``, ``stray-json``, ``stray-bigjson`` (review 3): an answer to the request that also carries a
+  tools list it did not ask for, ``{"id": <id + 1000>, "result": {"tools": [...]}}`` (the answer to a
+  tools/list the agent may have pending on another exchange): first event of an SSE answer, then the real
+  one; or in a JSON batch with the real answer, ``\\u0074ools`` escaped; ``bigjson`` with the real answer's
+  text 1.5 MiB long (past the size from which answers of a plain HTTP API are streamed).
 
 The plain answer lists ``read_notes`` and ``delete_everything``.
 """
@@ -37,6 +42,17 @@ def big_answer(rpc_id: object) -> bytes:
     return ('{"jsonrpc":"2.0","id":%s,"result":{"tools":[%s]}}' % (json.dumps(rpc_id), tools)).encode()
 
 
+def stray_answer(shape: str, rpc_id: object) -> tuple[bytes, bytes]:
+    stray_id = rpc_id + 1000 if isinstance(rpc_id, int) else 1000
+    stray = tools_answer(stray_id).decode()
+    text = "ok" + " pad" * (3 * 1024 * 1024 // 8) if shape == "bigjson" else "ok"
+    real = json.dumps({"jsonrpc": "2.0", "id": rpc_id, "result": {"content": [{"type": "text", "text": text}]}})
+    if shape in ("json", "bigjson"):
+        return b"application/json", ("[%s,%s]" % (stray.replace('"tools"', '"\\u0074ools"'), real)).encode()
+    return b"text/event-stream", ("event: message\r\ndata: %s\r\n\r\nevent: message\r\ndata: %s\r\n\r\n"
+                                  % (stray, real)).encode()
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -50,7 +66,10 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             body = await reader.readexactly(length) if length else b""
             rpc_id = json.loads(body).get("id") if body else None
             shape = target.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-            if shape == "escaped":
+            content_type = b"application/json"
+            if shape.startswith("stray-"):
+                content_type, out = stray_answer(shape.removeprefix("stray-"), rpc_id)
+            elif shape == "escaped":
                 out = tools_answer(rpc_id, '"\\u0074ools"')
             elif shape == "gzip":
                 out = gzip.compress(tools_answer(rpc_id))
@@ -60,8 +79,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 out = big_answer(rpc_id)
             else:
                 out = tools_answer(rpc_id)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-                         % len(out) + out)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+                         % (content_type, len(out)) + out)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
         pass
