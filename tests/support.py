@@ -27,8 +27,49 @@ PYTHON = sys.executable
 VALET_CLI = str(Path(sys.executable).parent / "valet")  # the console script users run
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _port_slice() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, one slice per xdist worker.
+
+    Why not bind port 0 and hand the number on: that port comes from the ephemeral range, and
+    between our close and the server's bind any outbound connection on the machine (three workers
+    make thousands) may be given it as its local port -- CI failed on exactly that
+    ("127.0.0.1:50283 is already in use"). Ports below the range are never handed out by the
+    kernel, and a slice per worker keeps the workers off each other's ports.
+    """
+    low, _high = _ephemeral_range()
+    top = min(low, 32768) if low >= 16000 else 32768  # a range that starts low leaves no safe room anyway
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    base, size = 12000, max(500, (top - 12000) // 8)
+    start = base + (index % 8) * size
+    return range(start, start + size)
+
+
+_PORTS = _port_slice()
+_next_port = (os.getpid() * 7) % len(_PORTS)  # a later run on the same slice starts elsewhere (TIME_WAIT)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nothing listens on, from this worker's slice (see ``_port_slice``)."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port % len(_PORTS)]
+        _next_port += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the slice is exhausted: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
