@@ -156,3 +156,29 @@ def test_an_outcome_does_not_wake_the_writer_and_waits_for_its_row(tmp_path: Pat
     writer.close()
     report = audit_chain.verify(sqlite3.connect(tmp_path / "audit.db"), writer._chain.keys, None)
     assert report.ok, report.problems
+
+
+def test_an_outcome_after_a_restart_marked_the_row_interrupted_leaves_it_and_the_chain_as_they_are(
+        tmp_path: Path) -> None:
+    """A new start (another process, taking this one for dead) marked the row interrupted; this writer's
+    late outcome must not turn it into ``done``, nor chain a second outcome for it (verify stays clean)."""
+    from addon.audit.chain import ChainKeys, verify
+    from addon.secrets.vault import load_master_keys
+
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, recover=True)
+
+    async def begin() -> object:
+        pending, future = writer.begin({**ROW, "rpc_id": "1"})
+        assert await future
+        return pending
+
+    pending = asyncio.run(begin())
+    AuditWriter(path, recover=True).close()  # the "next start": marks the open row interrupted
+    writer.complete(pending, {"http_status": 200, "decision": "allow", "bytes_out": 5, "duration_ms": 1.0})
+    writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT state, http_status FROM exchanges").fetchone() == ("interrupted", None)
+    assert conn.execute("SELECT count(*) FROM chain WHERE kind = 'outcome'").fetchone() == (1,)
+    report = verify(conn, ChainKeys(load_master_keys(tmp_path)), None)
+    assert not report.problems, report.problems

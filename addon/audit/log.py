@@ -87,7 +87,10 @@ CREATE VIEW IF NOT EXISTS exchanges_at AS
 
 _INSERT = f"INSERT INTO exchanges ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _TS_UNIX = COLUMNS.index("ts_unix")
-_COMPLETE = f"UPDATE exchanges SET {', '.join(c + ' = ?' for c in OUTCOME)}, state = 'done' WHERE id = ?"
+# Only a row still pending takes an outcome: one already marked interrupted (by a start that took its process
+# for dead) or completed stays as it is, and its chain gets no second outcome record.
+_COMPLETE = (f"UPDATE exchanges SET {', '.join(c + ' = ?' for c in OUTCOME)}, state = 'done' "
+             "WHERE id = ? AND state = 'pending'")
 _INTERRUPT = ("UPDATE exchanges SET state = 'interrupted', reason = coalesce(reason, 'interrupted') "
               "WHERE state = 'pending' RETURNING id, " + ", ".join(OUTCOME))
 
@@ -221,6 +224,11 @@ class AuditWriter:
     @property
     def written(self) -> int:
         return self._written
+
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet taken by a commit (the ``valet_audit_queue_depth`` gauge)."""
+        return self._queue.qsize()
 
     @property
     def commits(self) -> int:
@@ -429,8 +437,8 @@ class AuditWriter:
                                 else:  # a whole row: its outcome is known already
                                     appender.outcome(row_id, [values[i] for i in chain.OUTCOME_INDEX_IN_ROW])
                             elif pending is not None and pending.row_id is not None:
-                                conn.execute(_COMPLETE, (*values, pending.row_id))
-                                appender.outcome(pending.row_id, (*values, "done"))
+                                if conn.execute(_COMPLETE, (*values, pending.row_id)).rowcount == 1:
+                                    appender.outcome(pending.row_id, (*values, "done"))
                         appender.flush(conn)
                         conn.execute("COMMIT")
                     except BaseException:

@@ -38,7 +38,7 @@ class AdminServer:
         m = metrics.current()
         if m is not None:  # gauges sampled at scrape time: nothing per request
             state = self.state
-            metrics.watch("audit_queue", lambda: float(state.audit._queue.qsize()) if state.audit else 0.0)
+            metrics.watch("audit_queue", lambda: float(state.audit.backlog) if state.audit else 0.0)
             metrics.watch("open_exchanges", lambda: float(state.open_exchanges))
             metrics.watch("buffered", lambda: float(mitm_limits.BUDGET.held()))
             metrics.watch("pending_connections", lambda: float(mitm_conn.pending_count()))
