@@ -198,7 +198,7 @@ async def _interleaved(targets: list[Target], args: argparse.Namespace) -> list[
             p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
             throughput=conc_calls * args.clients * rounds / busy[t.name],
             cpu_per_call_ms=cpu[t.name] / done[t.name] * 1000 if proc else None,
-            rss_mib=proc.memory_info().rss / 2**20 if proc else None,
+            rss_mib=_rss_mib(proc) if proc else None,
         ))
     return results
 
@@ -223,10 +223,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cpu(proc: psutil.Process | None) -> float:
+    """The process's CPU and its children's (Valet's audit writer process), while they run."""
     if proc is None:
         return 0.0
-    t = proc.cpu_times()
-    return t.user + t.system
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _rss_mib(proc: psutil.Process) -> float:
+    """Resident memory of the process and its children, MiB."""
+    total = 0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
 
 
 def measure(name: str, url: str, pid: int | None, key: str | None, args: argparse.Namespace) -> Result:
@@ -244,7 +262,7 @@ def measure(name: str, url: str, pid: int | None, key: str | None, args: argpars
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         throughput=throughput,
         cpu_per_call_ms=cpu / total_calls * 1000 if proc else None,
-        rss_mib=proc.memory_info().rss / 2**20 if proc else None,
+        rss_mib=_rss_mib(proc) if proc else None,
     )
 
 
