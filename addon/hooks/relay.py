@@ -142,14 +142,12 @@ def _refuse_unread(flow: http.HTTPFlow, exc: Exception) -> None:
 
 
 def _outbound_of(state: ValetState, exchange: Exchange, flow: http.HTTPFlow) -> Outbound:
-    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten):
-    with the server's scrubber, or for passthrough the one of the origin the answer came from."""
+    """The exchange's Outbound; one that only scrubs when no stage made one (so none can be forgotten): with
+    the egress scrubber (the same for a server's answer and for passthrough: every value of the vault)."""
     outbound: Outbound | None = exchange.outbound
     if outbound is None:
         server_name = exchange.server
-        origin = (flow.request.scheme, flow.request.host.lower(), flow.request.port)
-        outbound = Outbound((lambda: state.scrubber(server_name)) if server_name is not None else (
-            lambda: state.origin_scrubber(origin)), cap=exchange.snapshot.config.limits.max_buffered_bytes)
+        outbound = Outbound(lambda: state.scrubber(server_name), cap=exchange.snapshot.config.limits.max_buffered_bytes)
     return outbound
 
 

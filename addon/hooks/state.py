@@ -30,7 +30,7 @@ from addon.oauth.grants import GRANT, Grant, parse_grant, read_registration
 from addon.ops import logscrub, metrics
 
 MAX_REMEMBERED_TOKENS = 256  # per server: previous OAuth tokens stay scrubbed after a refresh
-MAX_REMEMBERED_VALUES = 256  # per origin: previous values of every secret stay scrubbed after a rotation
+MAX_REMEMBERED_VALUES = 1024  # previous values of the vault's secrets stay scrubbed after a rotation (newest kept)
 
 log = logging.getLogger("valet")
 METADATA_KEY = "valet"
@@ -57,11 +57,11 @@ class ValetState:
         self.open_exchanges = 0  # written ahead, outcome not yet recorded (GET streams not counted)
         # For bench/audit_cost.py only: measure what write-ahead costs (rows are then written at the end).
         self.write_ahead_enabled = os.environ.get("VALET_BENCH_NO_WRITE_AHEAD") != "1"
-        # origin (scheme, host, port; None: every server) -> (what it was built from, scrubber)
-        self._scrubbers: dict[tuple[str, str, int] | None, tuple[tuple[object, ...], Scrubber]] = {}
-        self._remembered: dict[tuple[str, str, int] | None, dict[str, str]] = {}  # origin -> {value: name}
-        # server name -> (snapshot, vault generation, token epoch, its origin's scrubber): the per-call lookup
-        self._server_scrubbers: dict[str, tuple[object, int, int, Scrubber]] = {}
+        # The egress scrubber: (what it was built from, scrubber), and every value it knew: {value: name}
+        self._egress: tuple[tuple[object, ...], Scrubber] | None = None
+        self._remembered: dict[str, str] = {}
+        # (snapshot, vault generation, token epoch, scrubber): the per-call check that nothing changed
+        self._current_scrubber: tuple[object, int, int, Scrubber] | None = None
         self._token_epoch = 0
         self._tokens: dict[str, dict[str, str]] = {}  # server -> {token value: name}, current and previous
 
@@ -179,45 +179,42 @@ class ValetState:
                 for old in list(tokens)[: len(tokens) + len(fresh) - MAX_REMEMBERED_TOKENS]:
                     del tokens[old]
             tokens.update(fresh)
-            self._token_epoch += 1  # the scrubbers of the origins this server is on are rebuilt
-    def scrubber(self, server_name: str) -> Scrubber:
-        """THE egress scrubber for an answer of ``server_name``: the one of its upstream ORIGIN.
-
-        Two servers on one origin (scheme, host, port) may be one upstream, which
-        can echo what the other was sent; so the scrubber knows every value that
-        could have reached that origin. An unknown server gets the union of all.
-        """
+            self._token_epoch += 1  # the egress scrubber is rebuilt with them
+    def scrubber(self, server_name: str | None = None) -> Scrubber:
+        """THE egress scrubber for an answer (of ``server_name``, or of passthrough): the same for every
+        server, the union of every value any upstream could hold (:meth:`egress_scrubber`). Checked per call
+        against the snapshot, the vault generation and the known tokens; rebuilt only when one changed."""
         snapshot = self.snapshot
         generation = self.secrets.generation if self.secrets is not None else 0
-        known = self._server_scrubbers.get(server_name)
+        known = self._current_scrubber
         if known is not None and known[0] is snapshot and known[1] == generation and known[2] == self._token_epoch:
-            return known[3]  # what origin_scrubber depends on is unchanged: no per-call key building
-        upstream = snapshot.routes.upstreams.get(server_name) if snapshot is not None else None
-        scrubber = self.origin_scrubber((upstream.scheme, upstream.host, upstream.port) if upstream else None)
-        if len(self._server_scrubbers) >= 1024:
-            self._server_scrubbers.clear()
-        self._server_scrubbers[server_name] = (snapshot, generation, self._token_epoch, scrubber)
+            return known[3]  # what egress_scrubber depends on is unchanged: no per-call key building
+        scrubber = self.egress_scrubber()
+        self._current_scrubber = (snapshot, generation, self._token_epoch, scrubber)
         return scrubber
 
-    def origin_scrubber(self, origin: tuple[str, str, int] | None) -> Scrubber:
-        """The scrubber of every value that could have reached ``origin``: every user's and the shared
-        value of every secret the injections of every server on that origin reference, every user's OAuth
-        tokens for them (current and previous), their OAuth client secrets, the valet-key shape, and the
-        values of all of these that were replaced since (MAX_REMEMBERED_VALUES per origin, for the process
-        lifetime: a stateful upstream may echo a rotated secret). An origin no server is on (passthrough)
-        gets the union of every server's. Cached per origin; rebuilt when the vault generation, the config
-        of a server there or its known tokens change; never per request.
+    def egress_scrubber(self) -> Scrubber:
+        """The scrubber of every value any upstream could hold, whichever answers (``origin`` is not used
+        to narrow it): every user's and the shared value of every secret the injections of every server
+        reference, every user's OAuth tokens (current and previous), the OAuth client secrets, the valet-key
+        shape, and the values of all of these that were replaced since (MAX_REMEMBERED_VALUES, for the
+        process lifetime: a stateful upstream may echo a rotated secret).
+
+        Why not per origin (it was): an origin is how the config *spells* an upstream, and one upstream
+        process answers under many spellings (``127.0.0.1:P`` and ``localhost:P``, a name and its address,
+        two virtual hosts of one gateway), and one server may relay another's answers; review 4 (H1) had a
+        token injected for one server echoed raw through the other. A value of any server in any answer is
+        a leak. Cached; rebuilt when the vault generation, a server's config or the known tokens change;
+        never per request.
         """
         snapshot = self.snapshot
         upstreams = snapshot.routes.upstreams if snapshot is not None else {}
-        names = sorted(n for n, u in upstreams.items() if (u.scheme, u.host, u.port) == origin)
-        if not names:
-            names, origin = sorted(upstreams), None
+        names = sorted(upstreams)
         servers = {n: snapshot.config.servers[n] for n in names} if snapshot is not None else {}
         secrets = self.secrets
         generation = secrets.generation if secrets is not None else 0
         key = (generation, self._token_epoch, tuple((n, s.secret_names, s.auth) for n, s in servers.items()))
-        cached = self._scrubbers.get(origin)
+        cached = self._egress
         if cached is not None and cached[0] == key:
             return cached[1]
         values: list[tuple[str, str]] = []
@@ -231,7 +228,7 @@ class ValetState:
                     if registration is not None and registration.client.client_secret:
                         values.append(("OAUTH_CLIENT_SECRET", registration.client.client_secret))
             values += [(name, value) for value, name in self._tokens.get(server_name, {}).items()]
-        remembered = self._remembered.setdefault(origin, {})
+        remembered = self._remembered
         current = {value for _, value in values}
         for name, value in values:
             remembered.pop(value, None)
@@ -240,8 +237,8 @@ class ValetState:
             del remembered[old]
         scrubber = Scrubber([(name, value) for value, name in remembered.items()])
         key = (generation, self._token_epoch, key[2])  # note_grant above may have learnt tokens
-        self._scrubbers[origin] = (key, scrubber)
-        logscrub.remember(origin, scrubber)  # log records are scrubbed with the values in force too
+        self._egress = (key, scrubber)
+        logscrub.remember("egress", scrubber)  # log records are scrubbed with the values in force too
         return scrubber
 
     def running(self) -> None:

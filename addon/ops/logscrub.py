@@ -48,7 +48,7 @@ _MULTILINE_TYPES = frozenset({"ConfigError"})  # the operator's own configuratio
 
 
 def remember(origin: Any, scrubber: Any) -> None:
-    """The scrubber now in force for ``origin`` (replacing the previous one of that origin)."""
+    """The scrubber now in force under ``origin`` (a name; replacing the previous one under it)."""
     _scrubbers[origin] = scrubber
 
 

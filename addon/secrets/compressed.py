@@ -166,11 +166,17 @@ def scrub(data: bytes, scrub_plain: Callable[[bytes], bytes], cap: int, depth: i
     header that text can start with), brotli and raw deflate (no header: tried on a body that is not UTF-8)
     are guesses: a body they do not decode is scrubbed as it is.
     """
-    if depth < MAX_DEPTH:
-        refused = refused_format(data)
-        if refused is not None:
-            raise Unreadable(f"a {refused} body: Valet does not decode it")
-    codec = sniff(data) if depth < MAX_DEPTH else None
+    refused = refused_format(data)
+    if refused is not None:
+        raise Unreadable(f"a {refused} body: Valet does not decode it")
+    codec = sniff(data)
+    if depth >= MAX_DEPTH:
+        # Deeper than Valet decodes: a layer that is certainly compressed is refused, not passed as if it were
+        # text (review 4, H2: a 4th gzip layer carried a secret through). Guesses (brotli, raw deflate) stay
+        # guesses; a zlib header counts when the layer really decodes.
+        if codec in ("gzip", "zstd") or (codec == "deflate" and _decodes("deflate", data, cap)):
+            raise Unreadable(f"a body compressed more than {MAX_DEPTH} levels deep")
+        return scrub_plain(data)
     plain: bytes | None = None
     if codec is not None:
         guesses = ["br", "raw-deflate"] if codec == "br" else [codec]
@@ -195,6 +201,18 @@ def scrub(data: bytes, scrub_plain: Callable[[bytes], bytes], cap: int, depth: i
         if scrubbed is not plain:
             data = encode(codec, scrubbed)
     return scrub_plain(data)
+
+
+def _decodes(codec: str, data: bytes, cap: int) -> bool:
+    try:
+        decode(codec, data, cap)
+    except Unreadable:
+        return False  # ends mid-stream: text that starts like a zlib header
+    except TooLarge:
+        return True  # it decodes, to more than the cap: compressed all the same
+    except Exception:  # noqa: BLE001 - not that codec after all
+        return False
+    return True
 
 
 PIECE_BYTES = 1 << 20  # decoded per step: a bomb is never inflated in one go
