@@ -83,6 +83,36 @@ def test_a_deleted_audit_db_is_noticed_within_a_second_and_traffic_stays_refused
         assert ("tools/call",) in rows, "what the deleted file held is saved"
 
 
+@pytest.mark.parametrize("how", ["truncate-wal", "truncate-db", "overwrite-db-head"])
+def test_a_file_cut_or_overwritten_in_place_is_noticed_within_a_second(tmp: Path, recording: Upstream,
+                                                                      how: str) -> None:
+    """Review 4 (H7): the same inode, other contents (``truncate -s 0``, ``: >``, copytruncate, ``cp`` over
+    it). Before, traffic flowed on and a crash then lost the whole log, schema included."""
+    with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}) as valet:
+        key, _ = valet.new_key()
+        url = f"{valet.base}/notes"
+        for _ in range(3):
+            assert _status(url, key)[0] == 200
+        name = "audit.db-wal" if how == "truncate-wal" else "audit.db"
+        target = valet.data_dir / name
+        assert target.stat().st_size > 0
+        if how == "overwrite-db-head":
+            with open(target, "r+b") as f:  # another process's descriptor: its close drops no lock of Valet's
+                f.write(b"not a database!!")
+        else:
+            os.truncate(target, 0)
+        changed_at = time.monotonic()
+        while _status(url, key) != (503, "audit_unavailable"):
+            assert time.monotonic() - changed_at < 2.0, "the change in place was not noticed within a second"
+            time.sleep(0.05)
+        seen = len(upstream_ids(recording))
+        assert _status(url, key) == (503, "audit_unavailable")
+        assert len(upstream_ids(recording)) == seen, "nothing forwarded once the log is known broken"
+        log = valet.log.read_text()
+        expected = "overwritten in place" if how == "overwrite-db-head" else "truncated in place"
+        assert f"{name} was {expected} while Valet was writing it" in log
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files: chmod cannot make SQLite fail")
 def test_a_read_only_audit_db_refuses_traffic(tmp: Path, recording: Upstream) -> None:
     with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}) as valet:

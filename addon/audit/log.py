@@ -192,6 +192,8 @@ class AuditWriter:
         # Fail at startup, not on the first request, if it cannot be opened.
         self._conn = connect(path, timeout=max(0.05, min(commit_timeout, 1.0)))
         self._identity = _identity(path)
+        self._sizes: dict[Path, int] = {}  # the largest size seen of audit.db and its companions (see _tampered)
+        self._heads = _Heads()
         # The WAL holds every commit since the last checkpoint (the only durable copy of recent rows) and the
         # -shm file indexes it: deleting either is not reported by SQLite, the open connection writes on into
         # the unlinked inode. Their identity is watched like the database's (None: not seen yet).
@@ -330,6 +332,7 @@ class AuditWriter:
             except (sqlite3.Error, OSError) as exc:
                 log.error("audit: could not mark open exchanges interrupted (%s)", exc.__class__.__name__)
         conn.close()
+        self._heads.close()  # only now: closing them earlier would drop SQLite's locks (see _Heads)
 
     def _take_outcomes(self, batch: list[Any]) -> list[Any]:
         """The outcomes that can go in this batch: those whose row is written, or written ahead in ``batch``
@@ -472,21 +475,23 @@ class AuditWriter:
             self._busy_since = None
 
     def _check_identity(self, conn: sqlite3.Connection) -> None:
-        """Deleted or replaced under us: everything written from now on would go nowhere anyone looks."""
+        """Deleted, replaced, truncated or overwritten under us: what is written from now on would go nowhere
+        anyone looks, and a crash would lose what the WAL held (review 3 G1, review 4 H7)."""
         if self.lost is not None:
             return
-        lost, now = self.path, _identity_or_none(self.path)
-        if now == self._identity:
+        lost, what = self.path, _tampered(self.path, self._identity, self._sizes, self._heads)
+        if what is None:
             for companion, seen in self._companions.items():
-                now = _identity_or_none(companion)
                 if seen is None:  # remembered on first sight (SQLite creates them with the first access)
-                    self._companions[companion] = now
-                elif now != seen:
+                    self._companions[companion] = _identity_or_none(companion)
+                    continue
+                what = _tampered(companion, seen, self._sizes, self._heads)
+                if what is not None:
                     lost = companion
                     break
             else:
                 return
-        self.lost = f"{lost} was {'deleted' if now is None else 'replaced'} while Valet was writing it"
+        self.lost = f"{lost} was {what} while Valet was writing it"
         keep = self.path.with_name(f"audit-recovered-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.db")
         try:
             with sqlite3.connect(keep) as copy:
@@ -494,7 +499,10 @@ class AuditWriter:
             saved = f"what the old file held is saved in {keep}"
         except sqlite3.Error as exc:
             saved = f"its contents could not be saved ({exc.__class__.__name__})"
-        if lost != self.path:  # audit.db itself is still in place: copy the rows the lost WAL holds into it
+        if lost != self.path and what in ("deleted", "replaced"):
+            # audit.db itself is in place and the connection still holds the intact WAL (the unlinked or
+            # renamed inode): copy its rows into audit.db. Not for a WAL cut or overwritten in place: a
+            # checkpoint would copy what is there now into audit.db.
             try:
                 busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
                 saved += "; audit.db holds them too" if not busy else ""
@@ -502,6 +510,60 @@ class AuditWriter:
                 saved += f"; they could not be copied into audit.db ({exc.__class__.__name__})"
         log.error("audit: %s; %s; refusing all traffic until Valet is restarted (see docs/audit.md, "
                   "'Recovery')", self.lost, saved)
+
+
+# The first bytes each file must start with while Valet writes it (SQLite's file header; the WAL's magic).
+_MAGIC = {"": b"SQLite format 3\x00", "-wal": (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")}
+
+
+class _Heads:
+    """Reads the first bytes of audit.db and its WAL through descriptors opened once and kept open.
+
+    Never open-read-close them: closing ANY descriptor of a file drops every POSIX lock this process holds
+    on it, SQLite's included (the classic way to corrupt a database; it made another process's close
+    delete the WAL under Valet). These are closed only after the connection is (:meth:`close`)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def read(self, path: Path, size: int) -> bytes | None:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            return os.pread(fd, size, 0)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _tampered(path: Path, identity: tuple[int, int], sizes: dict[Path, int], heads: _Heads) -> str | None:
+    """How ``path`` was changed under the writer, or None: deleted, replaced (another inode), truncated in
+    place (SQLite never shrinks audit.db, its WAL or its -shm while a connection is open: it resets the WAL
+    by writing from its start again, and ``journal_size_limit`` is not set), or overwritten in place (the
+    file no longer starts as SQLite wrote it). ``sizes`` keeps the largest size seen per file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "deleted"
+    if (st.st_dev, st.st_ino) != identity:
+        return "replaced"
+    if st.st_size < sizes.get(path, 0):
+        return "truncated in place"
+    sizes[path] = st.st_size
+    magic = _MAGIC.get(next((end for end in COMPANIONS if path.name.endswith(end)), ""))
+    if magic is None or st.st_size == 0:
+        return None
+    expected = magic if isinstance(magic, tuple) else (magic,)
+    head = heads.read(path, len(expected[0]))
+    return None if head is None or head in expected else "overwritten in place"
 
 
 def _identity(path: Path) -> tuple[int, int]:
