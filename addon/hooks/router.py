@@ -74,6 +74,13 @@ class Router:
         # Routed or passed through (still authenticated and audited), the upstream gets origin-form: an
         # absolute-form target would name the origin for it (RFC 9112 §3.2.2) instead of the Host Valet checked.
         _origin_form(request)
+        # What would make the upstream send a part of an answer, or another charset, is not forwarded: the
+        # scrubber matches whole values in UTF-8-family text, and overlapping byte ranges would let an agent
+        # rebuild a secret from slices too short to match (review 4, H6). A server may ignore Range (RFC 9110
+        # §14.2): it answers the whole, which is scrubbed whole. A 206 that comes anyway is refused (relay).
+        for name in _NOT_FORWARDED:
+            if name in request.headers:
+                del request.headers[name]
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -145,3 +152,6 @@ def _origin_form(request: http.Request) -> None:
     if "host" not in request.headers:
         request.headers.insert(0, "Host", request.authority)
     request.authority = ""
+
+
+_NOT_FORWARDED = ("range", "if-range", "accept-charset")
