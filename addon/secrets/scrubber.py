@@ -275,6 +275,19 @@ def _base64_cores(raw: bytes) -> set[bytes]:
     return {c for c in base64_cores_any_length(raw) if len(c) >= MIN_BASE64_CORE}
 
 
+def _with_trimmed(values: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each value, and also without its surrounding whitespace when it has some: an HTTP parser strips a
+    header value's whitespace (RFC 9110 §5.5), so that is the form an upstream sees, accepts and may echo
+    (review 4, H9; the vault now refuses such values, older vaults may hold some)."""
+    out: list[tuple[str, str]] = []
+    for name, value in values:
+        out.append((name, value))
+        trimmed = value.strip()
+        if trimmed != value and trimmed:
+            out.append((name, trimmed))
+    return out
+
+
 def literals_of(value: str) -> list[tuple[bytes, bool]]:
     """``(literal, caseless)`` for every form of ``value`` searched in both views."""
     raw = value.encode("utf-8")
@@ -341,7 +354,7 @@ class Scrubber:
         seen: set[str] = set()
         longest = 0
         numeric = False
-        for name, value in sorted(values, key=lambda nv: (-len(nv[1]), nv[0])):
+        for name, value in sorted(_with_trimmed(values), key=lambda nv: (-len(nv[1]), nv[0])):
             if len(value) < MIN_VALUE_CHARS or value in seen:
                 continue
             seen.add(value)

@@ -119,13 +119,20 @@ def check_value(value: str, what: str = "secret values") -> None:
     """Refuse values that cannot be injected or scrubbed safely.
 
     Control characters (CR, LF, NUL, any other C0, DEL): a CR/LF in a value
-    injected into a header would add headers of its own upstream. Shorter than
+    injected into a header would add headers of its own upstream. Surrounding
+    whitespace: HTTP strips it from a header value, so the upstream would hold
+    (and could echo) a value the scrubber does not know. Shorter than
     8 characters: the scrubber could not remove the value from responses
     without mangling unrelated text (and 5 characters or fewer would never be
     scrubbed at all). The message never contains the value.
     """
     if _CONTROL.search(value):
         raise VaultError(f"{what} must not contain control characters (CR, LF, NUL, other C0 or DEL)")
+    if value != value.strip():
+        # HTTP strips a header value's surrounding whitespace: the upstream would see (and echo) another value
+        # than the one stored, which the scrubber would then not know (review 4, H9)
+        raise VaultError(f"{what} must not start or end with whitespace (a pasted value with a trailing space?); "
+                         "HTTP strips it, so the upstream would see a different value")
     if len(value) < MIN_SECRET_CHARS:
         raise VaultError(f"{what} must be at least {MIN_SECRET_CHARS} characters "
                          "(shorter ones cannot be redacted reliably)")
