@@ -49,6 +49,14 @@ class PolicyGate:
             calls.append(Call(*_ids(base), http_method=request.method.upper(), http_path=matching_path(path),
                               is_http_api=True))
             messages.append(None)
+            try:
+                named = resource_headers(request.headers, request.method.upper())
+            except ValueError as exc:
+                refuse(flow, Refusal(Cause.INVALID_REQUEST, str(exc)))
+                return
+            for method, other in named:  # the other resources the upstream will act on: judged like the path
+                calls.append(Call(*_ids(base), http_method=method, http_path=matching_path(other), is_http_api=True))
+                messages.append(None)
         if server.kind != "http" and body is not None:
             # JSON-RPC is judged as JSON-RPC wherever it is sent (a legacy /messages endpoint, any sub-path),
             # on top of the HTTP judgement above: a server default never lets a denied tool through.
@@ -67,8 +75,9 @@ class PolicyGate:
             if not decision.allowed:
                 refuse(flow, _refusal(decision, message, body is not None and body.is_batch))
                 return
-        single = len(decisions) == 1 or (len(decisions) == 2 and messages[0] is None)  # (HTTP +) one message
-        exchange.rule = decisions[-1].rule if single else None
+        judged = [d for m, d in zip(messages, decisions, strict=True) if m is not None]
+        # the rule named in the row: the one message's, else the request line's (an HTTP request)
+        exchange.rule = judged[0].rule if len(judged) == 1 else decisions[0].rule if not judged else None
         for message, decision in zip(messages, decisions, strict=True):
             for argument, normalized in decision.rewrites:
                 message.raw["params"]["arguments"][argument] = normalized
@@ -93,6 +102,36 @@ class PolicyGate:
 
 
 _METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+# Headers that name a second resource of the same upstream, which it reads or writes as well as the one in
+# the request line (review 4, H8): the object stores' server-side copies read the source; WebDAV COPY/MOVE
+# write the destination with the request's method. Each is judged by the HTTP rules like the path.
+_RESOURCE_HEADERS = {"x-amz-copy-source": "GET", "x-goog-copy-source": "GET", "x-ms-copy-source": "GET",
+                     "x-oss-copy-source": "GET", "destination": None}
+
+
+def resource_headers(headers: http.Headers, method: str) -> list[tuple[str, str]]:
+    """(method, path) of every other resource the request names in a header; ValueError if one cannot be read
+    one way (repeated, or not a path or URL)."""
+    found: list[tuple[str, str]] = []
+    for name, reads_as in _RESOURCE_HEADERS.items():
+        values = headers.get_all(name)
+        if not values:
+            continue
+        if len(values) > 1:
+            raise ValueError(f"{name} appears more than once")
+        value = values[0].strip()
+        if value.startswith("//"):  # a network-path reference: another host, whatever the upstream makes of it
+            raise ValueError(f"{name} names another host")
+        parts = urlsplit(value)
+        target = parts.path if parts.scheme or parts.netloc else value.partition("?")[0]
+        decoded = unquote(target)
+        if (not target or any(c in decoded for c in "\\\x00") or decoded.startswith("//")
+                or any(segment in (".", "..") for segment in decoded.split("/"))):
+            raise ValueError(f"{name} does not name a path Valet can judge (dot segments, backslashes, NUL)")
+        found.append((reads_as or method, target if target.startswith("/") else "/" + target))
+    return found
 
 
 def _mcp_request(method: str, path: str, server_url: str, has_body: bool) -> bool:
