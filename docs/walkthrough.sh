@@ -16,9 +16,11 @@ cleanup() {
   wait 2>/dev/null || true
   [ "$status" = 0 ] || { echo "--- terminal 2 (make run) printed:" >&2; cat .valet-run.log >&2 2>/dev/null || true; }
   rm -f call.py .valet-ready .valet-run.log
+  [ ! -f .call.py.walkthrough-bak ] || mv .call.py.walkthrough-bak call.py   # the reader's own call.py
   [ ! -f policies/rules/demo.yaml.bak ] || mv policies/rules/demo.yaml.bak policies/rules/demo.yaml
 }
 trap cleanup EXIT
+[ ! -f call.py ] || cp -p call.py .call.py.walkthrough-bak   # a call.py the reader made (README step 4) survives
 step() { printf '\n### %s\n' "$*"; }
 
 step "1. An MCP server to protect (terminal 1)"

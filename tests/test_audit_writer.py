@@ -182,3 +182,28 @@ def test_an_outcome_after_a_restart_marked_the_row_interrupted_leaves_it_and_the
     assert conn.execute("SELECT count(*) FROM chain WHERE kind = 'outcome'").fetchone() == (1,)
     report = verify(conn, ChainKeys(load_master_keys(tmp_path)), None)
     assert not report.problems, report.problems
+
+
+def test_a_value_sqlite_cannot_store_does_not_sink_the_batch(tmp_path: Path) -> None:
+    """Review 4 (H12): an out-of-range integer (an upstream's status line read by a bare int()) raised
+    OverflowError and the writer dropped the whole batch, other exchanges' rows with it. Now every value is
+    made storable; the batch commits, the writer stays healthy, and the chain still verifies."""
+    from addon.audit.chain import ChainKeys, verify
+    from addon.secrets.vault import load_master_keys
+
+    path = tmp_path / "audit.db"
+    writer = AuditWriter(path, recover=True)
+
+    async def together() -> list[bool]:
+        odd = writer.submit({**ROW, "rpc_id": "odd", "http_status": 10**20}, wait=True)
+        normal = writer.submit({**ROW, "rpc_id": "normal", "http_status": 200}, wait=True)
+        assert odd is not None and normal is not None
+        return list(await asyncio.gather(odd, normal))
+
+    assert asyncio.run(together()) == [True, True]
+    assert writer.healthy
+    writer.close()
+    conn = sqlite3.connect(path)
+    rows = dict(conn.execute("SELECT rpc_id, http_status FROM exchanges").fetchall())
+    assert rows == {"odd": f"out of range: {10**20}", "normal": 200}
+    assert not verify(conn, ChainKeys(load_master_keys(tmp_path)), None).problems

@@ -100,7 +100,7 @@ def _canonical(column: str, value: Any) -> Any:
     try:
         if kind == "INTEGER":
             return int(value)
-    except (TypeError, ValueError):  # text stored in a numeric column: no MAC written by Valet can match it
+    except (TypeError, ValueError):  # text in a numeric column: an edit, or the writer's "out of range: N" (log._storable)
         return ["bad", repr(value)]
     return value if isinstance(value, str) else str(value)
 
@@ -151,11 +151,21 @@ def _text(value: Any) -> Any:
 
 
 def _real(value: Any) -> Any:
-    return None if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # as _canonical: text stored in a numeric column (the writer's "out of range")
+        return ["bad", repr(value)]
 
 
 def _integer(value: Any) -> Any:
-    return None if value is None else int(value)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # as _canonical
+        return ["bad", repr(value)]
 
 
 _CONVERTERS = {"REAL": _real, "INTEGER": _integer, "TEXT": _text}

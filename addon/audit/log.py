@@ -458,6 +458,7 @@ class AuditWriter:
                     time.sleep(RETRY_SECONDS)
                     self._check_identity(conn)
                 except Exception as exc:  # a value SQLite cannot store (e.g. a lone surrogate from an agent)
+                    log.debug("audit batch retried with storable values", exc_info=True)
                     if sanitized:
                         self._failing = True
                         log.error("audit rows could not be stored (%s); refusing traffic", exc.__class__.__name__)
@@ -610,10 +611,25 @@ def _sqlite_reason(exc: sqlite3.Error) -> str:
 
 
 def _storable(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Agent-supplied text may hold lone surrogates (from escapes or undecodable header bytes): escape them."""
-    return tuple(
-        v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v for v in row
-    )
+    """Every value in a form SQLite stores, so that one row's content can never sink a batch (review 4, H12:
+    an upstream's status line ``99999999999999999999`` raised OverflowError and the whole batch, other users'
+    rows included, was dropped). Agent-supplied text may hold lone surrogates (from escapes or undecodable
+    header bytes): escaped. Integers beyond SQLite's 64 bits, and any other type: stored as their text."""
+    return tuple(_storable_value(v) for v in row)
+
+
+def _storable_value(value: Any) -> Any:
+    if value is None or isinstance(value, (float, bytes)):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int):
+        # out of SQLite's range: text that cannot be read back as a number (an INTEGER column would turn
+        # "99999999999999999999" into a REAL, and the row would no longer match its chain record)
+        return value if -(1 << 63) <= value < (1 << 63) else f"out of range: {value}"
+    return _storable_value(str(value))
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

@@ -161,5 +161,8 @@ def _refusal(decision: Decision, message, in_batch: bool) -> Refusal:  # type: i
     if decision.reason == "disabled":
         return Refusal(Cause.DISABLED, f"{what}: switched off by {decision.rule}", rpc_id,
                        data={"rule": decision.rule})
-    return Refusal(Cause.DENIED, f"{what} is not allowed (rule {decision.label})", rpc_id,
+    why = f"rule {decision.label}"
+    if str(decision.rule).startswith("default:"):  # nothing matched: say so, and where to change it
+        why += ": no policy rule allows it, and the server denies by default; see docs/policies.md"
+    return Refusal(Cause.DENIED, f"{what} is not allowed ({why})", rpc_id,
                    data={"rule": decision.label, **({"id": message.id} if in_batch and message else {})})
