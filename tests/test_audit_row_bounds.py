@@ -73,3 +73,16 @@ def test_a_call_cannot_hide_its_path_or_grow_a_row_with_its_id(tmp: Path, record
         assert longest_id < 400 and longest_method < 400
     done = valet.cli("audit", "verify", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_long_target_keeps_every_query_parameter_named_and_says_it_was_cut() -> None:
+    """Review 4 (H11): 2,040 characters of padding before ``file=`` used to push it out of the row."""
+    from addon.audit.bounds import MARK, bounded_path
+
+    target = "/files/report?pad=" + "x" * 2040 + "&file=payroll-2026.csv"
+    row = bounded_path(target, 2048)
+    assert "&file=payroll-2026.csv" in row and MARK in row and f"{len(target)} chars" in row
+    assert len(row) < 2048 + 80
+    assert bounded_path("/short?a=1", 2048) == "/short?a=1"
+    long_path = "/" + "p" * 3000
+    assert bounded_path(long_path, 2048).startswith("/" + "p" * 2047) and MARK in bounded_path(long_path, 2048)

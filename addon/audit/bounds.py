@@ -26,6 +26,25 @@ def bounded_text(value: str | None, limit: int = MAX_TEXT_CHARS) -> str | None:
     return value[:limit] + _cut_marker(value)
 
 
+def bounded_path(path: str, limit: int) -> str:
+    """A request target cut to about ``limit`` characters with every query parameter still named: each value
+    is shortened (to an equal share of the room, at least MIN_SHARE characters) before anything is dropped,
+    so an agent cannot push the parameter that mattered out of the row with padding before it (review 4,
+    H11); the marker gives the whole target's length and hash."""
+    if len(path) <= limit:
+        return path
+    base, sep, query = path.partition("?")
+    if not sep or len(base) >= limit:
+        return bounded_text(path, limit) or ""
+    params = query.split("&")
+    share = max(MIN_SHARE, (limit - len(base) - 1) // len(params))
+    kept = []
+    for param in params:
+        name, eq, value = param.partition("=")
+        kept.append(name[:share] + eq + (value[:share] + "…" if len(value) > share else value))
+    return (base + "?" + "&".join(kept))[:limit] + _cut_marker(path)
+
+
 def _cut_marker(value: str) -> str:
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{MARK}: {len(value)} chars, sha256 {digest})"

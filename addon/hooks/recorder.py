@@ -10,7 +10,7 @@ import json
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
-from addon.audit import ledger, preauth
+from addon.audit import bounds, ledger, preauth
 from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
@@ -33,7 +33,8 @@ class ExchangeOpener:
     def _open(self, flow: http.HTTPFlow) -> Exchange:
         request = flow.request
         path = request.path if request.method != "CONNECT" else f"{request.host}:{request.port}"
-        exchange = Exchange(mode=self.state.mode, http_method=request.method[:16], http_path=path[:MAX_PATH_CHARS],
+        exchange = Exchange(mode=self.state.mode, http_method=request.method[:16],
+                            http_path=bounds.bounded_path(path, MAX_PATH_CHARS),
                             session_id=request.headers.get("mcp-session-id"))
         flow.metadata[METADATA_KEY] = exchange
         return exchange
