@@ -70,3 +70,23 @@ def test_headers_that_cannot_be_read_one_way_are_refused() -> None:
     with pytest.raises(ValueError):
         resource_headers(http.Headers(destination="//other.example/x"), "MOVE")
     assert resource_headers(http.Headers(destination="https://h.example/p/q?x=1"), "COPY") == [("COPY", "/p/q")]
+
+
+def test_a_get_with_a_query_on_an_mcp_endpoint_is_judged_by_http_rules(tmp_path: Path) -> None:
+    """No MCP client sends a query on the endpoint's GET (its SSE stream): an upstream serving something else
+    there is not reachable unjudged (review 4). Judged by http rules: denied by default."""
+    from .support import start_upstream
+
+    upstream = start_upstream()
+    try:
+        proxy = start_valet(tmp_path, {"notes": upstream.url},
+                            policy="rules:\n  - id: notes-tools\n    effect: allow\n    servers: [notes]\n    tools: ['*']\n")
+        try:
+            key, _ = proxy.new_key()
+            r = httpx.get(f"{proxy.base}/notes?debug=1", headers={"authorization": f"Bearer {key}",
+                                                                 "accept": "text/event-stream"}, timeout=30)
+            assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "denied", r.text
+        finally:
+            proxy.stop()
+    finally:
+        upstream.stop()

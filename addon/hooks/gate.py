@@ -40,7 +40,8 @@ class PolicyGate:
         path = request.path.partition("?")[0]
         calls: list[Call] = []
         messages: list = []
-        if server.kind == "http" or not _mcp_request(request.method, path, server.url, body is not None):
+        if server.kind == "http" or not _mcp_request(request.method, path, server.url, body is not None,
+                                                     "?" in request.path):
             # A plain HTTP API, or anything on an MCP server other than JSON-RPC POSTs and the session's
             # GET stream and DELETE on its endpoint: judged as an HTTP request, by `http` rules (default deny).
             if any(h in request.headers for h in _METHOD_OVERRIDES):
@@ -134,13 +135,17 @@ def resource_headers(headers: http.Headers, method: str) -> list[tuple[str, str]
     return found
 
 
-def _mcp_request(method: str, path: str, server_url: str, has_body: bool) -> bool:
+def _mcp_request(method: str, path: str, server_url: str, has_body: bool, has_query: bool = False) -> bool:
     """What MCP's streamable HTTP transport sends, on the endpoint itself: JSON-RPC POSTs, and the
-    session's bodyless GET (its SSE stream) and DELETE. A sub-path is not the MCP endpoint."""
+    session's bodyless GET (its SSE stream) and DELETE, without a query (no MCP client sends one there; an
+    upstream may serve something else on a GET with parameters: review 4). A sub-path is not the MCP
+    endpoint. Anything else is judged by ``http`` rules (default deny)."""
     endpoint = urlsplit(server_url).path.rstrip("/") or "/"
     if (path.rstrip("/") or "/") != endpoint:
         return False
-    return has_body if method == "POST" else method in ("GET", "DELETE") and not has_body
+    if method == "POST":
+        return has_body
+    return method in ("GET", "DELETE") and not has_body and not has_query
 
 
 def matching_path(path: str) -> str:
