@@ -192,7 +192,7 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 RAILS_MULTIPART = multipart(b'"_method"', boundary=b"----RailsForm")
 
 
-@pytest.mark.parametrize("path, body, headers", [
+OVERRIDES = [
     ("/items/5", b"_method=DELETE", FORM),                                        # Rails/Laravel/Symfony form
     ("/items/5", b"_method=DELETE", {}),                                          # Rack: no Content-Type is a form
     ("/items/5", b"title=x&_method=DELETE", {"content-type": "text/plain"}),      # the type says otherwise
@@ -204,7 +204,24 @@ RAILS_MULTIPART = multipart(b'"_method"', boundary=b"----RailsForm")
     ("/items/5?+.method=DELETE", None, {}),
     ("/items/5?_method[]=DELETE", None, {}),
     ("/items/5?a=1;_method=DELETE", None, {}),
-])
+]
+OVERRIDE_IDS = ['form', 'form-no-type', 'form-text-plain', 'json', 'rails-multipart', 'gzip-form', 'query-php-dot', 'query-pct-dot', 'query-plus-dot', 'query-array', 'query-semicolon']
+
+
+@pytest.mark.parametrize("path, body, headers", [
+    pytest.param(*case, id=name) for name, case in zip(OVERRIDE_IDS, OVERRIDES, strict=True)
+    if name not in ("form-text-plain", "query-array", "query-semicolon")])
+def test_the_upstream_runs_these_as_delete(overrides_api: Upstream, path: str, body: bytes | None,
+                                           headers: dict[str, str]) -> None:
+    """Asked directly (not through Valet), the test upstream's framework readings run each of them as a DELETE:
+    what Valet must keep from it. (``;`` is a separator for Rack 2 and some servlet containers, not for
+    its parse_qsl; a form labelled text/plain is read by a body parser configured for any type, not by it;
+    ``_method[]`` is an array, which Symfony ignores: Valet refuses those too, as doubtful.)"""
+    r = httpx.post(f"http://127.0.0.1:{overrides_api.port}{path}", content=body, headers=headers, timeout=15)
+    assert r.json()["effective"] == "DELETE", r.text
+
+
+@pytest.mark.parametrize("path, body, headers", OVERRIDES, ids=OVERRIDE_IDS)
 def test_overrides_never_reach_the_upstream(valet: Valet, overrides_api: Upstream, path: str, body: bytes | None,
                                             headers: dict[str, str]) -> None:
     key, key_id = valet.new_key("alice", "override")
@@ -220,6 +237,7 @@ def test_overrides_never_reach_the_upstream(valet: Valet, overrides_api: Upstrea
 def test_ordinary_posts_still_reach_the_upstream(valet: Valet, overrides_api: Upstream) -> None:
     key, _ = valet.new_key("alice", "plain")
     auth = {"authorization": f"Bearer {key}"}
+    before = len(effective(overrides_api))
     for body, headers in [(b"payment_method=card&note=100%25", FORM),
                           (b'{"payment_method": "card", "data": {"_method": "DELETE"}}',
                            {"content-type": "application/json"}),
@@ -228,7 +246,7 @@ def test_ordinary_posts_still_reach_the_upstream(valet: Valet, overrides_api: Up
         r = httpx.post(f"{valet.base}/api/items/5?sort=method", content=body, headers={**auth, **headers},
                        timeout=30)
         assert r.status_code == 200 and r.json()["effective"] == "POST", r.text
-    assert not [seen for seen in effective(overrides_api) if seen[2] != "POST"]
+    assert [seen[2] for seen in effective(overrides_api)[before:]] == ["POST"] * 4
 
 
 def test_mcp_bodies_are_strict_json_rpc(valet: Valet, upstream: Upstream) -> None:
