@@ -55,15 +55,16 @@ _OVERRIDE_KEYS = frozenset(name.replace("-", "_") for name in METHOD_OVERRIDE_PA
 # PHP turns ' ', '.' and '[' into '_'; '-' read as '_' too (conservative: x_http_method == x-http-method).
 _MANGLE = str.maketrans({" ": "_", ".": "_", "[": "_", "-": "_"})
 _DECODE_ROUNDS = 4
-# Anything that could spell an override under some reading: the letters themselves, or an escape.
-_MAYBE = re.compile(rb"(?i)method|%|\\|\x00|=\?|name\*")
+# Anything that could spell an override under some reading: the letters themselves (any case), or an escape.
+# Searched with bytes.find in the lower-cased body: several times faster than one regex alternation.
+_MAYBE = (b"method", b"%", b"\\", b"\x00", b"=?", b"name*")
 # Form reading: the names (up to '=' or the next separator) that could read as an override: any holding a
-# '%', and the others when, past leading whitespace or '+', they start as an override name does with any
+# '%', and the others when, past leading whitespace (what str.strip() drops) or '+', they start as an override name does with any
 # separator PHP or '+' turns into '_' (``_method``, `` .method``, ``x-http-method``, ``[httpmethod``...).
 # A superset of what is_override_name accepts, so that ordinary names (``payment_method``) cost nothing.
 _SEP = r"[._ \[+-]"
 _FORM_NAME = re.compile(
-    rf"(?i)(?:^|(?<=[&;]))(?:[^&;=%]*+%[^&;=]*|[\s+]*(?:{_SEP}|x{_SEP}(?:http{_SEP})?|{_SEP}http)method[^&;=]*)"
+    rf"(?i)(?:^|(?<=[&;]))(?:[^&;=%]*+%[^&;=]*|[\s+\x1c-\x1f\x85\xa0]*(?:{_SEP}|x{_SEP}(?:http{_SEP})?|{_SEP}http)method[^&;=]*)"
     .encode())
 # JSON reading of a body Python cannot parse: skip (possessively) whatever is not a member name, then take
 # the next one. Strings are matched whole from their opening quote, so the scan never starts inside one.
@@ -193,7 +194,10 @@ def body_overrides(data: bytes, content_type: str) -> bool:
 
     ``data`` is the body as the upstream's framework reads it (content codings already removed).
     """
-    if not data or _MAYBE.search(data) is None:
+    if not data:
+        return False
+    lowered = data.lower()
+    if not any(token in lowered for token in _MAYBE):
         return False
     if form_overrides(data) or json_overrides(data):
         return True
