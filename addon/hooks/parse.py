@@ -15,6 +15,7 @@ from addon.audit.exchange import Exchange
 from addon.audit.bounds import bounded_arguments, bounded_text
 from addon.protocol.jsonrpc import Body, check_headers, parse_body
 from addon.protocol.keyleak import body_carries_key
+from addon.protocol.method_override import check_body
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
 
@@ -68,6 +69,10 @@ class RpcInspector:
         raw = request.raw_content or b""
         exchange.bytes_in = len(raw)
         if exchange.snapshot.config.servers[exchange.server].kind == "http":
+            # A plain HTTP API's body is read as its framework may read it: a `_method` there runs another
+            # method than the policy judged (an MCP body is strict JSON-RPC: no such member passes parsing).
+            if raw:
+                await _check_overrides(flow, raw, exchange.snapshot.config.limits.max_buffered_bytes)
             return
         if request.method != "POST":
             if raw:
@@ -96,6 +101,19 @@ class RpcInspector:
             refuse(flow, refusal)
             return
         exchange.body = body
+
+
+async def _check_overrides(flow: http.HTTPFlow, raw: bytes, cap: int) -> None:
+    """Refuse a method override in the body (docs/security.md); large bodies are read in a worker thread."""
+    headers = flow.request.headers
+    args = (raw, ", ".join(headers.get_all("content-type")), ", ".join(headers.get_all("content-encoding")), cap)
+    try:
+        if len(raw) > OFFLOAD_BYTES:
+            await asyncio.to_thread(check_body, *args)
+        else:
+            check_body(*args)
+    except Refusal as refusal:
+        refuse(flow, refusal)
 
 
 def _first_values(fields: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:

@@ -47,7 +47,8 @@ class Router:
             # Every kind of server and passthrough alike: nothing may leave HTTP or be read as another request.
             check_header_names(request.headers.items(multi=True))
             check_upgrade(request.headers.items(multi=True))
-            check_request_line(request.headers.items(multi=True), request.query.items(multi=True))
+            check_request_line(request.headers.items(multi=True), request.query.items(multi=True),
+                               request.path.partition("?")[2])
             if not request.path.startswith("/"):
                 # An h2 ``:path`` is taken as written (``http://other.example/x``, ``*``) and would reach an
                 # HTTP/1 upstream as an absolute-form target naming an origin Valet never allowed.

@@ -7,6 +7,10 @@ Pure functions on header pairs and query pairs, refused before routing matters:
   scrubbed or audited. Refused for every server kind and for passthrough.
 - method overrides (``?_method=DELETE``, ``X-HTTP-Method-Override``...): many
   frameworks act on them, so the policy would judge a GET that runs as a DELETE.
+  Query names are compared under every reading frameworks make (percent-decoding,
+  PHP's name mangling: ``?.method=`` is ``$_GET['_method']``, case, whitespace,
+  ``;`` as a separator): see :mod:`addon.protocol.method_override`, which also
+  reads bodies (called from the RpcInspector, once the body is buffered).
 - URL-rewrite and forwarding headers (``X-Original-URL``, ``X-Rewrite-URL``,
   ``X-Forwarded-Prefix``, ``X-Forwarded-Host``, ``Forwarded``...): IIS, Symfony,
   Spring and many reverse proxies route on them instead of the request line, and
@@ -34,10 +38,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from addon.protocol.errors import Cause, Refusal
+from addon.protocol.method_override import METHOD_OVERRIDE_PARAMS, form_overrides, names_override
+
+__all__ = ["METHOD_OVERRIDE_HEADERS", "METHOD_OVERRIDE_PARAMS", "REWRITE_HEADERS", "check_header_names",
+           "check_request_line", "check_upgrade"]
 
 METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
-METHOD_OVERRIDE_PARAMS = frozenset({"_method", "_httpmethod", "x-http-method-override", "x-http-method",
-                                    "x-method-override"})
 REWRITE_HEADERS = frozenset({
     "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-prefix", "x-forwarded-path",
     "x-forwarded-uri", "x-envoy-original-path", "x-forwarded-host", "x-forwarded-server", "x-forwarded-proto",
@@ -64,14 +70,19 @@ def check_header_names(headers: Iterable[tuple[str, str]]) -> None:
             raise Refusal(Cause.FOLDED_HEADER, f"the {name.lower()!r} header is folded over several lines")
 
 
-def check_request_line(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> None:
-    """Refuse method overrides and URL-rewrite headers: the request line is the only request."""
+def check_request_line(headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]],
+                       raw_query: str = "") -> None:
+    """Refuse method overrides and URL-rewrite headers: the request line is the only request.
+
+    ``query`` is the decoded query (mitmproxy's reading); ``raw_query`` the query string as sent, read
+    again as a framework may (``;`` separators, names decoded more than once).
+    """
     for name, _ in headers:
         lowered = name.lower()
         if lowered in METHOD_OVERRIDE_HEADERS:
             raise Refusal(Cause.METHOD_OVERRIDE, f"method-override header {lowered!r} is not accepted")
         if lowered in REWRITE_HEADERS:
             raise Refusal(Cause.REWRITE_HEADER, f"URL-rewrite or forwarding header {lowered!r} is not accepted")
-    for name, _ in query:
-        if name.strip().lower() in METHOD_OVERRIDE_PARAMS:
-            raise Refusal(Cause.METHOD_OVERRIDE, "method-override query parameters are not accepted")
+    if names_override(name for name, _ in query) or (
+            raw_query and form_overrides(raw_query.encode("utf-8", "surrogateescape"))):
+        raise Refusal(Cause.METHOD_OVERRIDE, "method-override query parameters are not accepted")
