@@ -10,6 +10,15 @@ server's scrubber as it is when the answer passes: the new tokens are noted
 The replay holds to the same limits as any answer: its raw bytes are read in pieces up to
 ``limits.max_buffered_bytes`` (past it: 502 ``upstream_error``), a compressed body is decoded in
 bounded steps under the same cap, and the server's ``timeouts`` apply (504 ``upstream_timeout``).
+
+The replay is a second forwarding, after a refresh that may take seconds (a slow or retried token
+endpoint): right before it is sent, the request is judged again as a body that took long to arrive is
+(:func:`addon.hooks.authenticate.rejudge`: the key ring and configuration in force now) and by the
+policy in force now on the same calls (:func:`addon.hooks.gate.redecide`): a key revoked, a kill switch
+or a deny rule loaded meanwhile gets the agent that refusal (review 4, H5). While the refresh and the
+replay are under way, the watchdog's cut (a revocation, a kill switch, the total time) is handed here
+(:func:`cut`): the replay goes through Valet's own HTTP client, which the watchdog cannot close, so its
+task is cancelled and the agent gets the watchdog's ending as Valet's refusal.
 """
 
 from __future__ import annotations

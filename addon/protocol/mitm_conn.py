@@ -28,7 +28,10 @@ heads once their first byte arrives; this module bounds what happens around them
 5. **Upstream response heads are capped** like request heads: past ``limits.max_response_header_bytes``
    or ``limits.max_response_header_count`` lines, the upstream connection is closed and the agent gets
    ``502 upstream_error`` (through :data:`addon.protocol.mitm_limits.ENDINGS`): an upstream answering
-   with an endless head took 1.4 GB before.
+   with an endless head took 1.4 GB before. Interim ``1xx`` heads before the answer (``103 Early Hints``,
+   an unsolicited ``100 Continue``; not ``101``) are read and dropped, each under the same caps, at most
+   :data:`MAX_INTERIM_RESPONSES` per answer (more: ``502 upstream_error`` the same way): mitmproxy took the
+   first of them as the answer, and the agent waited for the real one (review 4, H4).
 
 6. **Over HTTP/2 too, an exchange Valet cut ends with Valet's answer**: the JSON-RPC error before a
    response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
