@@ -26,6 +26,7 @@ from addon.protocol import mitm_conn
 from addon.protocol.errors import Cause, Refusal
 from addon.protocol.keyleak import KEY_SHAPE, bearer_or_basic_key, carries_key, misplaced_key
 from addon.filewatch import reload_if_stale
+from addon.audit.exchange import Exchange
 from addon.identity import KeyRecord
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of, refuse
@@ -172,32 +173,13 @@ class Authenticator:
         state = self.state
         request = flow.request
         took = (request.timestamp_end or 0.0) - (request.timestamp_start or 0.0)
-        if took > RECHECK_AFTER_SECONDS:
-            if took > mitm_conn.BODY_TOTAL_SECONDS:  # HTTP/1 bodies are cut by their timer; this covers HTTP/2
-                refuse(flow, Refusal(Cause.REQUEST_TIMEOUT, "the request body did not arrive in time"))
-                return
-            await state.current()
-            await reload_if_stale(state.keyring)
-        keyring = state.keyring
-        if keyring is not None and keyring.revoked(exchange.key_id):
-            refuse(flow, Refusal(Cause.REVOKED_KEY, "this valet key has been revoked"))
+        if took > RECHECK_AFTER_SECONDS and took > mitm_conn.BODY_TOTAL_SECONDS:
+            # HTTP/1 bodies are cut by their timer; this covers HTTP/2
+            refuse(flow, Refusal(Cause.REQUEST_TIMEOUT, "the request body did not arrive in time"))
             return
-        snapshot = state.snapshot
-        previous = exchange.snapshot
-        if snapshot is None or snapshot is previous:
-            return
-        server = exchange.server
-        if server is not None and previous is not None and (
-                snapshot.routes.upstreams.get(server) != previous.routes.upstreams.get(server)):
-            refuse(flow, Refusal(Cause.RECONFIGURED, f"server {server!r} was reconfigured while the request "
-                                 "arrived; send it again", headers={"retry-after": "0"}))
-            return
-        target = (request.host, request.port)
-        if server is None and previous is not None and previous.routes.allows_passthrough(*target) \
-                and not snapshot.routes.allows_passthrough(*target):
-            refuse(flow, Refusal(Cause.NOT_ALLOWED_DESTINATION, "%s:%d is no longer allowed" % target))
-            return
-        exchange.snapshot = snapshot
+        refusal = await rejudge(state, flow, exchange, look_again=took > RECHECK_AFTER_SECONDS)
+        if refusal is not None:
+            refuse(flow, refusal)
 
     @staticmethod
     def _strip_key(flow: http.HTTPFlow, key: str | None) -> None:
@@ -217,3 +199,37 @@ class Authenticator:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnel_keys.pop(client.id, None)
+
+
+async def rejudge(state: ValetState, flow: http.HTTPFlow, exchange: Exchange, look_again: bool) -> Refusal | None:
+    """Judge an authenticated request again by the key ring and the configuration in force NOW; None: it stands.
+
+    Used when the body is complete (:meth:`Authenticator.request`) and before an OAuth replay sends the request
+    once more after a refresh that may have taken seconds (:mod:`.oauthretry`, review 4 H5). ``look_again``
+    makes it look at the files (configuration, policy, key ring) rather than at what Valet last loaded. The
+    exchange's snapshot becomes the current one, unless the server's route changed (503 ``reconfigured``) or a
+    passthrough destination is no longer allowed; the policy's own verdict on the new snapshot is the caller's
+    to take (:func:`addon.hooks.gate.redecide`).
+    """
+    if look_again:
+        await state.current()
+        await reload_if_stale(state.keyring)
+    keyring = state.keyring
+    if keyring is not None and exchange.key_id is not None and keyring.revoked(exchange.key_id):
+        return Refusal(Cause.REVOKED_KEY, "this valet key has been revoked")
+    snapshot = state.snapshot
+    previous = exchange.snapshot
+    if snapshot is None or snapshot is previous:
+        return None
+    server = exchange.server
+    if server is not None and previous is not None and (
+            snapshot.routes.upstreams.get(server) != previous.routes.upstreams.get(server)):
+        return Refusal(Cause.RECONFIGURED, f"server {server!r} was reconfigured while the request "
+                       "arrived; send it again", headers={"retry-after": "0"})
+    request = flow.request
+    target = (request.host, request.port)
+    if server is None and previous is not None and previous.routes.allows_passthrough(*target) \
+            and not snapshot.routes.allows_passthrough(*target):
+        return Refusal(Cause.NOT_ALLOWED_DESTINATION, "%s:%d is no longer allowed" % target)
+    exchange.snapshot = snapshot
+    return None

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 from mitmproxy import http
 
 from addon.protocol.errors import Cause, Refusal
-from addon.policy.decisions import Call, Decision, visible_tools
+from addon.policy.decisions import Call, Decision, PolicySet, visible_tools
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, refuse, routed
 
@@ -71,6 +71,7 @@ class PolicyGate:
                 messages.append(message)
         elif not calls:  # the session's GET stream or DELETE
             calls, messages = [base], [None]
+        flow.metadata[JUDGED] = (calls, messages, body is not None and body.is_batch)  # for redecide()
         decisions = [policy.decide(call) for call in calls]
         for message, decision in zip(messages, decisions, strict=True):
             if not decision.allowed:
@@ -100,6 +101,27 @@ class PolicyGate:
                     ))
                     return
         exchange.visible = visible_tools(policy, base)
+
+
+JUDGED = "valet.judged"  # flow.metadata: the calls the gate judged, their messages, whether a batch
+
+
+def redecide(flow: http.HTTPFlow, policy: PolicySet) -> Refusal | None:
+    """The calls this gate judged, judged again by ``policy`` (the one in force now): the refusal of the first
+    one it no longer allows (a kill switch: ``disabled``, a rule: ``denied``), or None.
+
+    For a request Valet forwards a second time, later (an OAuth replay after a refresh, review 4 H5): the
+    decision taken when it arrived may be stale. Rate limits are not charged again: it is the same call.
+    """
+    judged = flow.metadata.get(JUDGED)
+    if judged is None:
+        return None
+    calls, messages, in_batch = judged
+    for call, message in zip(calls, messages, strict=True):
+        decision = policy.decide(call)
+        if not decision.allowed:
+            return _refusal(decision, message, in_batch)
+    return None
 
 
 _METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")

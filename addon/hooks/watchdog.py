@@ -24,6 +24,7 @@ from mitmproxy import connection, ctx, http
 from addon.audit.exchange import Exchange
 from addon.config import timeouts_for
 from addon.protocol.sse import is_event_stream
+from addon.hooks import oauthretry
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
@@ -203,6 +204,8 @@ class Watchdog:
         """Mark how the exchange ends, then close its upstream connection (mitmproxy does the rest)."""
         flow = watch.flow
         watch.ending = ending
+        if oauthretry.cut(flow, ending):  # an OAuth replay under way: cancelled there, refused with the ending
+            return
         server = ctx.master.addons.get("proxyserver")
         handler = server.connections.get(flow.client_conn.id) if server is not None else None
         if handler is None:

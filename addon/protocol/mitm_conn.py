@@ -28,7 +28,10 @@ heads once their first byte arrives; this module bounds what happens around them
 5. **Upstream response heads are capped** like request heads: past ``limits.max_response_header_bytes``
    or ``limits.max_response_header_count`` lines, the upstream connection is closed and the agent gets
    ``502 upstream_error`` (through :data:`addon.protocol.mitm_limits.ENDINGS`): an upstream answering
-   with an endless head took 1.4 GB before.
+   with an endless head took 1.4 GB before. Interim ``1xx`` heads before the answer (``103 Early Hints``,
+   an unsolicited ``100 Continue``; not ``101``) are read and dropped, each under the same caps, at most
+   :data:`MAX_INTERIM_RESPONSES` per answer (more: ``502 upstream_error`` the same way): mitmproxy took the
+   first of them as the answer, and the agent waited for the real one (review 4, H4).
 
 6. **Over HTTP/2 too, an exchange Valet cut ends with Valet's answer**: the JSON-RPC error before a
    response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 import time
 import types
@@ -333,23 +337,66 @@ def _response_head_too_large(buf: _http1.ReceiveBuffer) -> bool:
     return mitm_limits.head_over(buf, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADER_COUNT)
 
 
+# An interim 1xx head (``103 Early Hints``, an unsolicited ``100 Continue``) before the final answer: at most
+# this many per response, each within the response head caps, are read and dropped (review 4, H4).
+MAX_INTERIM_RESPONSES = 8
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1[0-9][0-9][ \r\n]")
+_SWITCHING = b"101"
+
+
+def _skip_interim(self: _http1.Http1Client) -> bool:
+    """Drop the complete interim 1xx heads (other than ``101``) at the start of the buffer; False when the
+    response has sent more of them than :data:`MAX_INTERIM_RESPONSES` (the caller ends it as an error).
+
+    mitmproxy's HTTP/1 client takes the first head it reads as the response, whatever its status: a 1xx was
+    relayed as the final answer, the real answer left in the connection's buffer, the agent waiting for it
+    (RFC 9110 15.2: a client MUST accept 1xx heads it did not ask for). Their fields (``Link`` hints) are
+    not relayed: an agent gains nothing from them and Valet would have to scrub them.
+    """
+    while True:
+        start = bytes(self.buf._data[:16])
+        if _INTERIM.match(start) is None or start[9:12] == _SWITCHING:
+            return True
+        if _response_head_too_large(self.buf):
+            return True  # the caller's size check ends it
+        if self.buf.maybe_extract_lines() is None:
+            return True  # incomplete: more is to come (the head caps and the first-byte timeout bound it)
+        seen = getattr(self, "_valet_interim", (None, 0))
+        count = seen[1] + 1 if seen[0] == self.stream_id else 1
+        self._valet_interim = (self.stream_id, count)  # type: ignore[attr-defined]
+        if count > MAX_INTERIM_RESPONSES:
+            return False
+
+
 def _client_read_headers(self: _http1.Http1Client, event: events.ConnectionEvent):  # type: ignore[no-untyped-def]
+    if isinstance(event, events.DataReceived) and self.stream_id is not None and self.request is not None:
+        if not _skip_interim(self):
+            yield from _end_upstream(self, "the upstream sent more interim (1xx) answers than Valet accepts",
+                                     "too many interim responses")
+            return
+        if not self.buf:
+            return  # only interim heads so far: the final one is still to come
     if isinstance(event, events.DataReceived) and self.stream_id is not None and _response_head_too_large(self.buf):
-        self.buf = _http1.ReceiveBuffer()  # nothing of the head is kept
-        self.state = types.MethodType(mitm_limits._discard, self)
-        agent = self.context.client.id
-        mitm_limits.ENDINGS[agent] = mitm_limits.Ending(
-            Cause.UPSTREAM_ERROR, "the upstream's response head is larger than Valet accepts")
         log.warning("upstream %s sent a response head over limits.max_response_header_bytes/count; closed",
                     self.conn.address[0] if self.conn.address else "?")
-        yield commands.CloseConnection(self.conn)
-        handler = TRACKER.handlers.get(agent)
-        if handler is not None:
-            asyncio.get_running_loop().call_soon(close_transport, handler, self.conn)
-        yield ReceiveHttp(ResponseProtocolError(self.stream_id, "response head too large",
-                                                ErrorCode.GENERIC_SERVER_ERROR))
+        yield from _end_upstream(self, "the upstream's response head is larger than Valet accepts",
+                                 "response head too large")
         return
     return (yield from _original_client_read_headers(self, event))
+
+
+def _end_upstream(self: _http1.Http1Client, message: str, error: str):  # type: ignore[no-untyped-def]
+    """End the exchange as the upstream's fault: nothing more of its answer is kept or read, its connection is
+    closed, and the agent gets ``502 upstream_error`` with ``message`` (through ``mitm_limits.ENDINGS``)."""
+    self.buf = _http1.ReceiveBuffer()  # nothing of the head is kept
+    self.state = types.MethodType(mitm_limits._discard, self)
+    agent = self.context.client.id
+    mitm_limits.ENDINGS[agent] = mitm_limits.Ending(Cause.UPSTREAM_ERROR, message)
+    yield commands.CloseConnection(self.conn)
+    handler = TRACKER.handlers.get(agent)
+    if handler is not None:
+        asyncio.get_running_loop().call_soon(close_transport, handler, self.conn)
+    yield ReceiveHttp(ResponseProtocolError(self.stream_id, error, ErrorCode.GENERIC_SERVER_ERROR))
 
 
 # --- 6: Valet's ending on an HTTP/2 stream --------------------------------------------------------
