@@ -74,6 +74,17 @@ def _overrides(server: ServerConfig) -> dict[str, str | None]:
             "revocation_endpoint": o.revocation_endpoint}
 
 
+def _shown_scope(scope: str | None) -> str:
+    """A grant's scope as the terminal may show it: RFC 6749's grammar (a grant stored before that check may
+    hold anything an authorization server sent), with every known secret value redacted."""
+    from addon.oauth.client import valid_scope
+    from addon.ops import logscrub
+
+    if not scope:
+        return "-"
+    return logscrub.scrub_text(scope) if valid_scope(scope) else "(not shown: not an RFC 6749 scope)"
+
+
 def _scopes(server: ServerConfig, endpoints: Endpoints) -> str | None:
     if server.oauth is not None and server.oauth.scopes:
         return " ".join(server.oauth.scopes)
@@ -243,7 +254,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
     def login(server: str, user: str, config_path: Path, data_dir: Path, timeout: float) -> None:
         """Log USER in to SERVER: prints the URL to open, waits for the loopback redirect, stores the grant."""
         grant = asyncio.run(_login(config_path, data_dir, server, user, timeout))
-        click.echo(f"logged in: {user} on {server}, scopes {grant.scope or '-'}, "
+        click.echo(f"logged in: {user} on {server}, scopes {_shown_scope(grant.scope)}, "
                    f"access token expires {_when(grant.expires_at) or 'never'}", err=True)
 
     @oauth_group.command("import")
@@ -303,7 +314,7 @@ def register(main: click.Group, data_dir_option, default_config: Path) -> None: 
             grant = read_grant(cache, row.server, row.user)
             if grant is None:
                 continue
-            rows.append({"server": row.server, "user": row.user, "scopes": grant.scope,
+            rows.append({"server": row.server, "user": row.user, "scopes": grant.scope and _shown_scope(grant.scope),
                          "expires": _when(grant.expires_at), "obtained": _when(grant.obtained_at),
                          "last_refresh": _when(grant.refreshed_at),
                          "needs_login": "yes" if grant.needs_login else "no", "last_failure": grant.failure})

@@ -133,11 +133,23 @@ class Tokens:
         expires_in = body.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, (int, float)) and expires_in > 0 else None
         refresh = body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else previous_refresh
-        scope = body.get("scope") if isinstance(body.get("scope"), str) else None
+        scope = body.get("scope") if valid_scope(body.get("scope")) else None
         check_token(access, "access token")
         if refresh is not None:
             check_token(refresh, "refresh token")
         return cls(access, refresh, time.time() + lifetime if lifetime else None, scope, lifetime)
+
+
+# RFC 6749 §3.3: scope = scope-token *( SP scope-token ), scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+MAX_SCOPE_CHARS = 1024
+
+
+def valid_scope(scope: object) -> bool:
+    """A ``scope`` an authorization server may send back: RFC 6749's grammar, bounded. Anything else (control
+    characters that would drive the operator's terminal, any length) is not kept, nor printed (review 4 H10):
+    the grant then holds no scope, and the CLI shows ``-``."""
+    return isinstance(scope, str) and len(scope) <= MAX_SCOPE_CHARS and _SCOPE.fullmatch(scope) is not None
 
 
 def pkce_pair() -> tuple[str, str]:
