@@ -109,8 +109,10 @@ def test_a_file_cut_or_overwritten_in_place_is_noticed_within_a_second(tmp: Path
         assert _status(url, key) == (503, "audit_unavailable")
         assert len(upstream_ids(recording)) == seen, "nothing forwarded once the log is known broken"
         log = valet.log.read_text()
-        expected = "overwritten in place" if how == "overwrite-db-head" else "truncated in place"
-        assert f"{name} was {expected} while Valet was writing it" in log
+        # a cut WAL may be written again before the check (SQLite appends at its own offsets, past a hole of
+        # zeros): then it is no longer shorter, but its header is gone. Either way it is caught.
+        expected = ["overwritten in place"] if how == "overwrite-db-head" else ["truncated in place", "overwritten in place"]
+        assert any(f"{name} was {e} while Valet was writing it" in log for e in expected), log[-2000:]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files: chmod cannot make SQLite fail")
