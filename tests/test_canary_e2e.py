@@ -120,3 +120,35 @@ def test_secret_set_canary_takes_no_server(valet: Valet) -> None:
     assert r.returncode != 0 and "canary" in r.stderr
     r = valet.cli("secret", "set", "X_PLAIN", stdin="fake-plain-value-42", check=False)
     assert r.returncode != 0 and "--server" in r.stderr
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd", "deflate", "gzip, gzip"])
+def test_a_canary_in_a_content_coded_body_is_refused(upstream: Upstream, tmp_path: Path, coding: str) -> None:
+    """Review 4: a kind: http upstream inflates a gzip request body; the canary inside used to be forwarded."""
+    from addon.secrets import compressed
+
+    from .support import start_http_api
+
+    api = start_http_api()
+    try:
+        text = f"servers:\n  api:\n    url: http://127.0.0.1:{api.port}\n    kind: http\n"
+        proxy = start_ops_valet(tmp_path, text, "rules:\n  - id: api\n    effect: allow\n    servers: [api]\n"
+                                "    http: {methods: [POST], paths: ['/**']}\n")
+        try:
+            proxy.cli("secret", "set", "DECOY_AWS", "--canary", stdin=CANARY)
+            key, _ = proxy.new_key()
+            body = json.dumps({"note": f"use {CANARY} now"}).encode()
+            for codec in reversed([c.strip() for c in coding.split(",")]):
+                body = compressed.encode(codec, body)
+            r = httpx.post(f"{proxy.base}/api/notes", content=body, timeout=30,
+                           headers={"authorization": f"Bearer {key}", "content-type": "application/json",
+                                    "content-encoding": coding})
+            assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "canary_tripped", r.text
+            plain = httpx.post(f"{proxy.base}/api/notes", content=compressed.encode("gzip", b'{"note": "fine"}'),
+                               headers={"authorization": f"Bearer {key}", "content-type": "application/json",
+                                        "content-encoding": "gzip"}, timeout=30)
+            assert plain.status_code == 200, plain.text
+        finally:
+            proxy.stop()
+    finally:
+        api.stop()

@@ -214,6 +214,14 @@ def check_body(data: bytes, content_type: str, content_encoding: str, cap: int) 
     are refused ``unsupported_media_type``; one that decodes past ``cap`` ``body_too_large``. Never passed
     unread.
     """
+    if body_overrides(decoded_body(data, content_encoding, cap), content_type):
+        raise Refusal(Cause.METHOD_OVERRIDE, "method-override parameters in the body are not accepted")
+
+
+def decoded_body(data: bytes, content_encoding: str, cap: int) -> bytes:
+    """``data`` with every content coding of ``content_encoding`` undone (the last applied first); a coding
+    Valet does not decode, or a body that does not decode, is a Refusal (``unsupported_media_type``), one
+    that decodes past ``cap`` ``body_too_large``."""
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     for coding in reversed(codings):
         if coding == "identity":
@@ -229,8 +237,7 @@ def check_body(data: bytes, content_type: str, content_encoding: str, cap: int) 
             raise Refusal(Cause.BODY_TOO_LARGE, f"the request body decodes to more than {cap} bytes") from None
         except Exception:  # noqa: BLE001 - any decoder failure: unread, so refused
             raise Refusal(Cause.UNSUPPORTED_MEDIA, f"the {coding} request body does not decode") from None
-    if body_overrides(data, content_type):
-        raise Refusal(Cause.METHOD_OVERRIDE, "method-override parameters in the body are not accepted")
+    return data
 
 
 _CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
