@@ -49,3 +49,34 @@ def test_a_status_outside_http_is_refused_and_everyone_else_is_served(tmp_path: 
         odd.kill()
         odd.wait(10)
         good.stop()
+
+
+@pytest.mark.parametrize("announce", [100 * 2**20, 2 * 2**20])
+def test_an_upstream_dying_after_a_large_heads_row_says_what_the_agent_got(tmp_path: Path, announce: int) -> None:
+    """Review 4 (H13): with 100 MiB announced the upstream died before Valet sent the head: the agent got a 502
+    page and the row said 200. The row now says what was written to the agent, whichever it was."""
+    import httpx
+
+    port = free_port()
+    dying = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/last_request.py"), "--port", str(port),
+                              "--announce", str(announce)], cwd=ROOT)
+    try:
+        wait_for_port(port)
+        config = f"servers:\n  api:\n    url: http://127.0.0.1:{port}\n    kind: http\n"
+        policy = "rules:\n  - id: api\n    effect: allow\n    servers: [api]\n    http: {methods: [POST], paths: ['/**']}\n"
+        valet = start_valet(tmp_path, None, config_text=config, policy=policy)
+        try:
+            key, _ = valet.new_key()
+            try:
+                r = httpx.post(f"{valet.base}/api/x", json={"a": 1}, headers={"authorization": f"Bearer {key}"},
+                               timeout=30)
+                got = r.status_code
+            except httpx.RemoteProtocolError:  # the head came, then the body was cut: the agent has the status
+                got = 200
+            rows = valet.rows("http_path = '/api/x'")
+            assert rows[-1]["http_status"] == got, (got, rows[-1])
+        finally:
+            valet.stop()
+    finally:
+        dying.kill()
+        dying.wait(10)

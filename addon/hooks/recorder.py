@@ -186,7 +186,11 @@ class ExchangeRecorder:
             self.state.record(exchange, response.status_code if response else None)
             return
         message = (flow.error.msg if flow.error else "").lower()
-        headers_sent = response is not None and bool(response.stream)  # streamed: the agent has the status
+        # the agent has the status only if its head was written: known for HTTP/1 agents (mitm_limits), taken
+        # from "streamed" for HTTP/2 ones (opt-in; a stream whose upstream dies before the head is a gap there)
+        headers_sent = response is not None and (
+            response in mitm_limits.HEADS_SENT
+            or (flow.request.http_version.startswith("HTTP/2") and bool(response.stream)))
         if "client" in message and "disconnect" in message:
             # The agent went away. With SSE that is routine once it has its answer: the exchange
             # stands as it was (allowed, with the status it got); only the reason says so, unless

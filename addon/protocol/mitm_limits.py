@@ -75,7 +75,7 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError, ResponseData, ResponseEndOfMessage,
-    ResponseProtocolError,
+    ResponseHeaders, ResponseProtocolError,
 )
 from mitmproxy.proxy.layers.http import SendHttp
 from mitmproxy.proxy.utils import ReceiveBuffer
@@ -478,7 +478,15 @@ def _protocol_error(self: HttpStream, event: events.Event):  # type: ignore[no-u
             BUDGET.release(id(flow))
 
 
+# The responses whose head was handed to an HTTP/1 agent's connection: the recorder must not take "streamed"
+# for "the agent has the status" (review 4, H13: an upstream dying before Valet sent a 100 MiB answer's head
+# left the agent with a 502 page and a row saying 200). Weak: a response leaves it with its flow.
+HEADS_SENT: weakref.WeakSet[http.Response] = weakref.WeakSet()
+
+
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
+    if isinstance(event, ResponseHeaders):
+        HEADS_SENT.add(event.response)
     if isinstance(event, ResponseEndOfMessage) and self.conn.id in _CLOSE_AFTER_ANSWER:
         _CLOSE_AFTER_ANSWER.discard(self.conn.id)
         yield from _original_send(self, event)
