@@ -44,9 +44,6 @@ class PolicyGate:
                                                      "?" in request.path):
             # A plain HTTP API, or anything on an MCP server other than JSON-RPC POSTs and the session's
             # GET stream and DELETE on its endpoint: judged as an HTTP request, by `http` rules (default deny).
-            if any(h in request.headers for h in _METHOD_OVERRIDES):
-                refuse(flow, Refusal(Cause.INVALID_REQUEST, "method-override headers are not accepted"))
-                return
             calls.append(Call(*_ids(base), http_method=request.method.upper(), http_path=matching_path(path),
                               is_http_api=True))
             messages.append(None)
@@ -122,9 +119,6 @@ def redecide(flow: http.HTTPFlow, policy: PolicySet) -> Refusal | None:
         if not decision.allowed:
             return _refusal(decision, message, in_batch)
     return None
-
-
-_METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
 # Headers that name a second resource of the same upstream, which it reads or writes as well as the one in

@@ -56,7 +56,7 @@ class ResponseFilter:
         if _partial(response, media) or not _final_status(response):
             return  # buffered (within the cap), then refused in `response`
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        codec = None if encoding in ("identity", "") else _CODECS.get(encoding, "unknown")
+        codec = None if encoding in ("identity", "") else compressed.CONTENT_CODINGS.get(encoding, "unknown")
         if media == "text/event-stream" and codec != "unknown":
             # a compressed stream is decoded as it arrives (in bounded pieces) and sent decoded;
             # (one in an encoding Valet cannot decode is buffered, and refused in `response`)
@@ -103,7 +103,7 @@ class ResponseFilter:
             # We asked for identity; a body we cannot decode is not passed through unread. Decoded in
             # bounded steps up to max_buffered_bytes (mitmproxy's own decode has no cap: a 510 KB gzip
             # answer inflated to 512 MiB), off the event loop.
-            codec, raw = _CODECS.get(encoding), response.raw_content
+            codec, raw = compressed.CONTENT_CODINGS.get(encoding), response.raw_content
             try:
                 if codec is None:
                     raise ValueError(encoding)
@@ -379,4 +379,3 @@ def _close_agent(flow: http.HTTPFlow) -> None:
     handler.close_connection(flow.client_conn)
 
 
-_CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}

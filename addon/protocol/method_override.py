@@ -226,7 +226,7 @@ def decoded_body(data: bytes, content_encoding: str, cap: int) -> bytes:
     for coding in reversed(codings):
         if coding == "identity":
             continue
-        codec = _CODECS.get(coding)
+        codec = compressed.CONTENT_CODINGS.get(coding)
         if codec is None:
             raise Refusal(Cause.UNSUPPORTED_MEDIA, f"request bodies in {coding[:32]!r} are not accepted")
         try:
@@ -240,7 +240,6 @@ def decoded_body(data: bytes, content_encoding: str, cap: int) -> bytes:
     return data
 
 
-_CODECS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
 
 
 def _decode(codec: str, data: bytes, cap: int) -> bytes:

@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover - Python 3.14
 
 MAX_DEPTH = 3
 
+# HTTP content-coding names (RFC 9110 §8.4.1) -> the codec that undoes them: the one table for answers
+# (hooks/relay.py) and request bodies (protocol/method_override.py, the canary search).
+CONTENT_CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
+
 
 class TooLarge(ValueError):
     """A compressed body decodes to more than the cap."""
