@@ -16,7 +16,7 @@ from mitmproxy import exceptions, master, options
 from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 
 from addon.ops import logscrub
-from addon.protocol import mitm_conn, mitm_errors, mitm_limits
+from addon.protocol import mitm_conn, mitm_dispatch, mitm_errors, mitm_limits
 from addon.config import ConfigError, load_config
 from addon.datadir import lock_down
 from addon.config import ConfigError
@@ -133,6 +133,7 @@ def build_master(settings: Settings, on_running: Callable[[], None] | None = Non
         mode=[mode], listen_host=settings.host, listen_port=settings.port, confdir=str(confdir)
     )
     master_ = master.Master(opts, with_termlog=False)
+    mitm_dispatch.install(master_)  # each event's hooks looked up once, not on every event of every flow
     master_.addons.add(*_mitmproxy_addons())
     # Options owned by built-in addons exist only once the master is built.
     # keep_host_header: the Host the agent sent is checked against Valet's own names (hooks/origin.py);
