@@ -311,3 +311,23 @@ def test_refusals_below_the_flow_layer_get_503_while_the_log_is_locked(tmp: Path
             row = by_rule[rule]
             assert (row["decision"], row["reason"], row["error_code"], row["http_status"]) == (
                 "deny", "audit_unavailable", -32010, 503), (rule, dict(row))
+
+
+def test_an_h2_header_block_that_never_finishes_has_a_row_and_a_goaway(tmp: Path) -> None:
+    """HEADERS without END_HEADERS and nothing more: header_read_seconds later one row for the connection
+    (request_timeout), then GOAWAY through the agent's TLS (it used to be written under it, as plain bytes)."""
+    with running_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"},
+                       extra=LIMITS + "timeouts:\n  header_read_seconds: 1\n") as valet:
+        since = _last_id(valet)
+        agent = H2Agent(valet)
+        try:
+            agent.sock.sendall(HeadersFrame(1, data=b"\x82", flags=["END_STREAM"]).serialize())
+            agent.read_until(lambda: agent.closed or agent.goaway() is not None, seconds=30)
+            terminated = agent.goaway()
+            assert terminated is not None and terminated.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+            assert len(_rows_now(valet, since)) == 1, "the row is committed before the GOAWAY"
+        finally:
+            agent.close()
+        row = valet.rows(f"id > {since}")[0]
+        assert (row["decision"], row["reason"], row["rule"], row["http_status"]) == (
+            "deny", "request_timeout", "http2:head_timeout", None), row

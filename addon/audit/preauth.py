@@ -19,10 +19,12 @@ known key (review 2, F14):
 Authenticated exchanges are untouched: they are accountable to a key, and rate rules bound them.
 
 Refusals answered below mitmproxy's flow layer (review 3, G5: a head mitmproxy cannot frame, such as
-``Content-Length`` with ``Transfer-Encoding``, ``400``; a head over the caps, ``431``; a head that never
-completes, ``408``; see :mod:`addon.protocol.mitm_limits`) have no flow and no hook: :func:`layer_refusal`
-writes their row from the head bytes Valet read, with the key id (never the key) when the head carried a
-known key, and through the same per-peer aggregation when it did not.
+``Content-Length`` with ``Transfer-Encoding``, ``400``; a head over the caps, ``431``, HTTP/1 or on an
+HTTP/2 stream; a header block that ends an HTTP/2 connection with ``GOAWAY``; a head that never completes,
+``408``; see :mod:`addon.protocol.mitm_limits`) have no flow and no hook: :func:`layer_refusal` writes their
+row ahead from the head bytes Valet read, with the key id (never the key) when the head carried a known
+key, and through the same per-peer aggregation when it did not; :class:`Held` completes it with what the
+agent got (the refusal, or ``503 audit_unavailable`` when the row could not be committed in time).
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ def layer_refusal(peer: Any, head: bytes, cause: Any, status: int | None, rule: 
                   answer_bytes: int, bytes_in: int | None = None) -> Held | None:
     """Write the row of a refusal answered below the flow layer (HTTP/1 and HTTP/2: ``head`` is the raw HTTP/1
     head, or an HTTP/2 head written out the same way); returns what the answer waits for, or None when there
-    is nothing to wait for (no log). ``bytes_in``: what Valet read, when that is not ``head`` (an HTTP/2
+    is nothing to wait for (no log, or the refusal was counted into its peer's summary while the log works). ``bytes_in``: what Valet read, when that is not ``head`` (an HTTP/2
     header block that was never decoded)."""
     state = LAYER_STATE
     if getattr(state, "audit", None) is None:

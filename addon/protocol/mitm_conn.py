@@ -34,8 +34,10 @@ heads once their first byte arrives; this module bounds what happens around them
    first of them as the answer, and the agent waited for the real one (review 4, H4).
 
 6. **Over HTTP/2 too, an exchange Valet cut ends with Valet's answer**: the JSON-RPC error before a
-   response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
-   only inside forward-mode TLS tunnels, and only when it is turned on).
+   response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents: TLS with
+   ALPN ``h2``, only when it is turned on). That holds when the upstream is still connecting or in its TLS
+   handshake at its deadline too (:func:`end_connecting`): the connection being opened is closed, the
+   agent's stream gets ``504 upstream_timeout``, its other streams go on.
 
 8. **Over HTTP/2 the row knows what reached the agent**: a response's head counts as sent once its HEADERS
    frame is queued to the agent (:data:`addon.protocol.mitm_limits.HEADS_SENT`, as for HTTP/1), and body

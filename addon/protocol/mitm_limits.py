@@ -36,13 +36,19 @@
    of mitmproxy's 128 KiB frame size: 8 MiB per connection); past twice the head cap the connection gets
    ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
    incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
-   HTTP/1 head gets 408.
-8. **Refusals at this layer are audited before they are answered** (review 3, G5): the 400 mitmproxy
-   gives a head it cannot frame (``Content-Length`` with ``Transfer-Encoding``, a bad version line),
-   the 431 and the 408 above have no flow, so no hook writes their row. :data:`RECORD` (bound to
-   :func:`addon.audit.preauth.layer_refusal` by ``hooks/recorder.py``) writes it from the head bytes
-   read; the answer is held until the row is committed (at most the writer's commit bound), then
-   written and the socket closed. Nothing of the refused request reaches a hook.
+   HTTP/1 head gets 408 (on mitmproxy's timer, a wakeup of the layer, so that the GOAWAY is written through
+   the agent's TLS).
+8. **Refusals at this layer are audited before they are answered** (review 3, G5), HTTP/1 and HTTP/2: the
+   400 mitmproxy gives a head it cannot frame (``Content-Length`` with ``Transfer-Encoding``, a bad version
+   line), the 431s, the 408 and the GOAWAYs above have no flow, so no hook writes their row.
+   :data:`RECORD` (bound to :func:`addon.audit.preauth.layer_refusal` by ``hooks/recorder.py``) writes it
+   ahead from the head bytes read (an h2 head written out as HTTP/1 lines; a GOAWAY's row is one per
+   connection); the answer is held until the row is committed (at most the writer's commit bound), then
+   written (HTTP/1: and the socket closed; HTTP/2: on its stream, in a step of the connection's layer that a
+   wakeup brings every :data:`H2_POLL_SECONDS`), and the row is completed with what the agent got. A row
+   not committed by then (the log is locked, or known to be failing: then nothing waits) makes the answer
+   ``503 audit_unavailable`` instead (issue 10 item 4; a GOAWAY stays a GOAWAY). Nothing of the refused
+   request reaches a hook.
 7. **A TLS ClientHello is capped too** (an agent connecting with TLS, or a forward-mode tunnel Valet
    intercepts): mitmproxy buffers the ClientHello until it parses, and its 3-byte length lets it claim
    16 MiB. One past :data:`MAX_CLIENT_HELLO` bytes ends the handshake (the connection is closed), and a
@@ -631,10 +637,11 @@ class _HeldAnswer:
     goaway: bytes = b""
 
 
-def _h2_wakeup(server: _http2.Http2Server) -> commands.RequestWakeup:
-    """A wakeup for this connection's held answers. Answers are written in a step of the layer (never straight
-    to the socket: the agent's TLS is a layer above), so the commit is looked at on mitmproxy's own timer."""
-    command = commands.RequestWakeup(H2_POLL_SECONDS)
+def _h2_wakeup(server: _http2.Http2Server, delay: float = H2_POLL_SECONDS) -> commands.RequestWakeup:
+    """A wakeup for this connection (its held answers, its header-read deadline). Answers are written in a step
+    of the layer (never straight to the socket: the agent's TLS is a layer above), so the commit is looked at
+    on mitmproxy's own timer."""
+    command = commands.RequestWakeup(delay)
     server.__dict__.setdefault("_valet_wakeups", set()).add(command)
     return command
 
@@ -663,7 +670,7 @@ def _h2_answer_held(server: _http2.Http2Server):  # type: ignore[no-untyped-def]
         if item.stream_id is None:  # the whole connection is refused: GOAWAY, then closed
             server._valet_held = []  # type: ignore[attr-defined]
             yield commands.SendData(server.conn, item.goaway)
-            item.held.answered(None if ok else Cause.AUDIT_UNAVAILABLE, None, 0)
+            item.held.answered(None, None, 0)  # the GOAWAY either way: no status, nothing to say otherwise
             _h2_settle(server, waiting)
             yield from _http2.Http2Connection.close_connection(server, "HTTP/2 request head larger than Valet accepts")
             asyncio.get_running_loop().call_soon(_close_client, server.conn.id)
@@ -732,16 +739,16 @@ def _h2_closing(self: _http2.Http2Server, event: events.Event):  # type: ignore[
         yield from _http2.Http2Connection.close_connection(self, "peer closed connection")
 
 
-def _h2_refuse_connection(server: _http2.Http2Server, goaway: bytes, bytes_in: int):  # type: ignore[no-untyped-def]
-    """A header block past twice the head cap (a CONTINUATION flood, an HPACK bomb): one audit row for the
-    connection (keyless ones through the per-peer budget), then ``goaway`` and the socket closed once the
-    row is committed (at most the writer's bound; the GOAWAY has no status to change). Nothing more is read
-    meanwhile."""
+def _h2_refuse_connection(server: _http2.Http2Server, goaway: bytes, bytes_in: int,  # type: ignore[no-untyped-def]
+                          cause: Cause = Cause.HEADERS_TOO_LARGE, rule: str = "http2:header_block_too_large"):
+    """A header block past twice the head cap (a CONTINUATION flood, an HPACK bomb), or one not complete in
+    time: one audit row for the connection (keyless ones through the per-peer budget), then ``goaway`` and the
+    socket closed once the row is committed (at most the writer's bound; the GOAWAY has no status to change).
+    Nothing more is read meanwhile."""
     server._valet_head_timer = None  # type: ignore[attr-defined]
     server._handle_event = types.MethodType(_h2_closing, server)  # type: ignore[method-assign]
     _h2_settle(server, server.__dict__.get("_valet_held", []))  # 431s held on it: never sent now
-    held = _h2_record(server, b"- - HTTP/2", Cause.HEADERS_TOO_LARGE, None, "http2:header_block_too_large",
-                      bytes_in)
+    held = _h2_record(server, b"- - HTTP/2", cause, None, rule, bytes_in)
     if held is None:
         yield commands.SendData(server.conn, goaway)
         yield from _http2.Http2Connection.close_connection(server, "HTTP/2 request head larger than Valet accepts")
@@ -786,18 +793,15 @@ def _h2_goaway(server: _http2.Http2Server, why: bytes) -> bytes:
         return b""
 
 
-def _h2_timeout(ref: weakref.ref[_http2.Http2Server], timer: object) -> None:
-    """A header block still incomplete ``HEADER_READ_SECONDS`` after it began: GOAWAY, then the socket is
-    closed (mitmproxy then ends the connection's other streams as for any closed connection)."""
-    server = ref()
-    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
-        return
-    _close_client(server.conn.id, _h2_goaway(server, b"request head not complete in time"))
-
-
 def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
     if isinstance(event, events.Wakeup) and event.command in self.__dict__.get("_valet_wakeups", ()):
-        self._valet_wakeups.discard(event.command)  # a held answer's wakeup: not mitmproxy's
+        self._valet_wakeups.discard(event.command)  # Valet's wakeup, not mitmproxy's
+        if event.command is getattr(self, "_valet_head_timer", None) and _h2_pending_head(self.h2_conn):
+            # a header block (or a frame header) still incomplete HEADER_READ_SECONDS after it began: GOAWAY
+            # once the connection's row is committed, as a slow HTTP/1 head gets its 408
+            held_bytes = _h2_block_held(self.h2_conn)
+            return (yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head not complete in time"),
+                                                     held_bytes, Cause.REQUEST_TIMEOUT, "http2:head_timeout"))
         return (yield from _h2_answer_held(self))
     if isinstance(event, events.ConnectionClosed) and self.__dict__.get("_valet_held"):
         _h2_settle(self, self._valet_held)
@@ -816,9 +820,9 @@ def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[n
     elif not _h2_pending_head(self.h2_conn):
         self._valet_head_timer = None
     elif getattr(self, "_valet_head_timer", None) is None:
-        timer = object()
-        self._valet_head_timer = timer
-        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _h2_timeout, weakref.ref(self), timer)
+        # on mitmproxy's timer (a wakeup in this layer), so that the GOAWAY goes through the agent's TLS
+        self._valet_head_timer = _h2_wakeup(self, HEADER_READ_SECONDS)
+        yield self._valet_head_timer
     return result
 
 
