@@ -177,7 +177,8 @@ async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):  # a port probe
         return
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n\r\n" % (8 << 20))
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                 b"content-length: %d\r\n\r\n" % (8 << 20))
     for _ in range(32):  # 2 MiB of the promised 8, then the connection drops
         writer.write(b"x" * 65536)
         await writer.drain()

@@ -213,8 +213,8 @@ def layer_refusal(peer: Any, head: bytes, cause: Any, status: int | None, rule: 
                   answer_bytes: int, bytes_in: int | None = None) -> Held | None:
     """Write the row of a refusal answered below the flow layer (HTTP/1 and HTTP/2: ``head`` is the raw HTTP/1
     head, or an HTTP/2 head written out the same way); returns what the answer waits for, or None when there
-    is nothing to wait for (no log, or the refusal was counted into its peer's summary while the log works). ``bytes_in``: what Valet read, when that is not ``head`` (an HTTP/2
-    header block that was never decoded)."""
+    is nothing to wait for (no log, or the refusal was counted into its peer's summary while the log works).
+    ``bytes_in``: what Valet read, when that is not ``head`` (an h2 head's decoded size, an encoded block)."""
     state = LAYER_STATE
     if getattr(state, "audit", None) is None:
         return None

@@ -646,7 +646,8 @@ def _h2_wakeup(server: _http2.Http2Server, delay: float = H2_POLL_SECONDS) -> co
     return command
 
 
-def _h2_hold(server: _http2.Http2Server, held: Any, stream_id: int | None, goaway: bytes = b""):  # type: ignore[no-untyped-def]
+def _h2_hold(server: _http2.Http2Server, held: Any, stream_id: int | None,  # type: ignore[no-untyped-def]
+             goaway: bytes = b""):
     """Hold an answer until ``held``'s row is committed (or its bound passed), then write it."""
     server.__dict__.setdefault("_valet_held", []).append(
         _HeldAnswer(held, time.monotonic() + held.bound, stream_id, goaway))
