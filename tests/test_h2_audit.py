@@ -136,21 +136,49 @@ def test_a_header_block_that_ends_the_connection_has_one_row(tmp: Path, how: str
         assert len(_rows_now(valet, since)) == 1, "one row for the connection"
 
 
-def test_an_h2_agent_gets_the_504_when_its_upstream_never_finishes_connecting(tmp: Path) -> None:
-    """An https upstream whose TLS handshake never completes: the agent's stream gets 504 upstream_timeout
-    (the JSON-RPC error body an HTTP/1 agent gets), the row says so, and the connection goes on."""
-    port = free_port()
-    upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/stalling_up.py"), str(port)], cwd=ROOT)
-    try:
+def _full_backlog() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose accept queue is full: a new connection's SYN is dropped, its connect never completes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(listener.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    time.sleep(0.2)
+    return listener, fillers
+
+
+@pytest.mark.parametrize("stall", ["tls handshake", "tcp connect"])
+def test_an_h2_agent_gets_the_504_when_its_upstream_never_finishes_connecting(tmp: Path, stall: str) -> None:
+    """An https upstream whose TLS handshake never completes, or one whose TCP connect never does: the agent's
+    stream gets 504 upstream_timeout (the JSON-RPC error body an HTTP/1 agent gets), the row says so, and the
+    connection goes on (it used to be closed with no answer)."""
+    sockets: list[socket.socket] = []
+    upstream = None
+    if stall == "tls handshake":
+        port = free_port()
+        upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/upstream/stalling_up.py"), str(port)], cwd=ROOT)
         wait_for_port(port)
-        config = (f"servers:\n  tls:\n    url: https://127.0.0.1:{port}\n    kind: http\n"
+        url = f"https://127.0.0.1:{port}"
+    else:
+        listener, sockets = _full_backlog()
+        sockets.append(listener)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        config = (f"servers:\n  up:\n    url: {url}\n    kind: http\n"
                   "http2: true\ntimeouts:\n  connect_seconds: 2\n  first_byte_seconds: 3\n")
-        policy = "servers:\n  tls: {default: allow}\nrules: []\n"
+        policy = "servers:\n  up: {default: allow}\nrules: []\n"
         with running_valet(tmp, None, config_text=config, policy=policy) as valet:
             key, _ = valet.new_key()
             agent = H2Agent(valet)
             try:
-                agent.conn.send_headers(1, [(":method", "GET"), (":path", "/tls/x"), (":scheme", "https"),
+                agent.conn.send_headers(1, [(":method", "GET"), (":path", "/up/x"), (":scheme", "https"),
                                             (":authority", f"127.0.0.1:{valet.port}"),
                                             ("authorization", f"Bearer {key}")], end_stream=True)
                 agent.sock.sendall(agent.conn.data_to_send())
@@ -161,12 +189,15 @@ def test_an_h2_agent_gets_the_504_when_its_upstream_never_finishes_connecting(tm
                 assert agent.request([], stream_id=3)[0] == 401  # the connection is still served
             finally:
                 agent.close()
-            row = valet.rows("http_path = '/tls/x'")[0]
+            row = valet.rows("http_path = '/up/x'")[0]
             assert (row["http_status"], row["bytes_out"]) == (504, len(body)), row
             assert (row["decision"], row["reason"], row["error_code"]) == ("error", "upstream_timeout", -32013)
     finally:
-        upstream.kill()
-        upstream.wait(10)
+        for sock in sockets:
+            sock.close()
+        if upstream is not None:
+            upstream.kill()
+            upstream.wait(10)
 
 
 DYING_UPSTREAM = r'''
