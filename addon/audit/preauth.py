@@ -19,10 +19,12 @@ known key (review 2, F14):
 Authenticated exchanges are untouched: they are accountable to a key, and rate rules bound them.
 
 Refusals answered below mitmproxy's flow layer (review 3, G5: a head mitmproxy cannot frame, such as
-``Content-Length`` with ``Transfer-Encoding``, ``400``; a head over the caps, ``431``; a head that never
-completes, ``408``; see :mod:`addon.protocol.mitm_limits`) have no flow and no hook: :func:`layer_refusal`
-writes their row from the head bytes Valet read, with the key id (never the key) when the head carried a
-known key, and through the same per-peer aggregation when it did not.
+``Content-Length`` with ``Transfer-Encoding``, ``400``; a head over the caps, ``431``, HTTP/1 or on an
+HTTP/2 stream; a header block that ends an HTTP/2 connection with ``GOAWAY``; a head that never completes,
+``408``; see :mod:`addon.protocol.mitm_limits`) have no flow and no hook: :func:`layer_refusal` writes their
+row ahead from the head bytes Valet read, with the key id (never the key) when the head carried a known
+key, and through the same per-peer aggregation when it did not; :class:`Held` completes it with what the
+agent got (the refusal, or ``503 audit_unavailable`` when the row could not be committed in time).
 """
 
 from __future__ import annotations
@@ -172,25 +174,68 @@ def _peer(address: str) -> str:
 LAYER_STATE: Any = None  # the proxy's ValetState, bound by hooks/recorder.py (the layer below has no flow to ask)
 
 
-def layer_refusal(peer: Any, head: bytes, cause: Any, status: int, rule: str,
-                  answer_bytes: int) -> tuple[asyncio.Future[bool], float] | None:
-    """Write the row of a refusal answered at the HTTP/1 layer; returns its commit future and how long the
-    answer may wait for it (the writer's commit bound), or None when there is nothing to wait for (no
-    log, or the refusal was counted into its peer's summary)."""
+@dataclass(eq=False)
+class Held:
+    """A refusal answered below the flow layer, held until its row is committed.
+
+    The answer waits for ``committed`` (at most ``bound`` seconds: the writer's commit bound, or 0 when the
+    log is known to be failing); if the row was not committed by then, the agent gets ``503
+    audit_unavailable`` instead of the refusal (issue 10 item 4: nothing is answered unrecorded while the log
+    is down). :meth:`answered` then completes the row with what the agent actually got, so a row written
+    ahead as a 431 ends as the 503 it was, once the log recovers. ``exchange`` is None when the row cannot be
+    changed any more (a whole row, or one counted into its peer's summary).
+    """
+
+    committed: asyncio.Future[bool] | None
+    bound: float
+    exchange: Exchange | None = None
+    state: Any = None
+
+    def answered(self, cause: Any, status: int | None, bytes_out: int) -> None:
+        """The agent got ``status`` and ``bytes_out`` body bytes; ``cause`` when that is not the refusal the
+        row was written ahead with (``audit_unavailable``)."""
+        exchange, self.exchange = self.exchange, None
+        if exchange is None or self.state is None:
+            return
+        if cause is not None:
+            exchange.reason, exchange.error_code = cause.reason, cause.code
+        exchange.bytes_out = bytes_out
+        self.state.record(exchange, status)
+
+
+def _failed() -> asyncio.Future[bool]:
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_result(False)
+    return future
+
+
+def layer_refusal(peer: Any, head: bytes, cause: Any, status: int | None, rule: str,
+                  answer_bytes: int, bytes_in: int | None = None) -> Held | None:
+    """Write the row of a refusal answered below the flow layer (HTTP/1 and HTTP/2: ``head`` is the raw HTTP/1
+    head, or an HTTP/2 head written out the same way); returns what the answer waits for, or None when there
+    is nothing to wait for (no log, or the refusal was counted into its peer's summary while the log works).
+    ``bytes_in``: what Valet read, when that is not ``head`` (an h2 head's decoded size, an encoded block)."""
     state = LAYER_STATE
     if getattr(state, "audit", None) is None:
         return None
     method, path, credentials = _read_head(head)
     exchange = Exchange(mode=state.mode, http_method=method[:16] or "-", http_path=path or "-",
-                        bytes_in=len(head), bytes_out=answer_bytes)
+                        bytes_in=len(head) if bytes_in is None else bytes_in, bytes_out=answer_bytes)
     return refused_without_flow(state, peer, exchange, credentials, cause, status, rule)
 
 
 def refused_without_flow(state: Any, peer: Any, exchange: Exchange, credentials: list[str], cause: Any,
-                         status: int, rule: str) -> tuple[asyncio.Future[bool], float] | None:
+                         status: int | None, rule: str) -> Held | None:
     """Write the row of ``exchange``, refused before any stage saw it: named after the key among
-    ``credentials`` if one is known, else aggregated per peer like any refusal without a key."""
+    ``credentials`` if one is known, else aggregated per peer like any refusal without a key.
+
+    The row is written ahead with the refusal as its outcome (``status``, the reason), so that what is
+    committed before the answer already says what the agent gets; :meth:`Held.answered` completes it. While
+    the log is failing the answer does not wait (``bound`` 0): it is ``503 audit_unavailable`` at once, and a
+    refusal counted into its peer's summary gets that too (its summary row is not committed either).
+    """
     audit = state.audit
+    healthy = audit.healthy
     exchange.http_path = short_path(exchange.http_path)
     exchange.decision, exchange.rule, exchange.reason, exchange.error_code = "deny", rule, cause.reason, cause.code
     record = _known_key(state.keyring, credentials)
@@ -198,10 +243,10 @@ def refused_without_flow(state: Any, peer: Any, exchange: Exchange, credentials:
         exchange.key_id, exchange.user, exchange.agent = record.id, record.user, record.agent
     elif not AGGREGATOR.admit(_peer(peer[0] if peer else "?"), exchange, status, audit.submit):
         exchange.recorded = True  # counted into its peer's summary
-        return None
-    state.record(exchange, status)
-    future = exchange.committed
-    return (future, audit.commit_timeout) if future is not None else None
+        return None if healthy else Held(_failed(), 0.0)
+    exchange.http_status = status
+    state.write_ahead(exchange)
+    return Held(exchange.committed, audit.commit_timeout if healthy else 0.0, exchange, state)
 
 
 def credentials_of(values: list[str]) -> list[str]:

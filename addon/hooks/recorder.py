@@ -66,13 +66,19 @@ class ExchangeOpener:
         credentials = preauth.credentials_of([*headers.get_all("authorization"),
                                               *headers.get_all("proxy-authorization")])
         exchange.bytes_in = len(flow.request.raw_content or b"")
-        waiting = preauth.refused_without_flow(self.state, flow.client_conn.peername, exchange, credentials,
-                                               Cause.INVALID_REQUEST, 400, "http1:framing")
-        if waiting is not None:
-            await _settled(*waiting)
+        held = preauth.refused_without_flow(self.state, flow.client_conn.peername, exchange, credentials,
+                                            Cause.INVALID_REQUEST, 400, "http1:framing")
+        if held is None:
+            return
+        await _settled(held.committed, held.bound)
+        if not held.committed.result():  # not committed in time: the agent gets 503 audit_unavailable (G5)
+            ending = mitm_limits.Ending(Cause.AUDIT_UNAVAILABLE, mitm_limits.UNAVAILABLE_MESSAGE)
+            mitm_limits.ENDINGS[flow.client_conn.id] = ending
+            held.answered(Cause.AUDIT_UNAVAILABLE, Cause.AUDIT_UNAVAILABLE.status, len(ending.body()))
+        else:
+            held.answered(None, 400, exchange.bytes_out)
 
-    def _cut(self, flow: http.HTTPFlow, cause: Cause, status: int, answer_bytes: int
-             ) -> tuple[asyncio.Future[bool], float] | None:
+    def _cut(self, flow: http.HTTPFlow, cause: Cause, status: int, answer_bytes: int) -> preauth.Held | None:
         """Valet's connection layer ends an exchange below the hooks (a stalled request body, 408): its row is
         completed here, and the answer waits for the commit (:mod:`addon.protocol.mitm_conn`)."""
         exchange = exchange_of(flow)
@@ -81,9 +87,14 @@ class ExchangeOpener:
         if exchange.decision != "deny":
             exchange.decision, exchange.reason, exchange.error_code = "deny", cause.reason, cause.code
         exchange.bytes_out = answer_bytes
+        bound = self.state.audit.commit_timeout if self.state.audit.healthy else 0.0
+        if exchange.committed is None:  # not written ahead yet: now, with the 408 as its outcome, completed
+            exchange.http_status = status  # with what the agent got (a 503 if the row is not committed in time)
+            self.state.write_ahead(exchange)
+            return preauth.Held(exchange.committed, bound, exchange, self.state)
         self.state.record(exchange, status)
         future = exchange.committed
-        return (future, self.state.audit.commit_timeout) if future is not None and not future.done() else None
+        return None if future.done() else preauth.Held(future, bound)
 
 
 SHUTTING_DOWN = Refusal(Cause.SHUTTING_DOWN, "Valet is shutting down", headers={"connection": "close"})
@@ -186,11 +197,11 @@ class ExchangeRecorder:
             self.state.record(exchange, response.status_code if response else None)
             return
         message = (flow.error.msg if flow.error else "").lower()
-        # the agent has the status only if its head was written: known for HTTP/1 agents (mitm_limits), taken
-        # from "streamed" for HTTP/2 ones (opt-in; a stream whose upstream dies before the head is a gap there)
-        headers_sent = response is not None and (
-            response in mitm_limits.HEADS_SENT
-            or (flow.request.http_version.startswith("HTTP/2") and bool(response.stream)))
+        # the agent has the status only if its head was written (HTTP/1: to the socket; HTTP/2: its HEADERS frame
+        # queued), and the body bytes h2 still holds for a full window never reach it (mitm_limits, mitm_conn)
+        headers_sent = response is not None and response in mitm_limits.HEADS_SENT
+        if headers_sent and response is not None:
+            exchange.bytes_out = max(0, exchange.bytes_out - mitm_limits.unsent(response))
         if "client" in message and "disconnect" in message:
             # The agent went away. With SSE that is routine once it has its answer: the exchange
             # stands as it was (allowed, with the status it got); only the reason says so, unless

@@ -28,6 +28,7 @@ from addon.hooks import oauthretry
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
+from addon.protocol.mitm_conn import end_connecting
 from addon.protocol.mitm_limits import ENDINGS, Ending, forget
 from addon.protocol.mitm_limits import _close_client as close_client
 
@@ -219,6 +220,8 @@ class Watchdog:
             ending.wrote(ending.cause.status, ending.body())
             close_client(flow.client_conn.id, ending.response())
             return
+        if upstream not in handler.transports and not watch.headers and end_connecting(handler, flow, ending):
+            return  # HTTP/2: the connection being opened is closed, the agent's stream gets the ending
         ENDINGS[flow.client_conn.id] = ending
         target = upstream if upstream in handler.transports else flow.client_conn
         if target in handler.transports:

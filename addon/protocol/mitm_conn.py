@@ -34,8 +34,15 @@ heads once their first byte arrives; this module bounds what happens around them
    first of them as the answer, and the agent waited for the real one (review 4, H4).
 
 6. **Over HTTP/2 too, an exchange Valet cut ends with Valet's answer**: the JSON-RPC error before a
-   response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents exists
-   only inside forward-mode TLS tunnels, and only when it is turned on).
+   response head, or the SSE ``error`` event as the stream's last DATA frame (HTTP/2 towards agents: TLS with
+   ALPN ``h2``, only when it is turned on). That holds when the upstream is still connecting or in its TLS
+   handshake at its deadline too (:func:`end_connecting`): the connection being opened is closed, the
+   agent's stream gets ``504 upstream_timeout``, its other streams go on.
+
+8. **Over HTTP/2 the row knows what reached the agent**: a response's head counts as sent once its HEADERS
+   frame is queued to the agent (:data:`addon.protocol.mitm_limits.HEADS_SENT`, as for HTTP/1), and body
+   bytes h2 still holds for the stream (the agent's flow-control window full) when the exchange fails are not
+   counted as sent (:func:`addon.protocol.mitm_limits.unsent`): a reset drops them.
 
 7. **HTTP/1 trailers end the exchange as a protocol error**, not as a crash: mitmproxy's HTTP/1 body reader
    raises ``NotImplementedError`` on a chunked body with trailers, which left the agent with no answer and
@@ -65,7 +72,7 @@ import h2.exceptions
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server
-from mitmproxy.proxy.layers.http import HttpStream, _http1, _http2
+from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestHeaders, ResponseEndOfMessage, \
     ResponseHeaders, ResponseProtocolError
@@ -295,16 +302,27 @@ def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
         408, body, http.Headers(content_type="application/json", connection="close")))
     handler = TRACKER.handlers.get(server_.conn.id)
     flow = _READING.get(server_.conn.id)
-    waiting = None
+    held = None
     if flow is not None and mitm_limits.RECORD_FLOW is not None and not server_.response:
         # the exchange ends here, below the hooks: its row is completed (and committed) before the 408 (G5)
         try:
-            waiting = mitm_limits.RECORD_FLOW(flow, Cause.REQUEST_TIMEOUT, 408, len(answer))
+            held = mitm_limits.RECORD_FLOW(flow, Cause.REQUEST_TIMEOUT, 408, len(answer))
         except Exception:  # noqa: BLE001 - a failing record must not keep the socket open
             log.exception("audit of a stalled request body failed")
     if handler is not None:
-        mitm_limits.answer_when_recorded(waiting, close_transport, handler, server_.conn,
-                                         answer if not server_.response else b"")
+        conn = server_.conn
+        answer = answer if not server_.response else b""
+
+        def send(ok: bool) -> None:
+            # a row not committed in time: the agent gets 503 audit_unavailable instead (issue 10 item 4)
+            sent = answer if ok or not answer else mitm_limits._http1_answer(Cause.AUDIT_UNAVAILABLE,
+                                                                            mitm_limits.UNAVAILABLE_MESSAGE)
+            close_transport(handler, conn, sent)
+            if held is not None:
+                cause = None if ok or not answer else Cause.AUDIT_UNAVAILABLE
+                held.answered(cause, (cause or Cause.REQUEST_TIMEOUT).status if sent else None, len(sent))
+
+        mitm_limits.answer_when_recorded(held, send)
     TRACKER.count("body_timeout")
 
 
@@ -415,9 +433,16 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
         if "text/event-stream" in event.response.headers.get("content-type", "").lower():
             sse = self.__dict__.setdefault("_valet_sse", set())
             sse.add(event.stream_id)
+        result = yield from _original_h2_handle_event(self, event)
+        stream = self.h2_conn.streams.get(event.stream_id)
+        if stream is not None and stream.state_machine.headers_sent:  # HEADERS queued to the agent (item 8)
+            mitm_limits.HEADS_SENT.add(event.response)
+            mitm_limits.H2_STREAMS[event.response] = (weakref.ref(self), event.stream_id)
+        return result
     elif isinstance(event, ResponseProtocolError) and self.is_open_for_us(event.stream_id):
-        ending = mitm_limits.ENDINGS.pop(self.conn.id, None)
-        if ending is not None:
+        ending = mitm_limits.ENDINGS.get(self.conn.id)
+        if ending is not None and ending.stream_id in (None, event.stream_id):  # the stream it was meant for
+            del mitm_limits.ENDINGS[self.conn.id]
             ending.settled = True
             stream_id = event.stream_id
             stream = self.h2_conn.streams[stream_id]
@@ -442,6 +467,40 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
     if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
         self.__dict__.get("_valet_sse", set()).discard(event.stream_id)
     return (yield from _original_h2_handle_event(self, event))
+
+
+def _http_layers(root: Any) -> list[HttpLayer]:
+    """The HTTP layers of an agent's connection (a TLS listener's and a CONNECT tunnel's nest inside others)."""
+    found, todo, seen = [], [root], set()
+    while todo:
+        layer = todo.pop()
+        if layer is None or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, HttpLayer):
+            found.append(layer)
+            todo += [getattr(stream, "child_layer", None) for stream in layer.streams.values()]
+        todo += [getattr(layer, "child_layer", None), getattr(layer, "layer", None)]
+    return found
+
+
+def end_connecting(handler: server.ConnectionHandler, flow: http.HTTPFlow, ending: mitm_limits.Ending) -> bool:
+    """An HTTP/2 agent's exchange whose upstream is still connecting (or in its TLS handshake) is cut: the
+    connection being opened for it is closed, so mitmproxy fails the stream ("connect failed") and item 6
+    above answers it with ``ending`` (``504 upstream_timeout``) on that stream, the agent's connection and
+    its other streams going on. HTTP/1 agents get their ending written by the watchdog itself (their
+    connection ends with the exchange). False when no such connection is found (the caller then ends the
+    agent's connection as before)."""
+    for layer in _http_layers(handler.layer):
+        for conn, waiting in list(layer.waiting_for_establishment.items()):
+            for command in waiting:
+                stream = layer.command_sources.get(command)
+                if getattr(stream, "flow", None) is flow and conn in handler.transports:
+                    ending.stream_id = stream.stream_id  # type: ignore[union-attr]
+                    mitm_limits.ENDINGS[flow.client_conn.id] = ending
+                    handler.close_connection(conn)
+                    return True
+    return False
 
 
 _original_read_body = _http1.Http1Connection.read_body

@@ -36,13 +36,19 @@
    of mitmproxy's 128 KiB frame size: 8 MiB per connection); past twice the head cap the connection gets
    ``GOAWAY`` and is closed. A header block (HEADERS and its CONTINUATIONs), or a frame header, still
    incomplete ``timeouts.header_read_seconds`` after it began ends the connection the same way, as a slow
-   HTTP/1 head gets 408.
-8. **Refusals at this layer are audited before they are answered** (review 3, G5): the 400 mitmproxy
-   gives a head it cannot frame (``Content-Length`` with ``Transfer-Encoding``, a bad version line),
-   the 431 and the 408 above have no flow, so no hook writes their row. :data:`RECORD` (bound to
-   :func:`addon.audit.preauth.layer_refusal` by ``hooks/recorder.py``) writes it from the head bytes
-   read; the answer is held until the row is committed (at most the writer's commit bound), then
-   written and the socket closed. Nothing of the refused request reaches a hook.
+   HTTP/1 head gets 408 (on mitmproxy's timer, a wakeup of the layer, so that the GOAWAY is written through
+   the agent's TLS).
+8. **Refusals at this layer are audited before they are answered** (review 3, G5), HTTP/1 and HTTP/2: the
+   400 mitmproxy gives a head it cannot frame (``Content-Length`` with ``Transfer-Encoding``, a bad version
+   line), the 431s, the 408 and the GOAWAYs above have no flow, so no hook writes their row.
+   :data:`RECORD` (bound to :func:`addon.audit.preauth.layer_refusal` by ``hooks/recorder.py``) writes it
+   ahead from the head bytes read (an h2 head written out as HTTP/1 lines; a GOAWAY's row is one per
+   connection); the answer is held until the row is committed (at most the writer's commit bound), then
+   written (HTTP/1: and the socket closed; HTTP/2: on its stream, in a step of the connection's layer that a
+   wakeup brings every :data:`H2_POLL_SECONDS`), and the row is completed with what the agent got. A row
+   not committed by then (the log is locked, or known to be failing: then nothing waits) makes the answer
+   ``503 audit_unavailable`` instead (issue 10 item 4; a GOAWAY stays a GOAWAY). Nothing of the refused
+   request reaches a hook.
 7. **A TLS ClientHello is capped too** (an agent connecting with TLS, or a forward-mode tunnel Valet
    intercepts): mitmproxy buffers the ClientHello until it parses, and its 3-byte length lets it claim
    16 MiB. One past :data:`MAX_CLIENT_HELLO` bytes ends the handshake (the connection is closed), and a
@@ -63,6 +69,7 @@ import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
@@ -70,6 +77,8 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 import h2.errors
 import h2.events
+import h2.exceptions
+import h2.stream
 from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from mitmproxy.proxy.layers.http import HttpStream
@@ -92,11 +101,11 @@ MAX_BUFFERED_TOTAL = 256 * 1024 * 1024
 HEADER_READ_SECONDS = 30.0  # timeouts.header_read_seconds
 # How a flow is refused (hooks/state.refuse, set there: the audit row then says why).
 REFUSE: Callable[[http.HTTPFlow, Refusal, str], None] | None = None
-# How a refusal without a flow is audited: (peer, head bytes, cause, status, rule, answer size) -> the
-# commit future and how long to wait for it, or None (addon.audit.preauth.layer_refusal, set by hooks/recorder.py)
-RECORD: Callable[..., tuple[asyncio.Future[bool], float] | None] | None = None
+# How a refusal without a flow is audited: (peer, head bytes, cause, status, rule, answer size) -> what the
+# answer waits for (an addon.audit.preauth.Held), or None (preauth.layer_refusal, set by hooks/recorder.py)
+RECORD: Callable[..., Any] | None = None
 # How an exchange ended below the hooks is audited: (flow, cause, status, answer size) -> as RECORD (recorder.py)
-RECORD_FLOW: Callable[..., tuple[asyncio.Future[bool], float] | None] | None = None
+RECORD_FLOW: Callable[..., Any] | None = None
 _ANSWERING: set[asyncio.Task[None]] = set()  # answers waiting for their row (a reference keeps each task alive)
 
 
@@ -225,6 +234,7 @@ class Ending:
     message: str
     settled: bool = False
     written: tuple[int | None, int] | None = None  # (status, bytes): status None for an event after a head
+    stream_id: int | None = None  # HTTP/2: the stream it ends (None: the connection's exchange in progress)
 
     def wrote(self, status: int | None, body: bytes) -> bytes:
         """Note that ``body`` (the bytes of a response body) went to the agent, with ``status``; returns it."""
@@ -309,38 +319,66 @@ def _close_client(client_id: str, answer: bytes = b"", conn_id: str | None = Non
             io.writer.close()
 
 
+def _http1_answer(cause: Cause, message: str) -> bytes:
+    body = Refusal(cause, message).body()
+    return http1.assemble_response(http.Response.make(
+        cause.status, body, http.Headers(content_type="application/json", connection="close")))
+
+
+UNAVAILABLE_MESSAGE = "the audit log cannot be written; refusing to answer unrecorded"
+
+
 def _answer_after_row(server: _http1.Http1Server, head: bytes, cause: Cause, rule: str, answer: bytes) -> None:
     """Record the refusal (:data:`RECORD`), then write ``answer`` and close the socket once its row is
-    committed, or once the writer's commit bound passed (the refusal stands either way: nothing was
-    forwarded). The connection reads nothing more meanwhile (:func:`_discard`)."""
+    committed; if it was not committed within the writer's bound, the answer is ``503 audit_unavailable``
+    instead (nothing was forwarded either way; the row lands when the log recovers and says what the agent
+    got). The connection reads nothing more meanwhile (:func:`_discard`)."""
     server.state = types.MethodType(_discard, server)
     server.buf = _http1.ReceiveBuffer()
     server._valet_head_timer = None  # type: ignore[attr-defined]  # answered: no 408 (and no second row) later
     client_id = server.conn.id
-    waiting = None
+    held = None
     if RECORD is not None:
         try:
-            waiting = RECORD(server.conn.peername, head, cause, cause.status, rule, len(answer))
+            held = RECORD(server.conn.peername, head, cause, cause.status, rule, len(answer))
         except Exception:  # noqa: BLE001 - a failing record must not keep the socket open: answer anyway
             logging.getLogger("valet").exception("audit of an HTTP/1 refusal failed")
-    answer_when_recorded(waiting, _close_client, client_id, answer)
+
+    def send(ok: bool) -> None:
+        if ok:
+            _close_client(client_id, answer)
+            if held is not None:
+                held.answered(None, cause.status, len(answer))
+            return
+        unavailable = _http1_answer(Cause.AUDIT_UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        _close_client(client_id, unavailable)
+        if held is not None:
+            held.answered(Cause.AUDIT_UNAVAILABLE, Cause.AUDIT_UNAVAILABLE.status, len(unavailable))
+
+    answer_when_recorded(held, send)
 
 
-def answer_when_recorded(waiting: tuple[asyncio.Future[bool], float] | None, send: Callable[..., None],
-                         *args: object) -> None:
-    """``send(*args)`` once the row's commit future (of ``waiting``) is done or its bound passed; at once
-    without one."""
-    if waiting is None:
-        send(*args)
+def answer_when_recorded(held: object, send: Callable[[bool], None]) -> None:
+    """``send(ok)`` once the row's commit (``held.committed``, a :class:`addon.audit.preauth.Held`) is done or
+    its bound passed: ``ok`` says whether the row is committed. At once, with ``ok``, without one (no log)."""
+    future = getattr(held, "committed", None)
+    if future is None:
+        send(True)  # no log, or counted into its peer's summary while the log is healthy
         return
+    if future.done():
+        send(not future.cancelled() and bool(future.result()))
+        return
+    bound = getattr(held, "bound", 0.0)
 
     async def later() -> None:
-        future, bound = waiting
+        ok = False
         try:
-            await asyncio.wait_for(asyncio.shield(future), bound)
+            ok = bool(await asyncio.wait_for(asyncio.shield(future), bound))
         except (TimeoutError, asyncio.CancelledError):
             pass
-        send(*args)
+        except Exception:  # noqa: BLE001 - the writer failed it: not committed
+            ok = False
+        send(ok)
 
     task = asyncio.get_running_loop().create_task(later())
     _ANSWERING.add(task)
@@ -484,6 +522,22 @@ def _protocol_error(self: HttpStream, event: events.Event):  # type: ignore[no-u
 HEADS_SENT: weakref.WeakSet[http.Response] = weakref.WeakSet()
 
 
+# HTTP/2: the agent connection and stream each response in HEADS_SENT went out on (mitm_conn), so that the bytes
+# h2 still holds for it when the exchange fails can be told from those sent.
+H2_STREAMS: weakref.WeakKeyDictionary[http.Response, tuple[weakref.ref[Any], int]] = weakref.WeakKeyDictionary()
+
+
+def unsent(response: http.Response) -> int:
+    """Body bytes of ``response`` handed to an HTTP/2 agent's connection and still held there (its flow-control
+    window was full): a reset of the stream drops them, so they never reached the agent. 0 for HTTP/1."""
+    where = H2_STREAMS.get(response)
+    server = where[0]() if where is not None else None
+    if server is None:
+        return 0
+    buffered = server.h2_conn.stream_buffers.get(where[1])
+    return sum(len(item.data) for item in buffered) if buffered else 0
+
+
 def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
     if isinstance(event, ResponseHeaders):
         HEADS_SENT.add(event.response)
@@ -540,19 +594,168 @@ def _h2_init(self: _http2.Http2Server, context) -> None:  # type: ignore[no-unty
     self.h2_conn.decoder.max_header_list_size = _h2_list_limit()
 
 
+def _h2_head_bytes(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A decoded h2 head written out as an HTTP/1 head (what the audit row is written from, and what the caps
+    measure): the pseudo-headers make the request line, every other field a line."""
+    pseudo = {name: value for name, value in headers if name.startswith(b":")}
+    lines = [b"%s %s HTTP/2" % (pseudo.get(b":method", b"-"), pseudo.get(b":path", b"-"))]
+    lines += [name + b": " + value for name, value in headers if not name.startswith(b":")]
+    return b"\r\n".join(lines)[:MAX_HEADER_BYTES]
+
+
+def _h2_answer(server: _http2.Http2Server, stream_id: int, cause: Cause, message: str) -> tuple[bytes, int]:
+    """``cause``'s JSON-RPC error on the stream, which is then reset if the agent may still send on it (RFC
+    9113 8.1: the answer is complete, the client stops sending its body); the frames to write and the body's
+    size (0: nothing could be written, the stream or the connection is gone)."""
+    conn = server.h2_conn
+    if "_handle_event" in server.__dict__ or not server.is_open_for_us(stream_id):
+        return b"", 0
+    body = Refusal(cause, message).body()
+    try:
+        conn.send_headers(stream_id, [(b":status", b"%d" % cause.status), (b"content-type", b"application/json"),
+                                      (b"content-length", b"%d" % len(body))])
+        conn.send_data(stream_id, body, end_stream=True)
+        stream = conn.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state is not h2.stream.StreamState.CLOSED:
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+    except h2.exceptions.H2Error:
+        return conn.data_to_send(), 0
+    return conn.data_to_send(), len(body)
+
+
+H2_POLL_SECONDS = 0.005  # how often an HTTP/2 answer held for its row looks at the commit (a mitmproxy wakeup)
+H2_SETTLE_SECONDS = 5.0  # past its bound: a held answer whose connection went away is recorded as not sent
+
+
+@dataclass(eq=False)
+class _HeldAnswer:
+    """An HTTP/2 answer waiting for its row: a 431 on ``stream_id``, or the connection's ``goaway``."""
+
+    held: Any  # addon.audit.preauth.Held
+    deadline: float
+    stream_id: int | None
+    goaway: bytes = b""
+
+
+def _h2_wakeup(server: _http2.Http2Server, delay: float = H2_POLL_SECONDS) -> commands.RequestWakeup:
+    """A wakeup for this connection (its held answers, its header-read deadline). Answers are written in a step
+    of the layer (never straight to the socket: the agent's TLS is a layer above), so the commit is looked at
+    on mitmproxy's own timer."""
+    command = commands.RequestWakeup(delay)
+    server.__dict__.setdefault("_valet_wakeups", set()).add(command)
+    return command
+
+
+def _h2_hold(server: _http2.Http2Server, held: Any, stream_id: int | None,  # type: ignore[no-untyped-def]
+             goaway: bytes = b""):
+    """Hold an answer until ``held``'s row is committed (or its bound passed), then write it."""
+    server.__dict__.setdefault("_valet_held", []).append(
+        _HeldAnswer(held, time.monotonic() + held.bound, stream_id, goaway))
+    asyncio.get_running_loop().call_later(held.bound + H2_SETTLE_SECONDS, held.answered, None, None, 0)
+    yield from _h2_answer_held(server)
+
+
+def _h2_answer_held(server: _http2.Http2Server):  # type: ignore[no-untyped-def]
+    """Write the held answers whose row is committed or whose bound passed: the refusal if the row is committed,
+    ``503 audit_unavailable`` if not (a GOAWAY is sent either way); the rest wait for the next wakeup."""
+    now, waiting = time.monotonic(), []
+    for item in server.__dict__.get("_valet_held", ()):
+        future = item.held.committed
+        if not future.done() and now < item.deadline:
+            waiting.append(item)
+            continue
+        try:
+            ok = future.done() and not future.cancelled() and future.result() is True
+        except Exception:  # noqa: BLE001 - the writer failed it: not committed
+            ok = False
+        if item.stream_id is None:  # the whole connection is refused: GOAWAY, then closed
+            server._valet_held = []  # type: ignore[attr-defined]
+            yield commands.SendData(server.conn, item.goaway)
+            item.held.answered(None, None, 0)  # the GOAWAY either way: no status, nothing to say otherwise
+            _h2_settle(server, waiting)
+            yield from _http2.Http2Connection.close_connection(server, "HTTP/2 request head larger than Valet accepts")
+            asyncio.get_running_loop().call_soon(_close_client, server.conn.id)
+            return
+        cause = Cause.HEADERS_TOO_LARGE if ok else Cause.AUDIT_UNAVAILABLE
+        data, size = _h2_answer(server, item.stream_id, cause, HEAD_TOO_LARGE_MESSAGE if ok else UNAVAILABLE_MESSAGE)
+        if data:
+            yield commands.SendData(server.conn, data)
+        item.held.answered(None if ok else cause, cause.status if size else None, size)
+    server._valet_held = waiting  # type: ignore[attr-defined]
+    if waiting:
+        yield _h2_wakeup(server)
+
+
+def _h2_settle(server: _http2.Http2Server, items: list[_HeldAnswer]) -> None:
+    """The connection ends with these answers unsent: their rows say the agent got nothing."""
+    server._valet_held = []  # type: ignore[attr-defined]
+    for item in items:
+        item.held.answered(None, None, 0)
+
+
+HEAD_TOO_LARGE_MESSAGE = "the request head is larger than Valet accepts"
+
+
+def _h2_record(server: _http2.Http2Server, head: bytes, cause: Cause, status: int | None, rule: str,
+               bytes_in: int | None = None) -> Any:
+    if RECORD is None:
+        return None
+    try:
+        return RECORD(server.conn.peername, head, cause, status, rule, 0, bytes_in=bytes_in)
+    except Exception:  # noqa: BLE001 - a failing record must not leave the agent unanswered
+        logging.getLogger("valet").exception("audit of an HTTP/2 refusal failed")
+        return None
+
+
 def _h2_event(self: _http2.Http2Server, event: h2.events.Event):  # type: ignore[no-untyped-def]
-    """A decoded request head over the caps: ``431`` on its stream (then reset), never handed to mitmproxy."""
+    """A decoded request head over the caps: ``431`` on its stream (then reset), never handed to mitmproxy;
+    the answer waits for its audit row, as an HTTP/1 431 does (meanwhile the stream is not mitmproxy's: what
+    the agent still sends on it is dropped as for an unknown stream). A header list past h2's own limit (an
+    HPACK bomb; h2 has queued its ``GOAWAY``): the connection's row, then the GOAWAY."""
     if isinstance(event, h2.events.RequestReceived) and _h2_head_too_large(list(event.headers or [])):
-        body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
-        stream_id = event.stream_id
-        self.h2_conn.send_headers(stream_id, [(b":status", b"431"), (b"content-type", b"application/json"),
-                                              (b"content-length", str(len(body)).encode())])
-        self.h2_conn.send_data(stream_id, body, end_stream=True)
-        if not event.stream_ended:  # RFC 9113 8.1: the answer is complete, the client stops sending its body
-            self.h2_conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-        yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+        headers = list(event.headers or [])
+        held = _h2_record(self, _h2_head_bytes(headers), Cause.HEADERS_TOO_LARGE, Cause.HEADERS_TOO_LARGE.status,
+                          "http2:head_too_large", sum(len(name) + len(value) + 4 for name, value in headers))
+        if held is None:  # nothing to wait for (no log, or counted into the peer's summary): answered now
+            data, _ = _h2_answer(self, event.stream_id, Cause.HEADERS_TOO_LARGE, HEAD_TOO_LARGE_MESSAGE)
+            if data:
+                yield commands.SendData(self.conn, data)
+            return False
+        yield from _h2_hold(self, held, event.stream_id)
         return False
+    if isinstance(event, h2.exceptions.DenialOfServiceError):  # only raised for an oversized header list
+        yield from _h2_refuse_connection(self, self.h2_conn.data_to_send(), 0)
+        return True
     return (yield from _original_h2_event(self, event))
+
+
+def _h2_closing(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
+    """The state of an h2 connection refused as a whole until its ``GOAWAY`` is written (its row committed
+    first): what arrives is dropped; an agent that closes first ends the connection's streams as usual."""
+    if isinstance(event, events.Wakeup) and event.command in self.__dict__.get("_valet_wakeups", ()):
+        self._valet_wakeups.discard(event.command)
+        yield from _h2_answer_held(self)
+    elif isinstance(event, events.ConnectionClosed):
+        _h2_settle(self, self.__dict__.get("_valet_held", []))
+        yield from _http2.Http2Connection.close_connection(self, "peer closed connection")
+
+
+def _h2_refuse_connection(server: _http2.Http2Server, goaway: bytes, bytes_in: int,  # type: ignore[no-untyped-def]
+                          cause: Cause = Cause.HEADERS_TOO_LARGE, rule: str = "http2:header_block_too_large"):
+    """A header block past twice the head cap (a CONTINUATION flood, an HPACK bomb), or one not complete in
+    time: one audit row for the connection (keyless ones through the per-peer budget), then ``goaway`` and the
+    socket closed once the row is committed (at most the writer's bound; the GOAWAY has no status to change).
+    Nothing more is read meanwhile."""
+    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server._handle_event = types.MethodType(_h2_closing, server)  # type: ignore[method-assign]
+    _h2_settle(server, server.__dict__.get("_valet_held", []))  # 431s held on it: never sent now
+    held = _h2_record(server, b"- - HTTP/2", cause, None, rule, bytes_in)
+    if held is None:
+        yield commands.SendData(server.conn, goaway)
+        yield from _http2.Http2Connection.close_connection(server, "HTTP/2 request head larger than Valet accepts")
+        asyncio.get_running_loop().call_soon(_close_client, server.conn.id)
+        return
+    yield from _h2_hold(server, held, None, goaway)
 
 
 def _h2_block_limit() -> int:
@@ -591,33 +794,36 @@ def _h2_goaway(server: _http2.Http2Server, why: bytes) -> bytes:
         return b""
 
 
-def _h2_timeout(ref: weakref.ref[_http2.Http2Server], timer: object) -> None:
-    """A header block still incomplete ``HEADER_READ_SECONDS`` after it began: GOAWAY, then the socket is
-    closed (mitmproxy then ends the connection's other streams as for any closed connection)."""
-    server = ref()
-    if server is None or getattr(server, "_valet_head_timer", None) is not timer:
-        return
-    _close_client(server.conn.id, _h2_goaway(server, b"request head not complete in time"))
-
-
 def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
+    if isinstance(event, events.Wakeup) and event.command in self.__dict__.get("_valet_wakeups", ()):
+        self._valet_wakeups.discard(event.command)  # Valet's wakeup, not mitmproxy's
+        if event.command is getattr(self, "_valet_head_timer", None) and _h2_pending_head(self.h2_conn):
+            # a header block (or a frame header) still incomplete HEADER_READ_SECONDS after it began: GOAWAY
+            # once the connection's row is committed, as a slow HTTP/1 head gets its 408
+            held_bytes = _h2_block_held(self.h2_conn)
+            return (yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head not complete in time"),
+                                                     held_bytes, Cause.REQUEST_TIMEOUT, "http2:head_timeout"))
+        return (yield from _h2_answer_held(self))
+    if isinstance(event, events.ConnectionClosed) and self.__dict__.get("_valet_held"):
+        _h2_settle(self, self._valet_held)
     result = yield from _original_h2_handle(self, event)
     if not isinstance(event, events.DataReceived) or "_handle_event" in self.__dict__:
         # mitmproxy closed the connection already: it set the instance's handler to `done` (other wrappers of
         # the class's handler, mitm_conn's, may sit around this one: compare the state, not the function)
         return result
-    if _h2_block_held(self.h2_conn) > _h2_block_limit():
-        # as mitmproxy ends a connection on an h2 protocol error (its streams get errors), and the socket
-        # closed ourselves: a flood that keeps the reader busy would never see the cancellation
-        yield commands.SendData(self.conn, _h2_goaway(self, b"request head larger than Valet accepts"))
-        yield from self.close_connection("HTTP/2 request head larger than Valet accepts")
-        asyncio.get_running_loop().call_soon(_close_client, self.conn.id)
+    held_bytes = _h2_block_held(self.h2_conn)
+    if held_bytes > _h2_block_limit():
+        # as mitmproxy ends a connection on an h2 protocol error (its streams get errors), once the row is
+        # committed, and the socket closed ourselves: a flood that keeps the reader busy would never see the
+        # cancellation
+        yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head larger than Valet accepts"),
+                                         held_bytes)
     elif not _h2_pending_head(self.h2_conn):
         self._valet_head_timer = None
     elif getattr(self, "_valet_head_timer", None) is None:
-        timer = object()
-        self._valet_head_timer = timer
-        asyncio.get_running_loop().call_later(HEADER_READ_SECONDS, _h2_timeout, weakref.ref(self), timer)
+        # on mitmproxy's timer (a wakeup in this layer), so that the GOAWAY goes through the agent's TLS
+        self._valet_head_timer = _h2_wakeup(self, HEADER_READ_SECONDS)
+        yield self._valet_head_timer
     return result
 
 
