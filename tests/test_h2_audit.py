@@ -275,6 +275,55 @@ def test_an_h2_streamed_answer_cut_by_its_upstream_counts_only_the_bytes_sent(tm
         upstream.wait(10)
 
 
+
+def test_an_h2_streamed_answer_cut_by_valets_idle_timeout_counts_only_the_bytes_sent(tmp: Path) -> None:
+    """The same full window, but the upstream stalls after 2 MiB and Valet's own idle timeout cuts the
+    exchange (the Watchdog's path): the row counts what the agent got, not what h2 still held."""
+    port = free_port()
+    script = tmp / "stalling.py"
+    script.write_text(DYING_UPSTREAM.replace("await asyncio.sleep(1.5)", "await asyncio.sleep(60)"))
+    upstream = subprocess.Popen([sys.executable, str(script), str(port)])
+    try:
+        wait_for_port(port)
+        config = (f"servers:\n  api:\n    url: http://127.0.0.1:{port}\n    kind: http\nhttp2: true\n"
+                  "timeouts:\n  idle_seconds: 2\n")
+        policy = "servers:\n  api: {default: allow}\nrules: []\n"
+        with running_valet(tmp, None, config_text=config, policy=policy) as valet:
+            key, _ = valet.new_key()
+            agent = H2Agent(valet)
+            try:
+                agent.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
+                agent.conn.send_headers(1, [(":method", "GET"), (":path", "/api/big"), (":scheme", "https"),
+                                            (":authority", f"127.0.0.1:{valet.port}"),
+                                            ("authorization", f"Bearer {key}")], end_stream=True)
+                agent.sock.sendall(agent.conn.data_to_send())
+                got, end = 0, None
+                deadline = time.monotonic() + 30
+                while end is None and time.monotonic() < deadline:
+                    try:
+                        data = agent.sock.recv(65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    for event in agent.conn.receive_data(data):  # never acknowledged: the window stays shut
+                        if isinstance(event, h2.events.DataReceived) and event.stream_id == 1:
+                            got += len(event.data)
+                        elif isinstance(event, (h2.events.StreamReset, h2.events.StreamEnded)):
+                            end = event
+                    agent.sock.sendall(agent.conn.data_to_send())
+                assert isinstance(end, h2.events.StreamReset), end
+            finally:
+                agent.close()
+            assert 0 < got <= 65536
+            row = valet.rows("http_path = '/api/big'")[0]
+            assert (row["http_status"], row["reason"]) == (200, "upstream_timeout"), row
+            assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
+    finally:
+        upstream.kill()
+        upstream.wait(10)
+
+
 HOLD_LOCK = """
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)

@@ -29,7 +29,7 @@ from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
 from addon.protocol.mitm_conn import end_connecting
-from addon.protocol.mitm_limits import ENDINGS, Ending, forget
+from addon.protocol.mitm_limits import ENDINGS, Ending, forget, unsent
 from addon.protocol.mitm_limits import _close_client as close_client
 
 log = logging.getLogger("valet")
@@ -49,6 +49,7 @@ class _Watch:
     headers: bool = False
     streamed: bool = False
     ending: Ending | None = field(default=None)
+    unsent: int = 0  # body bytes an HTTP/2 agent's full window still held when the exchange was cut (dropped)
 
 
 class Watchdog:
@@ -99,6 +100,8 @@ class Watchdog:
         watch = self._watches.pop(flow.id, None)
         if watch is None or watch.ending is None or watch.exchange.recorded:
             return
+        if flow.response is not None:  # taken now: the stream's reset drops them (mitm_limits.unsent)
+            watch.unsent = unsent(flow.response)
         if watch.ending.settled:
             self._complete(watch)
             return
@@ -136,7 +139,7 @@ class Watchdog:
         elif had_head and response is not None:  # the upstream's head, part of its stream, then the cut
             if timeout:
                 exchange.decision = "error"
-            exchange.bytes_out += written[1] if written is not None else 0
+            exchange.bytes_out = max(0, exchange.bytes_out - watch.unsent) + (written[1] if written is not None else 0)
             status = response.status_code
         else:  # nothing reached the agent: its connection was closed without an answer
             exchange.decision = "error" if timeout else "deny"
