@@ -94,7 +94,7 @@ class ExchangeOpener:
             return preauth.Held(exchange.committed, bound, exchange, self.state)
         self.state.record(exchange, status)
         future = exchange.committed
-        return None if future.done() else preauth.Held(future, bound)
+        return None if future is None or future.done() else preauth.Held(future, bound)
 
 
 SHUTTING_DOWN = Refusal(Cause.SHUTTING_DOWN, "Valet is shutting down", headers={"connection": "close"})
