@@ -3,7 +3,8 @@
 mitmproxy walks its whole addon list for every event of every flow, whether an
 addon implements the event or not, and that walk is most of what an addon
 costs. So mitmproxy sees one addon, :class:`Valet`, which runs the stages in a
-fixed order; each stage is still its own small class with one concern:
+fixed order (and Valet's master looks each event's hooks up once:
+:mod:`addon.protocol.mitm_dispatch`); each stage is still its own small class with one concern:
 
     open the exchange -> check Origin/Host -> authenticate -> route -> check the session
     -> refuse canaries -> parse
