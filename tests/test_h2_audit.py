@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h2.errors
 import h2.events
@@ -225,17 +226,17 @@ asyncio.run(main())
 '''
 
 
-def test_an_h2_streamed_answer_cut_by_its_upstream_counts_only_the_bytes_sent(tmp: Path) -> None:
-    """The agent's window is small and it never opens it: h2 holds most of the streamed body. When the
-    upstream dies, the stream is reset and those bytes never leave: the row counts what the agent got (it
-    used to count every byte handed to the h2 connection), with the upstream's status (its HEADERS went)."""
+def _closed_window_fetch(tmp: Path, upstream_script: str, extra_config: str = "") -> tuple[int, dict[str, Any]]:
+    """An h2 agent with a 16 KiB window it never opens fetches ``/api/big`` from ``upstream_script`` through
+    Valet until its stream is reset; returns the body bytes it got and the exchange's audit row."""
     port = free_port()
-    script = tmp / "dying.py"
-    script.write_text(DYING_UPSTREAM)
+    script = tmp / "upstream.py"
+    script.write_text(upstream_script)
     upstream = subprocess.Popen([sys.executable, str(script), str(port)])
     try:
         wait_for_port(port)
-        config = (f"servers:\n  api:\n    url: http://127.0.0.1:{port}\n    kind: http\nhttp2: true\n")
+        config = (f"servers:\n  api:\n    url: http://127.0.0.1:{port}\n    kind: http\nhttp2: true\n"
+                  + extra_config)
         policy = "servers:\n  api: {default: allow}\nrules: []\n"
         with running_valet(tmp, None, config_text=config, policy=policy) as valet:
             key, _ = valet.new_key()
@@ -266,63 +267,30 @@ def test_an_h2_streamed_answer_cut_by_its_upstream_counts_only_the_bytes_sent(tm
                 assert isinstance(end, h2.events.StreamReset), end
             finally:
                 agent.close()
-            assert 0 < got <= 65536
-            row = valet.rows("http_path = '/api/big'")[0]
-            assert (row["http_status"], row["decision"], row["reason"]) == (200, "error", "upstream_error"), row
-            assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
+            return got, valet.rows("http_path = '/api/big'")[0]
     finally:
         upstream.kill()
         upstream.wait(10)
 
+
+def test_an_h2_streamed_answer_cut_by_its_upstream_counts_only_the_bytes_sent(tmp: Path) -> None:
+    """The agent's window is small and it never opens it: h2 holds most of the streamed body. When the
+    upstream dies, the stream is reset and those bytes never leave: the row counts what the agent got (it
+    used to count every byte handed to the h2 connection), with the upstream's status (its HEADERS went)."""
+    got, row = _closed_window_fetch(tmp, DYING_UPSTREAM)
+    assert 0 < got <= 65536
+    assert (row["http_status"], row["decision"], row["reason"]) == (200, "error", "upstream_error"), row
+    assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
 
 
 def test_an_h2_streamed_answer_cut_by_valets_idle_timeout_counts_only_the_bytes_sent(tmp: Path) -> None:
     """The same full window, but the upstream stalls after 2 MiB and Valet's own idle timeout cuts the
     exchange (the Watchdog's path): the row counts what the agent got, not what h2 still held."""
-    port = free_port()
-    script = tmp / "stalling.py"
-    script.write_text(DYING_UPSTREAM.replace("await asyncio.sleep(1.5)", "await asyncio.sleep(60)"))
-    upstream = subprocess.Popen([sys.executable, str(script), str(port)])
-    try:
-        wait_for_port(port)
-        config = (f"servers:\n  api:\n    url: http://127.0.0.1:{port}\n    kind: http\nhttp2: true\n"
-                  "timeouts:\n  idle_seconds: 2\n")
-        policy = "servers:\n  api: {default: allow}\nrules: []\n"
-        with running_valet(tmp, None, config_text=config, policy=policy) as valet:
-            key, _ = valet.new_key()
-            agent = H2Agent(valet)
-            try:
-                agent.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
-                agent.conn.send_headers(1, [(":method", "GET"), (":path", "/api/big"), (":scheme", "https"),
-                                            (":authority", f"127.0.0.1:{valet.port}"),
-                                            ("authorization", f"Bearer {key}")], end_stream=True)
-                agent.sock.sendall(agent.conn.data_to_send())
-                got, end = 0, None
-                deadline = time.monotonic() + 30
-                while end is None and time.monotonic() < deadline:
-                    try:
-                        data = agent.sock.recv(65536)
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    for event in agent.conn.receive_data(data):  # never acknowledged: the window stays shut
-                        if isinstance(event, h2.events.DataReceived) and event.stream_id == 1:
-                            got += len(event.data)
-                        elif isinstance(event, (h2.events.StreamReset, h2.events.StreamEnded)):
-                            end = event
-                    agent.sock.sendall(agent.conn.data_to_send())
-                assert isinstance(end, h2.events.StreamReset), end
-            finally:
-                agent.close()
-            assert 0 < got <= 65536
-            row = valet.rows("http_path = '/api/big'")[0]
-            assert (row["http_status"], row["reason"]) == (200, "upstream_timeout"), row
-            assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
-    finally:
-        upstream.kill()
-        upstream.wait(10)
-
+    got, row = _closed_window_fetch(tmp, DYING_UPSTREAM.replace("await asyncio.sleep(1.5)", "await asyncio.sleep(60)"),
+                                    "timeouts:\n  idle_seconds: 2\n")
+    assert 0 < got <= 65536
+    assert (row["http_status"], row["reason"]) == (200, "upstream_timeout"), row
+    assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
 
 HOLD_LOCK = """
 import sqlite3, sys, time
