@@ -12,6 +12,8 @@ from pathlib import Path
 
 from addon.audit.log import AuditWriter
 
+from .audit_support import HOLD_LOCK
+
 ROW = {"mode": "reverse", "http_method": "POST", "http_path": "/notes", "decision": "allow"}
 
 
@@ -51,16 +53,6 @@ def test_pending_rows_of_a_previous_run_are_marked_interrupted(tmp_path: Path) -
     assert conn.execute("SELECT state FROM exchanges").fetchone() == ("pending",)
     AuditWriter(tmp_path / "audit.db", recover=True).close()
     assert conn.execute("SELECT state, reason FROM exchanges").fetchone() == ("interrupted", "interrupted")
-
-
-HOLD_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
 
 
 def test_a_lock_held_by_another_process_makes_it_unhealthy_within_the_bound_then_it_recovers(tmp_path: Path) -> None:

@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .audit_support import recording, upstream_ids  # noqa: F401 - a fixture
+from .audit_support import HOLD_LOCK, recording, upstream_ids  # noqa: F401 - a fixture
 from .support import Upstream, jsonrpc, post, running_valet
 
 CALL = jsonrpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
-
-HOLD_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
 
 
 def _status(url: str, key: str) -> tuple[int, str | None]:

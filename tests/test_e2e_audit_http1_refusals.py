@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 from pathlib import Path
 
 import pytest
 
-from .audit_support import recording  # noqa: F401 - a fixture
+from .audit_support import last_id, recording, rows_now  # noqa: F401 - a fixture
 from .support import Upstream, Valet, jsonrpc, post, running_valet
 
 TIMEOUTS = "timeouts:\n  header_read_seconds: 1\n  body_read_seconds: 1\n"
@@ -28,21 +27,6 @@ def _exchange(valet: Valet, data: bytes) -> bytes:
         s.settimeout(20)
         s.sendall(data)
         return s.recv(200).split(b"\r\n", 1)[0]
-
-
-def _rows_now(valet: Valet, since: int) -> list[sqlite3.Row]:
-    """The rows after id ``since`` as they are on disk right now (no waiting: a row must precede the answer)."""
-    conn = sqlite3.connect(f"file:{valet.data_dir / 'audit.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM exchanges WHERE id > ? ORDER BY id", (since,)).fetchall()
-    finally:
-        conn.close()
-
-
-def _last_id(valet: Valet) -> int:
-    rows = _rows_now(valet, 0)
-    return rows[-1]["id"] if rows else 0
 
 
 def _head(valet: Valet, key: str | None, *lines: bytes, request_line: bytes = b"POST /notes HTTP/1.1") -> bytes:
@@ -71,10 +55,10 @@ def test_every_http1_refusal_has_a_row_naming_the_key_committed_before_the_answe
         assert post(f"{valet.base}/notes", jsonrpc("tools/call", {"name": "x", "arguments": {}}, 1), key).is_success
         valet.rows("rpc_method = 'tools/call'")
         for name, (make, status, reason, rule) in CASES.items():
-            since = _last_id(valet)
+            since = last_id(valet)
             answer = _exchange(valet, make(valet, key))
             assert answer.startswith(status), (name, answer)
-            rows = _rows_now(valet, since)
+            rows = rows_now(valet, since)
             assert len(rows) == 1, f"{name}: {len(rows)} rows on disk when the answer arrived"
             row = rows[0]
             assert (row["decision"], row["reason"], row["http_status"]) == ("deny", reason, int(status[-3:])), name
@@ -91,14 +75,14 @@ def test_keyless_http1_refusals_stay_within_the_pre_auth_budget(tmp: Path, recor
 
     with running_valet(tmp, {"notes": f"http://127.0.0.1:{recording.port}/mcp"}, extra=TIMEOUTS) as valet:
         make = CASES["smuggling probe"][0]
-        since = _last_id(valet)
+        since = last_id(valet)
         for _ in range(ROWS_PER_INTERVAL + 10):
             assert _exchange(valet, make(valet, None)).startswith(b"HTTP/1.1 400")
-        own = [r for r in _rows_now(valet, since) if r["rpc_method"] != SUMMARY_METHOD]
+        own = [r for r in rows_now(valet, since) if r["rpc_method"] != SUMMARY_METHOD]
         assert len(own) == ROWS_PER_INTERVAL
         assert all(r["key_id"] is None and r["reason"] == "invalid_request" for r in own)
     assert valet.stop() == 0
-    summaries = [r for r in _rows_now(valet, since) if r["rpc_method"] == SUMMARY_METHOD]
+    summaries = [r for r in rows_now(valet, since) if r["rpc_method"] == SUMMARY_METHOD]
     assert [json.loads(r["arguments"])["count"] for r in summaries] == [10]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,26 +27,12 @@ import h2.settings
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
+from tests.audit_support import HOLD_LOCK, last_id, rows_now
 from tests.support import PYTHON, ROOT, Valet, free_port, running_valet, wait_for_port
 from tests.test_e2e_holdup_h2 import H2Agent
 
 pytestmark = pytest.mark.e2e
 LIMITS = "http2: true\nlimits:\n  max_header_bytes: 16384\n  max_header_count: 40\n"
-
-
-def _rows_now(valet: Valet, since: int = 0) -> list[sqlite3.Row]:
-    """The rows after id ``since`` as they are on disk right now (no waiting: a row must precede the answer)."""
-    conn = sqlite3.connect(f"file:{valet.data_dir / 'audit.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM exchanges WHERE id > ? ORDER BY id", (since,)).fetchall()
-    finally:
-        conn.close()
-
-
-def _last_id(valet: Valet) -> int:
-    rows = _rows_now(valet)
-    return rows[-1]["id"] if rows else 0
 
 
 def test_an_h2_head_over_the_caps_has_a_row_committed_before_the_431(tmp: Path) -> None:
@@ -58,11 +43,11 @@ def test_an_h2_head_over_the_caps_has_a_row_committed_before_the_431(tmp: Path) 
             agent.request([("authorization", f"Bearer {key}")], stream_id=1)  # Valet has read the new key
             for stream_id, extra, auth in ((3, [(f"x-field-{i}", "v") for i in range(60)], True),
                                            (5, [("x-big", "b" * 20000)], False)):
-                since = _last_id(valet)
+                since = last_id(valet)
                 headers = [("authorization", f"Bearer {key}")] if auth else []
                 status, body = agent.request(headers + extra, stream_id=stream_id)
                 assert status == 431 and b"headers_too_large" in body and b"-32014" in body
-                rows = _rows_now(valet, since)
+                rows = rows_now(valet, since)
                 assert len(rows) == 1, f"{len(rows)} rows on disk when the 431 arrived"
                 row = rows[0]
                 assert (row["decision"], row["reason"], row["error_code"], row["http_status"], row["rule"]) == (
@@ -84,17 +69,17 @@ def test_keyless_h2_431s_stay_within_the_pre_auth_budget(tmp: Path) -> None:
     from addon.audit.preauth import ROWS_PER_INTERVAL, SUMMARY_METHOD
 
     with running_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"}, extra=LIMITS) as valet:
-        since = _last_id(valet)
+        since = last_id(valet)
         agent = H2Agent(valet)
         try:
             for i in range(ROWS_PER_INTERVAL + 5):
                 assert agent.request([(f"x-field-{j}", "v") for j in range(60)], stream_id=1 + 2 * i)[0] == 431
         finally:
             agent.close()
-        own = [r for r in _rows_now(valet, since) if r["rpc_method"] != SUMMARY_METHOD]
+        own = [r for r in rows_now(valet, since) if r["rpc_method"] != SUMMARY_METHOD]
         assert len(own) == ROWS_PER_INTERVAL
     assert valet.stop() == 0
-    summaries = [r for r in _rows_now(valet, since) if r["rpc_method"] == SUMMARY_METHOD]
+    summaries = [r for r in rows_now(valet, since) if r["rpc_method"] == SUMMARY_METHOD]
     assert [json.loads(r["arguments"])["count"] for r in summaries] == [5]
 
 
@@ -118,12 +103,12 @@ def _goaway_case(valet: Valet, how: str) -> H2Agent:
 @pytest.mark.parametrize("how", ["continuation flood", "hpack bomb"])
 def test_a_header_block_that_ends_the_connection_has_one_row(tmp: Path, how: str) -> None:
     with running_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"}, extra=LIMITS) as valet:
-        since = _last_id(valet)
+        since = last_id(valet)
         agent = _goaway_case(valet, how)
         try:
             terminated = agent.goaway()
             assert terminated is not None and terminated.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            rows = _rows_now(valet, since)
+            rows = rows_now(valet, since)
             assert len(rows) == 1, f"{how}: {len(rows)} rows when the GOAWAY arrived"
         finally:
             agent.close()
@@ -134,7 +119,7 @@ def test_a_header_block_that_ends_the_connection_has_one_row(tmp: Path, how: str
         if how == "continuation flood":  # the encoded block Valet held (an HPACK bomb's is h2's, never measured)
             assert row["bytes_in"] > 2 * 16384
         time.sleep(0.5)
-        assert len(_rows_now(valet, since)) == 1, "one row for the connection"
+        assert len(rows_now(valet, since)) == 1, "one row for the connection"
 
 
 def _full_backlog() -> tuple[socket.socket, list[socket.socket]]:
@@ -292,15 +277,6 @@ def test_an_h2_streamed_answer_cut_by_valets_idle_timeout_counts_only_the_bytes_
     assert (row["http_status"], row["reason"]) == (200, "upstream_timeout"), row
     assert row["bytes_out"] == got, (row["bytes_out"], got)  # was: about 2 MiB
 
-HOLD_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
-
 
 def _http1_answer(valet: Valet, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", valet.port)) as s:
@@ -328,7 +304,7 @@ def test_refusals_below_the_flow_layer_get_503_while_the_log_is_locked(tmp: Path
         host = b"Host: 127.0.0.1:%d" % valet.port
         auth = host + b"\r\nAuthorization: Bearer " + key.encode()
         _http1_answer(valet, b"GET /notes HTTP/1.1\r\nConnection: close\r\n" + auth + b"\r\n\r\n")  # key read
-        since = _last_id(valet)
+        since = last_id(valet)
         holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(valet.data_dir / "audit.db"), "12"],
                                   stdout=subprocess.PIPE, text=True)
         try:
@@ -367,14 +343,14 @@ def test_an_h2_header_block_that_never_finishes_has_a_row_and_a_goaway(tmp: Path
     (request_timeout), then GOAWAY through the agent's TLS (it used to be written under it, as plain bytes)."""
     with running_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"},
                        extra=LIMITS + "timeouts:\n  header_read_seconds: 1\n") as valet:
-        since = _last_id(valet)
+        since = last_id(valet)
         agent = H2Agent(valet)
         try:
             agent.sock.sendall(HeadersFrame(1, data=b"\x82", flags=["END_STREAM"]).serialize())
             agent.read_until(lambda: agent.closed or agent.goaway() is not None, seconds=30)
             terminated = agent.goaway()
             assert terminated is not None and terminated.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-            assert len(_rows_now(valet, since)) == 1, "the row is committed before the GOAWAY"
+            assert len(rows_now(valet, since)) == 1, "the row is committed before the GOAWAY"
         finally:
             agent.close()
         row = valet.rows(f"id > {since}")[0]
