@@ -356,3 +356,111 @@ def test_an_h2_header_block_that_never_finishes_has_a_row_and_a_goaway(tmp: Path
         row = valet.rows(f"id > {since}")[0]
         assert (row["decision"], row["reason"], row["rule"], row["http_status"]) == (
             "deny", "request_timeout", "http2:head_timeout", None), row
+
+
+def _listener(backlog_full: bool) -> list[socket.socket]:
+    """A loopback listener that never accepts: with its backlog full a connect never completes; else the kernel
+    completes it and nobody ever answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0 if backlog_full else 16)
+    held = [listener]
+    for _ in range(4 if backlog_full else 0):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(listener.getsockname())
+        except BlockingIOError:
+            pass
+        held.append(filler)
+    time.sleep(0.2)
+    return held
+
+
+@pytest.mark.parametrize("backlog_full", [True, False], ids=["never-connects", "never-answers"])
+def test_two_h2_streams_cut_at_once_each_get_their_own_504_and_row(tmp: Path, backlog_full: bool) -> None:
+    """Two streams of one agent connection whose upstreams time out together (review 5, F1): the endings
+    were one per connection, so the second cut overwrote the first: one stream got mitmproxy's HTML 502 or
+    the other's 504, and the rows were swapped or empty."""
+    groups = [_listener(backlog_full), _listener(backlog_full)]
+    ports = [g[0].getsockname()[1] for g in groups]
+    config = (f"servers:\n  up1:\n    url: http://127.0.0.1:{ports[0]}\n    kind: http\n"
+              f"  up2:\n    url: http://127.0.0.1:{ports[1]}\n    kind: http\n"
+              "http2: true\ntimeouts:\n  connect_seconds: 2\n  first_byte_seconds: 3\n")
+    policy = "servers:\n  up1: {default: allow}\n  up2: {default: allow}\nrules: []\n"
+    streams = {1: "/up1/x", 3: "/up2/x"}
+    try:
+        with running_valet(tmp, None, config_text=config, policy=policy) as valet:
+            key, _ = valet.new_key()
+            agent = H2Agent(valet)
+            try:
+                for sid, path in streams.items():
+                    agent.conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                                  (":authority", f"127.0.0.1:{valet.port}"),
+                                                  ("authorization", f"Bearer {key}")], end_stream=True)
+                agent.sock.sendall(agent.conn.data_to_send())
+                got: dict[int, tuple[Any, bytes]] = {}
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and len(got) < 2 and not agent.closed:
+                    agent.receive()
+                    for sid in streams:
+                        if sid not in got and any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid
+                                                  for e in agent.events):
+                            got[sid] = agent.answer(sid)
+                        elif sid not in got and any(isinstance(e, h2.events.StreamReset) and e.stream_id == sid
+                                                    for e in agent.events):
+                            got[sid] = ("reset", b"")
+            finally:
+                agent.close()
+            for sid, path in streams.items():
+                status, body = got.get(sid, (None, b""))
+                assert status == 504 and b"upstream_timeout" in body, (path, status, body[:120])
+                row = valet.rows(f"http_path = '{path}'")[0]
+                assert (row["http_status"], row["reason"], row["bytes_out"]) == (504, "upstream_timeout", len(body))
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_reads_ending_inside_frame_headers_do_not_pile_up_head_timers(tmp: Path) -> None:
+    """Legal WINDOW_UPDATE frames, each split 4|9 bytes over two TLS records (review 5, F3): every read ending
+    inside a frame header armed a new 30 s wakeup (an asyncio task, ~1.8 KB) and none was ever reused:
+    ~2 MB a second per connection. One head timer per connection at most now."""
+    import threading
+
+    window_update = bytes([0, 0, 4, 0x8, 0, 0, 0, 0, 0]) + (1).to_bytes(4, "big")  # stream 0, +1
+    with running_valet(tmp, {"notes": "http://127.0.0.1:9/mcp"}, extra="http2: true\n") as valet:
+        agents = [H2Agent(valet) for _ in range(2)]
+        try:
+            time.sleep(1)
+            before = _rss_mib(valet.process.pid)
+
+            def flood(agent: H2Agent) -> None:
+                agent.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stop = time.monotonic() + 6
+                while time.monotonic() < stop:
+                    agent.sock.sendall(window_update[:4])
+                    time.sleep(0.0003)
+                    agent.sock.sendall(window_update[4:])
+                    time.sleep(0.0003)
+
+            threads = [threading.Thread(target=flood, args=(agent,)) for agent in agents]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            time.sleep(1)
+            grown = _rss_mib(valet.process.pid) - before
+            assert valet.process.poll() is None
+        finally:
+            for agent in agents:
+                agent.close()
+    assert grown < 10, f"Valet grew by {grown:.1f} MiB"

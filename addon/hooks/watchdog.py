@@ -28,8 +28,8 @@ from addon.hooks import oauthretry
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import ValetState, answered, exchange_of
 from addon.protocol.errors import Cause
-from addon.protocol.mitm_conn import end_connecting
-from addon.protocol.mitm_limits import ENDINGS, Ending, forget, unsent
+from addon.protocol.mitm_conn import end_connecting, stream_of
+from addon.protocol.mitm_limits import Ending, forget, set_ending, unsent
 from addon.protocol.mitm_limits import _close_client as close_client
 
 log = logging.getLogger("valet")
@@ -225,7 +225,7 @@ class Watchdog:
             return
         if upstream not in handler.transports and not watch.headers and end_connecting(handler, flow, ending):
             return  # HTTP/2: the connection being opened is closed, the agent's stream gets the ending
-        ENDINGS[flow.client_conn.id] = ending
+        set_ending(flow.client_conn.id, ending, stream_of(handler, flow))  # HTTP/2: that stream's, not the connection's
         target = upstream if upstream in handler.transports else flow.client_conn
         if target in handler.transports:
             handler.close_connection(target)

@@ -409,7 +409,8 @@ def _end_upstream(self: _http1.Http1Client, message: str, error: str):  # type: 
     self.buf = _http1.ReceiveBuffer()  # nothing of the head is kept
     self.state = types.MethodType(mitm_limits._discard, self)
     agent = self.context.client.id
-    mitm_limits.ENDINGS[agent] = mitm_limits.Ending(Cause.UPSTREAM_ERROR, message)
+    mitm_limits.set_ending(agent, mitm_limits.Ending(Cause.UPSTREAM_ERROR, message),
+                           self.stream_id if self.context.client.alpn == b"h2" else None)
     yield commands.CloseConnection(self.conn)
     handler = TRACKER.handlers.get(agent)
     if handler is not None:
@@ -440,9 +441,8 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
             mitm_limits.H2_STREAMS[event.response] = (weakref.ref(self), event.stream_id)
         return result
     elif isinstance(event, ResponseProtocolError) and self.is_open_for_us(event.stream_id):
-        ending = mitm_limits.ENDINGS.get(self.conn.id)
-        if ending is not None and ending.stream_id in (None, event.stream_id):  # the stream it was meant for
-            del mitm_limits.ENDINGS[self.conn.id]
+        ending = mitm_limits.take_stream_ending(self.conn.id, event.stream_id)  # the one meant for this stream
+        if ending is not None:
             ending.settled = True
             stream_id = event.stream_id
             stream = self.h2_conn.streams[stream_id]
@@ -496,11 +496,21 @@ def end_connecting(handler: server.ConnectionHandler, flow: http.HTTPFlow, endin
             for command in waiting:
                 stream = layer.command_sources.get(command)
                 if getattr(stream, "flow", None) is flow and conn in handler.transports:
-                    ending.stream_id = stream.stream_id  # type: ignore[union-attr]
-                    mitm_limits.ENDINGS[flow.client_conn.id] = ending
+                    mitm_limits.set_ending(flow.client_conn.id, ending, stream.stream_id)  # type: ignore[union-attr]
                     handler.close_connection(conn)
                     return True
     return False
+
+
+def stream_of(handler: server.ConnectionHandler, flow: http.HTTPFlow) -> int | None:
+    """The HTTP/2 stream id of ``flow`` on its agent's connection (None: not found, or not HTTP/2)."""
+    if handler.client.alpn != b"h2":
+        return None
+    for layer in _http_layers(handler.layer):
+        for stream_id, stream in layer.streams.items():
+            if getattr(stream, "flow", None) is flow:
+                return stream_id
+    return None
 
 
 _original_read_body = _http1.Http1Connection.read_body

@@ -255,8 +255,38 @@ class Ending:
         return f"event: error\ndata: {data}\n\n".encode()
 
 
-# agent connection id -> how Valet ends the exchange it cut on it (set just before the upstream is closed)
+# agent connection id -> how Valet ends the exchange it cut on it (set just before the upstream is closed). An
+# HTTP/1 connection carries one exchange at a time; an HTTP/2 one many: their endings are per stream (review 5,
+# F1: two streams cut at once on one connection got each other's answer, and their rows were swapped).
 ENDINGS: dict[str, Ending] = {}
+STREAM_ENDINGS: dict[str, dict[int, Ending]] = {}
+
+
+def set_ending(client_id: str, ending: Ending, stream_id: int | None = None) -> None:
+    """How the exchange Valet cuts on this agent connection ends: on its HTTP/2 stream ``stream_id``, or (None)
+    the connection's one exchange."""
+    if stream_id is None:
+        ENDINGS[client_id] = ending
+    else:
+        ending.stream_id = stream_id
+        STREAM_ENDINGS.setdefault(client_id, {})[stream_id] = ending
+
+
+def take_stream_ending(client_id: str, stream_id: int) -> Ending | None:
+    """The ending meant for this HTTP/2 stream (taken: it is used once), else the connection's if it names no
+    stream or this one."""
+    endings = STREAM_ENDINGS.get(client_id)
+    if endings is not None:
+        ending = endings.pop(stream_id, None)
+        if not endings:
+            del STREAM_ENDINGS[client_id]
+        if ending is not None:
+            return ending
+    ending = ENDINGS.get(client_id)
+    if ending is not None and ending.stream_id in (None, stream_id):
+        del ENDINGS[client_id]
+        return ending
+    return None
 
 
 def _too_large() -> bytes:
@@ -646,6 +676,16 @@ def _h2_wakeup(server: _http2.Http2Server, delay: float = H2_POLL_SECONDS) -> co
     return command
 
 
+def _h2_wakeup_done(server: _http2.Http2Server, command: object) -> None:
+    """One of Valet's wakeups fired: it is no longer in flight (the poll and the head timer are re-armed only
+    when none is: one of each per connection at most, review 5, F3 and F4)."""
+    server._valet_wakeups.discard(command)
+    if command is getattr(server, "_valet_poll", None):
+        server._valet_poll = None  # type: ignore[attr-defined]
+    if command is getattr(server, "_valet_head_timer", None):
+        server._valet_head_timer = None  # type: ignore[attr-defined]
+
+
 def _h2_hold(server: _http2.Http2Server, held: Any, stream_id: int | None,  # type: ignore[no-untyped-def]
              goaway: bytes = b""):
     """Hold an answer until ``held``'s row is committed (or its bound passed), then write it."""
@@ -682,8 +722,11 @@ def _h2_answer_held(server: _http2.Http2Server):  # type: ignore[no-untyped-def]
             yield commands.SendData(server.conn, data)
         item.held.answered(None if ok else cause, cause.status if size else None, size)
     server._valet_held = waiting  # type: ignore[attr-defined]
-    if waiting:
-        yield _h2_wakeup(server)
+    if waiting and getattr(server, "_valet_poll", None) is None:
+        # one poll in flight per connection, whatever the number of answers held (review 5, F4: one per held
+        # answer made N loops each looking at all N answers)
+        server._valet_poll = _h2_wakeup(server)  # type: ignore[attr-defined]
+        yield server._valet_poll
 
 
 def _h2_settle(server: _http2.Http2Server, items: list[_HeldAnswer]) -> None:
@@ -733,7 +776,7 @@ def _h2_closing(self: _http2.Http2Server, event: events.Event):  # type: ignore[
     """The state of an h2 connection refused as a whole until its ``GOAWAY`` is written (its row committed
     first): what arrives is dropped; an agent that closes first ends the connection's streams as usual."""
     if isinstance(event, events.Wakeup) and event.command in self.__dict__.get("_valet_wakeups", ()):
-        self._valet_wakeups.discard(event.command)
+        _h2_wakeup_done(self, event.command)
         yield from _h2_answer_held(self)
     elif isinstance(event, events.ConnectionClosed):
         _h2_settle(self, self.__dict__.get("_valet_held", []))
@@ -746,7 +789,7 @@ def _h2_refuse_connection(server: _http2.Http2Server, goaway: bytes, bytes_in: i
     time: one audit row for the connection (keyless ones through the per-peer budget), then ``goaway`` and the
     socket closed once the row is committed (at most the writer's bound; the GOAWAY has no status to change).
     Nothing more is read meanwhile."""
-    server._valet_head_timer = None  # type: ignore[attr-defined]
+    server._valet_head_started = None  # type: ignore[attr-defined]  # refused: no head deadline any more
     server._handle_event = types.MethodType(_h2_closing, server)  # type: ignore[method-assign]
     _h2_settle(server, server.__dict__.get("_valet_held", []))  # 431s held on it: never sent now
     held = _h2_record(server, b"- - HTTP/2", cause, None, rule, bytes_in)
@@ -796,13 +839,20 @@ def _h2_goaway(server: _http2.Http2Server, why: bytes) -> bytes:
 
 def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[no-untyped-def]
     if isinstance(event, events.Wakeup) and event.command in self.__dict__.get("_valet_wakeups", ()):
-        self._valet_wakeups.discard(event.command)  # Valet's wakeup, not mitmproxy's
-        if event.command is getattr(self, "_valet_head_timer", None) and _h2_pending_head(self.h2_conn):
-            # a header block (or a frame header) still incomplete HEADER_READ_SECONDS after it began: GOAWAY
-            # once the connection's row is committed, as a slow HTTP/1 head gets its 408
-            held_bytes = _h2_block_held(self.h2_conn)
-            return (yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head not complete in time"),
-                                                     held_bytes, Cause.REQUEST_TIMEOUT, "http2:head_timeout"))
+        head_timer = event.command is getattr(self, "_valet_head_timer", None)
+        _h2_wakeup_done(self, event.command)  # Valet's wakeup, not mitmproxy's
+        started = getattr(self, "_valet_head_started", None)
+        if head_timer and started is not None and _h2_pending_head(self.h2_conn):
+            remaining = started + HEADER_READ_SECONDS - time.monotonic()
+            if remaining <= 0:
+                # a header block (or a frame header) still incomplete HEADER_READ_SECONDS after it began:
+                # GOAWAY once the connection's row is committed, as a slow HTTP/1 head gets its 408
+                held_bytes = _h2_block_held(self.h2_conn)
+                return (yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head not complete in time"),
+                                                         held_bytes, Cause.REQUEST_TIMEOUT, "http2:head_timeout"))
+            # armed for an earlier head that completed: this one's deadline is later
+            self._valet_head_timer = _h2_wakeup(self, remaining)
+            yield self._valet_head_timer
         return (yield from _h2_answer_held(self))
     if isinstance(event, events.ConnectionClosed) and self.__dict__.get("_valet_held"):
         _h2_settle(self, self._valet_held)
@@ -819,11 +869,15 @@ def _h2_handle(self: _http2.Http2Server, event: events.Event):  # type: ignore[n
         yield from _h2_refuse_connection(self, _h2_goaway(self, b"request head larger than Valet accepts"),
                                          held_bytes)
     elif not _h2_pending_head(self.h2_conn):
-        self._valet_head_timer = None
-    elif getattr(self, "_valet_head_timer", None) is None:
-        # on mitmproxy's timer (a wakeup in this layer), so that the GOAWAY goes through the agent's TLS
-        self._valet_head_timer = _h2_wakeup(self, HEADER_READ_SECONDS)
-        yield self._valet_head_timer
+        self._valet_head_started = None  # the timer in flight, if any, stays: it finds nothing pending, or a
+        # later head it re-arms for (one wakeup per connection at most, review 5 F3: a new 30 s wakeup for every
+        # read ending inside a frame header held ~1.8 KB each)
+    elif getattr(self, "_valet_head_started", None) is None:
+        self._valet_head_started = time.monotonic()
+        if getattr(self, "_valet_head_timer", None) is None:
+            # on mitmproxy's timer (a wakeup in this layer), so that the GOAWAY goes through the agent's TLS
+            self._valet_head_timer = _h2_wakeup(self, HEADER_READ_SECONDS)
+            yield self._valet_head_timer
     return result
 
 
@@ -854,6 +908,7 @@ def _tls_hello(self: ClientTLSLayer, data: bytes):  # type: ignore[no-untyped-de
 def forget(client_id: str) -> None:
     """The agent's connection is gone: nothing to end on it any more."""
     ENDINGS.pop(client_id, None)
+    STREAM_ENDINGS.pop(client_id, None)
     _CLOSE_AFTER_ANSWER.discard(client_id)
 
 
