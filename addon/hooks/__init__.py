@@ -145,9 +145,11 @@ class Valet:
                 await result
         metrics.flow_done(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
         for hook in self._error:
-            hook(flow)
+            result = hook(flow)
+            if result is not None:  # the recorder holds a refusal mitmproxy sends next until its row is committed
+                await result
         metrics.flow_done(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from typing import Any
 
+from mitmproxy import ctx
 from mitmproxy import flow as mitmflow
 from mitmproxy import http
 
@@ -15,6 +18,7 @@ from addon.audit.exchange import Exchange
 from addon.hooks.failsafe import fail_closed
 from addon.hooks.state import METADATA_KEY, ValetState, answered, exchange_of, refuse
 from addon.protocol import mitm_limits
+from addon.protocol.mitm_conn import stream_of
 from addon.protocol.errors import Cause, Refusal
 from addon.protocol.mitm_errors import error_page
 
@@ -186,16 +190,25 @@ class ExchangeRecorder:
             exchange.reason = "upstream_status"
         self.state.record(exchange, flow.response.status_code)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         exchange = exchange_of(flow)
         if exchange is None or exchange.recorded:
-            return
+            return None
         response = flow.response
         if exchange.session_id is None and response is not None:
             exchange.session_id = response.headers.get("mcp-session-id")
+        if (response is not None and response not in mitm_limits.HEADS_SENT and flow.error is not None
+                and "request body exceeds" in flow.error.msg.lower()):
+            # answered by Valet as its head arrived (a refusal, or the 503 of a row not committed in time), but the
+            # body's length is over mitmproxy's limit too, and mitmproxy sends its own 413 after this hook: the
+            # agent gets Valet's answer instead, the one the row was written ahead with (review 5, F2)
+            self._send_instead(flow, mitm_limits.Ending(Cause.BODY_TOO_LARGE, "", answer=response))
+            exchange.bytes_out = len(response.raw_content or b"")
+            self.state.record(exchange, response.status_code)
+            return None
         if exchange.decision == "deny":  # refused, then the client went away: the refusal is the story
             self.state.record(exchange, response.status_code if response else None)
-            return
+            return None
         message = (flow.error.msg if flow.error else "").lower()
         # the agent has the status only if its head was written (HTTP/1: to the socket; HTTP/2: its HEADERS frame
         # queued), and the body bytes h2 still holds for a full window never reach it (mitm_limits, mitm_conn)
@@ -229,4 +242,46 @@ class ExchangeRecorder:
         exchange.reason = cause.reason
         exchange.error_code = cause.code
         exchange.bytes_out = len(body)
+        if response is None and cause in _READER_REFUSALS and exchange.row is None and self.state.audit is not None:
+            return self._refuse_when_committed(flow, exchange, cause)
         self.state.record(exchange, status)
+        return None
+
+    async def _refuse_when_committed(self, flow: http.HTTPFlow, exchange: Exchange, cause: Cause) -> None:
+        """A refusal made inside mitmproxy's body reader (a body over ``limits.max_buffered_bytes``: 413) is
+        answered once its row is committed, as every refusal is; if the row cannot be committed within the
+        writer's bound, the answer is ``503 audit_unavailable`` (review 5, F2: it was answered with its row only
+        queued, and as itself while the log was down). mitmproxy sends the answer after this hook returns: the
+        ending set here is what goes out (Valet's JSON-RPC error, over HTTP/2 too, where mitmproxy's HTML page
+        went before), through the agent's own layers (TLS included)."""
+        audit = self.state.audit
+        assert audit is not None
+        exchange.http_status = cause.status
+        exchange.recorded = True  # completed below, with what the agent got (no other stage completes it)
+        self.state.write_ahead(exchange)
+        committed = exchange.committed
+        assert committed is not None
+        await _settled(committed, audit.commit_timeout if audit.healthy else 0.0)
+        ok = committed.result() is True
+        ending = mitm_limits.Ending(cause, _READER_REFUSALS[cause]) if ok else \
+            mitm_limits.Ending(Cause.AUDIT_UNAVAILABLE, mitm_limits.UNAVAILABLE_MESSAGE)
+        self._send_instead(flow, ending)
+        exchange.recorded = False
+        exchange.reason, exchange.error_code = ending.cause.reason, ending.cause.code
+        exchange.bytes_out = len(ending.body())
+        self.state.record(exchange, ending.cause.status)
+
+    @staticmethod
+    def _send_instead(flow: http.HTTPFlow, ending: mitm_limits.Ending) -> None:
+        """What mitmproxy sends next for this flow's error (its own page) is ``ending`` instead (HTTP/1: the
+        connection's; HTTP/2: the flow's stream's)."""
+        client = flow.client_conn.id
+        server = ctx.master.addons.get("proxyserver")
+        handler = server.connections.get(client) if server is not None else None
+        mitm_limits.set_ending(client, ending, stream_of(handler, flow) if handler is not None else None)
+
+
+# Refusals mitmproxy's body reader makes and answers after the error hook, with the message the agent gets
+# (addon.protocol.mitm_errors' text). HTTP/1 trailers (400) are answered by mitm_conn in the reading step itself:
+# not held for their row yet (docs/audit.md).
+_READER_REFUSALS = {Cause.BODY_TOO_LARGE: "the body is too large"}

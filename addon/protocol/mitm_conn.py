@@ -448,11 +448,11 @@ def _h2_handle_event(self: _http2.Http2Server, event: events.Event):  # type: ig
             stream = self.h2_conn.streams[stream_id]
             try:
                 if not stream.state_machine.headers_sent:
-                    body = Refusal(ending.cause, ending.message).body()
+                    body = ending.body()
                     self.h2_conn.send_headers(stream_id, [
-                        (b":status", b"%d" % ending.cause.status), (b"content-type", b"application/json"),
+                        (b":status", b"%d" % ending.status), (b"content-type", b"application/json"),
                         (b"content-length", b"%d" % len(body))])
-                    self.h2_conn.send_data(stream_id, ending.wrote(ending.cause.status, body), end_stream=True)
+                    self.h2_conn.send_data(stream_id, ending.wrote(ending.status, body), end_stream=True)
                 elif stream_id in self.__dict__.get("_valet_sse", ()):
                     self.h2_conn.send_data(stream_id, ending.wrote(None, ending.event()), end_stream=True)
                 else:  # a body that is not a stream of events: no way to say more than the reset

@@ -235,16 +235,29 @@ class Ending:
     settled: bool = False
     written: tuple[int | None, int] | None = None  # (status, bytes): status None for an event after a head
     stream_id: int | None = None  # HTTP/2: the stream it ends (None: the connection's exchange in progress)
+    # an answer Valet already made (a refusal), sent as it is instead of ``cause``'s error: mitmproxy's own 413 for a
+    # body over its limit would otherwise replace it (review 5, F2)
+    answer: http.Response | None = None
 
     def wrote(self, status: int | None, body: bytes) -> bytes:
         """Note that ``body`` (the bytes of a response body) went to the agent, with ``status``; returns it."""
         self.settled, self.written = True, (status, len(body))
         return body
 
+    @property
+    def status(self) -> int:
+        return self.answer.status_code if self.answer is not None else self.cause.status
+
     def body(self) -> bytes:
+        if self.answer is not None:
+            return self.answer.raw_content or b""
         return Refusal(self.cause, self.message).body()
 
     def response(self) -> bytes:
+        if self.answer is not None:
+            answer = self.answer.copy()
+            answer.headers["connection"] = "close"
+            return http1.assemble_response(answer)
         body = self.body()
         headers = http.Headers(content_type="application/json", connection="close")
         return http1.assemble_response(http.Response.make(self.cause.status, body, headers))
@@ -583,7 +596,7 @@ def _send(self: _http1.Http1Server, event):  # type: ignore[no-untyped-def]
             ending.settled = True
             if self.conn.state & ConnectionState.CAN_WRITE:
                 if not self.response:
-                    ending.wrote(ending.cause.status, ending.body())
+                    ending.wrote(ending.status, ending.body())
                     yield commands.SendData(self.conn, ending.response())
                 elif ("chunked" in self.response.headers.get("transfer-encoding", "").lower()
                       and is_event_stream(self.response.headers)):
