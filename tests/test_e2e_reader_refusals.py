@@ -1,7 +1,8 @@
-"""A refusal made inside mitmproxy's body reader, a body over ``limits.max_buffered_bytes`` (413), is answered only
-once its row is committed, like every refusal (review 5, F2). While another process holds the audit database
-locked it is answered ``503 audit_unavailable``; the row lands when the lock goes and says what the agent got.
-Over HTTP/2 the 413 is Valet's JSON-RPC error, not mitmproxy's HTML page, and its row counts the bytes sent."""
+"""Refusals made inside mitmproxy's body readers, a body over ``limits.max_buffered_bytes`` (413) and an HTTP/1
+chunked body with trailers (400), are answered only once their row is committed, like every refusal (review 5,
+F2). While another process holds the audit database locked they are answered ``503 audit_unavailable``; the row
+lands when the lock goes and says what the agent got. Over HTTP/2 the 413 is Valet's JSON-RPC error, not
+mitmproxy's HTML page, and its row counts the bytes sent."""
 
 from __future__ import annotations
 
@@ -51,24 +52,38 @@ def _too_large(valet: Valet, key: str, chunked: bool) -> bytes:
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
-def test_a_body_over_the_limit_is_answered_after_its_row_and_503_while_the_log_is_locked(tmp_path: Path,
-                                                                                           chunked: bool) -> None:
+def _with_trailers(valet: Valet, key: str) -> bytes:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    return (b"POST /notes HTTP/1.1\r\n" + _head(valet, key) + b"Content-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (len(body), body))
+
+
+REQUESTS = {
+    "length": (lambda valet, key: _too_large(valet, key, False), 413, "body_too_large"),
+    "chunked": (lambda valet, key: _too_large(valet, key, True), 413, "body_too_large"),
+    "trailers": (_with_trailers, 400, "trailers_refused"),
+}
+
+
+@pytest.mark.parametrize("case", list(REQUESTS))
+def test_a_reader_refusal_is_answered_after_its_row_and_503_while_the_log_is_locked(tmp_path: Path, case: str) -> None:
+    make, status, reason = REQUESTS[case]
     with running_valet(tmp_path, SERVERS, extra=LIMITS) as valet:
         key, _ = valet.new_key()
         since = last_id(valet)
-        answer = _exchange(valet.port, _too_large(valet, key, chunked))
-        assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer, answer[:300]
+        answer = _exchange(valet.port, make(valet, key))
+        assert answer.startswith(b"HTTP/1.1 %d" % status) and reason.encode() in answer, answer[:300]
         assert len(rows_now(valet, since)) == 1, "the row is committed before the answer"
         row = valet.rows(f"id > {since}")[0]
-        assert (row["http_status"], row["reason"]) == (413, "body_too_large"), row
+        assert (row["http_status"], row["reason"]) == (status, reason), row
         assert row["bytes_out"] == len(answer.split(b"\r\n\r\n", 1)[1]), row
         since = last_id(valet)
         holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(valet.data_dir / "audit.db"), "4"],
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            answer = _exchange(valet.port, _too_large(valet, key, chunked))
+            answer = _exchange(valet.port, make(valet, key))
             assert answer.startswith(b"HTTP/1.1 503") and b"audit_unavailable" in answer, answer[:300]
         finally:
             holder.wait(30)

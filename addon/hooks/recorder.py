@@ -248,12 +248,13 @@ class ExchangeRecorder:
         return None
 
     async def _refuse_when_committed(self, flow: http.HTTPFlow, exchange: Exchange, cause: Cause) -> None:
-        """A refusal made inside mitmproxy's body reader (a body over ``limits.max_buffered_bytes``: 413) is
-        answered once its row is committed, as every refusal is; if the row cannot be committed within the
-        writer's bound, the answer is ``503 audit_unavailable`` (review 5, F2: it was answered with its row only
-        queued, and as itself while the log was down). mitmproxy sends the answer after this hook returns: the
-        ending set here is what goes out (Valet's JSON-RPC error, over HTTP/2 too, where mitmproxy's HTML page
-        went before), through the agent's own layers (TLS included)."""
+        """A refusal made inside mitmproxy's body readers (a body over ``limits.max_buffered_bytes``: 413; an
+        HTTP/1 chunked body with trailers: 400) is answered once its row is committed, as every refusal is; if
+        the row cannot be committed within the writer's bound, the answer is ``503 audit_unavailable`` (review 5,
+        F2: both were answered with their row only queued, and as themselves while the log was down). The ending
+        set here is what goes out, through the agent's own layers (TLS included): mitmproxy sends it for the 413
+        after this hook returns (Valet's JSON-RPC error, over HTTP/2 too, where mitmproxy's HTML page went
+        before); mitm_conn writes it for the trailers' 400 once it is here."""
         audit = self.state.audit
         assert audit is not None
         exchange.http_status = cause.status
@@ -281,7 +282,8 @@ class ExchangeRecorder:
         mitm_limits.set_ending(client, ending, stream_of(handler, flow) if handler is not None else None)
 
 
-# Refusals mitmproxy's body reader makes and answers after the error hook, with the message the agent gets
-# (addon.protocol.mitm_errors' text). HTTP/1 trailers (400) are answered by mitm_conn in the reading step itself:
-# not held for their row yet (docs/audit.md).
-_READER_REFUSALS = {Cause.BODY_TOO_LARGE: "the body is too large"}
+# Refusals made inside mitmproxy's body readers, with the message the agent gets (addon.protocol.mitm_errors'
+# texts): mitmproxy answers the 413 after the error hook; mitm_conn answers the trailers' 400 once it finds the
+# ending left here.
+_READER_REFUSALS = {Cause.BODY_TOO_LARGE: "the body is too large",
+                    Cause.TRAILERS_REFUSED: "requests with trailers are not accepted"}

@@ -218,6 +218,8 @@ def _handle_event(self: _http1.Http1Server, event: events.Event):  # type: ignor
 
     One wrapper around the dispatcher rather than around the states, so that ``mitm_limits``' own state
     wrappers (which recognise themselves in ``self.state``) are left exactly as they are."""
+    if isinstance(event, events.Wakeup) and event.command is getattr(self, "_valet_refusal_wait", None):
+        return (yield from _answer_refusal(self))
     state = getattr(self.state, "__func__", None)
     data = isinstance(event, events.DataReceived) and bool(event.data)
     if data and state is _http1.Http1Server.read_headers:
@@ -531,8 +533,36 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):  # type: igno
         message = TRAILERS_MESSAGE if agent_side else "the upstream's answer had trailers, which Valet does not relay"
         yield ReceiveHttp(self.ReceiveProtocolError(self.stream_id, message, code=ErrorCode.GENERIC_CLIENT_ERROR))
         if agent_side:
-            yield commands.SendData(self.conn, _http1.make_error_response(400, TRAILERS_MESSAGE))
+            # answered once the recorder has committed its row (the 400), or found it could not in time (503
+            # audit_unavailable): it leaves the answer in ENDINGS, looked for on this layer's own timer so that it
+            # goes out through the agent's layers (TLS included) (review 5, F2)
+            self._valet_refusal_deadline = time.monotonic() + REFUSAL_WAIT_SECONDS  # type: ignore[attr-defined]
+            self._valet_refusal_wait = commands.RequestWakeup(REFUSAL_POLL_SECONDS)  # type: ignore[attr-defined]
+            yield self._valet_refusal_wait
+            return
         yield commands.CloseConnection(self.conn)
+
+
+REFUSAL_POLL_SECONDS = 0.005
+# past the longest commit bound (audit.commit_timeout_seconds <= 60): the recorder never answered (it found no
+# exchange to record), so the refusal is sent as it is
+REFUSAL_WAIT_SECONDS = 65.0
+
+
+def _answer_refusal(self: _http1.Http1Server):  # type: ignore[no-untyped-def]
+    """The answer the recorder left for this connection's refused request, once it is there: written, then the
+    connection closed; until then, looked for again shortly."""
+    ending = mitm_limits.ENDINGS.pop(self.conn.id, None)
+    if ending is None and time.monotonic() < self._valet_refusal_deadline:  # type: ignore[attr-defined]
+        self._valet_refusal_wait = commands.RequestWakeup(REFUSAL_POLL_SECONDS)  # type: ignore[attr-defined]
+        yield self._valet_refusal_wait
+        return
+    self._valet_refusal_wait = None  # type: ignore[attr-defined]
+    if ending is None:
+        ending = mitm_limits.Ending(Cause.TRAILERS_REFUSED, "requests with trailers are not accepted")
+    ending.wrote(ending.status, ending.body())
+    yield commands.SendData(self.conn, ending.response())
+    yield commands.CloseConnection(self.conn)
 
 
 def install() -> None:
