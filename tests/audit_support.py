@@ -4,6 +4,7 @@ and a process that holds the audit database locked."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -56,3 +57,20 @@ print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 conn.execute("COMMIT")
 """
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` to Valet as raw bytes on a new connection and read everything until it is closed."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(20)
+        sock.sendall(data)
+        answer = b""
+        while True:
+            try:
+                piece = sock.recv(65536)
+            except OSError:
+                break
+            if not piece:
+                break
+            answer += piece
+        return answer

@@ -6,35 +6,18 @@ mitmproxy's HTML page, and its row counts the bytes sent."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.audit_support import HOLD_LOCK, last_id, rows_now
+from tests.audit_support import HOLD_LOCK, last_id, raw_exchange, rows_now
 from tests.support import Valet, running_valet
 from tests.test_e2e_holdup_h2 import H2Agent
 
 LIMITS = "audit:\n  commit_timeout_seconds: 1\nlimits:\n  max_body_bytes: 32768\n  max_buffered_bytes: 65536\n"
 SERVERS = {"notes": "http://127.0.0.1:9/mcp"}  # nothing is ever forwarded: no upstream needed
-
-
-def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(20)
-        sock.sendall(data)
-        answer = b""
-        while True:
-            try:
-                piece = sock.recv(65536)
-            except OSError:
-                break
-            if not piece:
-                break
-            answer += piece
-        return answer
 
 
 def _head(valet: Valet, key: str) -> bytes:
@@ -72,7 +55,7 @@ def test_a_reader_refusal_is_answered_after_its_row_and_503_while_the_log_is_loc
     with running_valet(tmp_path, SERVERS, extra=LIMITS) as valet:
         key, _ = valet.new_key()
         since = last_id(valet)
-        answer = _exchange(valet.port, make(valet, key))
+        answer = raw_exchange(valet.port, make(valet, key))
         assert answer.startswith(b"HTTP/1.1 %d" % status) and reason.encode() in answer, answer[:300]
         assert len(rows_now(valet, since)) == 1, "the row is committed before the answer"
         row = valet.rows(f"id > {since}")[0]
@@ -83,7 +66,7 @@ def test_a_reader_refusal_is_answered_after_its_row_and_503_while_the_log_is_loc
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            answer = _exchange(valet.port, make(valet, key))
+            answer = raw_exchange(valet.port, make(valet, key))
             assert answer.startswith(b"HTTP/1.1 503") and b"audit_unavailable" in answer, answer[:300]
         finally:
             holder.wait(30)

@@ -27,7 +27,7 @@ import h2.settings
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from tests.audit_support import HOLD_LOCK, last_id, rows_now
+from tests.audit_support import HOLD_LOCK, last_id, raw_exchange, rows_now
 from tests.support import PYTHON, ROOT, Valet, free_port, running_valet, wait_for_port
 from tests.test_e2e_holdup_h2 import H2Agent
 
@@ -124,20 +124,8 @@ def test_a_header_block_that_ends_the_connection_has_one_row(tmp: Path, how: str
 
 def _full_backlog() -> tuple[socket.socket, list[socket.socket]]:
     """A listener whose accept queue is full: a new connection's SYN is dropped, its connect never completes."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        try:
-            filler.connect(listener.getsockname())
-        except BlockingIOError:
-            pass
-        fillers.append(filler)
-    time.sleep(0.2)
-    return listener, fillers
+    held = _listener(backlog_full=True)
+    return held[0], held[1:]
 
 
 @pytest.mark.parametrize("stall", ["tls handshake", "tcp connect"])
@@ -279,19 +267,7 @@ def test_an_h2_streamed_answer_cut_by_valets_idle_timeout_counts_only_the_bytes_
 
 
 def _http1_answer(valet: Valet, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", valet.port)) as s:
-        s.settimeout(20)
-        s.sendall(data)
-        answer = b""
-        while True:
-            try:
-                piece = s.recv(65536)
-            except OSError:
-                break
-            if not piece:
-                break
-            answer += piece
-        return answer
+    return raw_exchange(valet.port, data)
 
 
 def test_refusals_below_the_flow_layer_get_503_while_the_log_is_locked(tmp: Path) -> None:
