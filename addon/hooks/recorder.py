@@ -76,7 +76,7 @@ class ExchangeOpener:
             return
         await _settled(held.committed, held.bound)
         if not held.committed.result():  # not committed in time: the agent gets 503 audit_unavailable (G5)
-            ending = mitm_limits.Ending(Cause.AUDIT_UNAVAILABLE, mitm_limits.UNAVAILABLE_MESSAGE)
+            ending = mitm_limits.unavailable()
             mitm_limits.ENDINGS[flow.client_conn.id] = ending
             held.answered(Cause.AUDIT_UNAVAILABLE, Cause.AUDIT_UNAVAILABLE.status, len(ending.body()))
         else:
@@ -264,8 +264,7 @@ class ExchangeRecorder:
         assert committed is not None
         await _settled(committed, audit.commit_timeout if audit.healthy else 0.0)
         ok = committed.result() is True
-        ending = mitm_limits.Ending(cause, _READER_REFUSALS[cause]) if ok else \
-            mitm_limits.Ending(Cause.AUDIT_UNAVAILABLE, mitm_limits.UNAVAILABLE_MESSAGE)
+        ending = mitm_limits.Ending(cause, _READER_REFUSALS[cause]) if ok else mitm_limits.unavailable()
         self._send_instead(flow, ending)
         exchange.recorded = False
         exchange.reason, exchange.error_code = ending.cause.reason, ending.cause.code

@@ -70,7 +70,6 @@ from typing import Any
 import h2.errors
 import h2.exceptions
 from mitmproxy import http
-from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server
 from mitmproxy.proxy.layers.http import HttpLayer, HttpStream, _http1, _http2
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
@@ -79,7 +78,7 @@ from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestH
 
 from addon.ops import metrics
 from addon.protocol import mitm_limits
-from addon.protocol.errors import Cause, Refusal
+from addon.protocol.errors import Cause
 
 log = logging.getLogger("valet")
 
@@ -299,9 +298,7 @@ def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
     server_._valet_body_timer = None  # type: ignore[attr-defined]
     server_.state = types.MethodType(mitm_limits._discard, server_)
     server_.buf = _http1.ReceiveBuffer()
-    body = Refusal(Cause.REQUEST_TIMEOUT, "the request body did not arrive in time").body()
-    answer = http1.assemble_response(http.Response.make(
-        408, body, http.Headers(content_type="application/json", connection="close")))
+    answer = mitm_limits.Ending(Cause.REQUEST_TIMEOUT, "the request body did not arrive in time").response()
     handler = TRACKER.handlers.get(server_.conn.id)
     flow = _READING.get(server_.conn.id)
     held = None
@@ -317,8 +314,7 @@ def _body_check(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
 
         def send(ok: bool) -> None:
             # a row not committed in time: the agent gets 503 audit_unavailable instead (issue 10 item 4)
-            sent = answer if ok or not answer else mitm_limits._http1_answer(Cause.AUDIT_UNAVAILABLE,
-                                                                            mitm_limits.UNAVAILABLE_MESSAGE)
+            sent = answer if ok or not answer else mitm_limits.unavailable().response()
             close_transport(handler, conn, sent)
             if held is not None:
                 cause = None if ok or not answer else Cause.AUDIT_UNAVAILABLE

@@ -303,9 +303,7 @@ def take_stream_ending(client_id: str, stream_id: int) -> Ending | None:
 
 
 def _too_large() -> bytes:
-    body = Refusal(Cause.HEADERS_TOO_LARGE, "the request head is larger than Valet accepts").body()
-    headers = http.Headers(content_type="application/json", connection="close")
-    return http1.assemble_response(http.Response.make(431, body, headers))
+    return Ending(Cause.HEADERS_TOO_LARGE, HEAD_TOO_LARGE_MESSAGE).response()
 
 
 def head_over(buf: _http1.ReceiveBuffer, max_bytes: int, max_lines: int) -> bool:
@@ -362,13 +360,12 @@ def _close_client(client_id: str, answer: bytes = b"", conn_id: str | None = Non
             io.writer.close()
 
 
-def _http1_answer(cause: Cause, message: str) -> bytes:
-    body = Refusal(cause, message).body()
-    return http1.assemble_response(http.Response.make(
-        cause.status, body, http.Headers(content_type="application/json", connection="close")))
-
-
 UNAVAILABLE_MESSAGE = "the audit log cannot be written; refusing to answer unrecorded"
+
+
+def unavailable() -> Ending:
+    """The answer of a refusal whose row could not be committed in time: ``503 audit_unavailable``."""
+    return Ending(Cause.AUDIT_UNAVAILABLE, UNAVAILABLE_MESSAGE)
 
 
 def _answer_after_row(server: _http1.Http1Server, head: bytes, cause: Cause, rule: str, answer: bytes) -> None:
@@ -393,10 +390,10 @@ def _answer_after_row(server: _http1.Http1Server, head: bytes, cause: Cause, rul
             if held is not None:
                 held.answered(None, cause.status, len(answer))
             return
-        unavailable = _http1_answer(Cause.AUDIT_UNAVAILABLE, UNAVAILABLE_MESSAGE)
-        _close_client(client_id, unavailable)
+        answer_503 = unavailable().response()
+        _close_client(client_id, answer_503)
         if held is not None:
-            held.answered(Cause.AUDIT_UNAVAILABLE, Cause.AUDIT_UNAVAILABLE.status, len(unavailable))
+            held.answered(Cause.AUDIT_UNAVAILABLE, Cause.AUDIT_UNAVAILABLE.status, len(answer_503))
 
     answer_when_recorded(held, send)
 
@@ -435,9 +432,7 @@ def _head_timeout(ref: weakref.ref[_http1.Http1Server], timer: object) -> None:
         return
     server._valet_head_timer = None  # type: ignore[attr-defined]
     head = bytes(server.buf)[:MAX_HEADER_BYTES]
-    body = Refusal(Cause.REQUEST_TIMEOUT, "the request head did not arrive in time").body()
-    answer = http1.assemble_response(http.Response.make(
-        408, body, http.Headers(content_type="application/json", connection="close")))
+    answer = Ending(Cause.REQUEST_TIMEOUT, "the request head did not arrive in time").response()
     _answer_after_row(server, head, Cause.REQUEST_TIMEOUT, "http1:head_timeout", answer)
 
 

@@ -20,7 +20,6 @@ compute exactly what the whole-body scrub gives.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import gzip
@@ -126,14 +125,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    server = await asyncio.start_server(handle, "127.0.0.1", args.port)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    from raw_serve import run  # this directory is on sys.path when run as a script
+
+    run(handle)

@@ -14,7 +14,6 @@ Every answer echoes the request's JSON-RPC id and names the shape: ``{"result": 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 
@@ -68,14 +67,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    server = await asyncio.start_server(handle, "127.0.0.1", args.port)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    from raw_serve import run  # this directory is on sys.path when run as a script
+
+    run(handle)

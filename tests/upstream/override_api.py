@@ -14,7 +14,6 @@ Usage: override_api.py --port PORT
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import email.parser
 import json
@@ -94,13 +93,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main(port: int) -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    from raw_serve import run  # this directory is on sys.path when run as a script
+
+    run(handle)

@@ -10,7 +10,6 @@ Every answer says in ``x-seen-range`` / ``x-seen-accept-charset`` what it was se
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 _log: list[str] = []
@@ -56,13 +55,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    server = await asyncio.start_server(_serve, "127.0.0.1", args.port)
-    await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    from raw_serve import run  # this directory is on sys.path when run as a script
+
+    run(_serve)
